@@ -1,0 +1,125 @@
+"""A content-addressed artifact cache: atomic writes, provenance, and safe loading.
+
+Every artifact lives under ``<root>/<kind>/<config hash>/``. ``root`` is ``$QADTR_ARTIFACTS`` or
+``artifacts/`` at the repository root. A checkpoint is trusted only when its ``.sha256`` sidecar
+matches its bytes, so a truncated or half-written file is detected and rebuilt, never loaded; tensors
+are read with ``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ENV_VAR = "QADTR_ARTIFACTS"
+
+
+class CorruptArtifact(RuntimeError):
+    """A cached file exists but cannot be trusted (truncated, edited or unreadable)."""
+
+
+def artifact_root() -> Path:
+    """The cache root: ``$QADTR_ARTIFACTS`` or ``<repo>/artifacts``."""
+    return Path(os.environ.get(ENV_VAR) or Path(__file__).resolve().parents[1] / "artifacts")
+
+
+def canonical(obj: Any) -> Any:
+    """A JSON-ready, order-stable view of dataclasses, tuples and plain values (for hashing)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"__type__": type(obj).__name__, **{f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, dict):
+        return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return obj  # json keeps 1.0 distinct from 1
+    return obj
+
+
+def config_hash(config: Any) -> str:
+    """A 16-hex-digit hash of a config's full content (type name included)."""
+    text = json.dumps(canonical(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def artifact_dir(kind: str, config: Any) -> Path:
+    """``<root>/<kind>/<hash>``, created if missing."""
+    d = artifact_root() / kind / config_hash(config)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(canonical(obj), indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    """Read JSON written by :func:`write_json`; a truncated or invalid file raises :class:`CorruptArtifact`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise CorruptArtifact(f"{path}: invalid JSON ({e}); delete it to rebuild") from e
+
+
+def save_tensors(path: Path, obj: Any) -> None:
+    """Save a state dict (or any tensors-only structure) atomically with a SHA-256 sidecar."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(Path(str(path) + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+
+
+def load_tensors(path: Path) -> Any:
+    """Load what :func:`save_tensors` wrote, after checking its hash; ``weights_only=True``.
+
+    Raises ``FileNotFoundError`` if it is absent and :class:`CorruptArtifact` if it cannot be trusted.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    sidecar = Path(str(path) + ".sha256")
+    if not sidecar.exists():
+        raise CorruptArtifact(f"{path}: no checksum file {sidecar.name}; the write was interrupted, rebuild it")
+    if hashlib.sha256(data).hexdigest() != sidecar.read_text().strip():
+        raise CorruptArtifact(f"{path}: checksum mismatch (truncated or modified); delete it to rebuild")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for unreadable archives
+        raise CorruptArtifact(f"{path}: unreadable checkpoint ({e})") from e
+
+
+def provenance() -> dict[str, str]:
+    """Library versions and machine, stored with every result."""
+    import numpy
+
+    return {
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}",
+    }

@@ -1,0 +1,63 @@
+"""Compute budgets: ``smoke`` (CI, minutes), ``quick`` (2 CPU cores, about an hour), ``paper`` (a GPU).
+
+A profile changes budgets (epochs, images, steps), never the definitions of ``protocol.md``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models import Arch
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Training and evaluation budgets of one profile.
+
+    Attributes:
+        name: "smoke", "quick" or "paper".
+        arch: the network every chapter uses.
+        n_train: training images (the first ``n_train`` of the 50,000; 50,000 = all).
+        fp_epochs: full-precision training epochs.
+        qat_epochs: QAT fine-tuning epochs per bit-width, starting from the full-precision model.
+        qat_epochs_by_bits: ``(bits, epochs)`` pairs overriding ``qat_epochs`` (8 bits needs little,
+            2 bits needs most).
+        batch_size: training batch size.
+        fp_lr: peak learning rate of full-precision training (one-cycle SGD).
+        qat_lr: peak learning rate of QAT fine-tuning (cosine decay).
+        n_eval: evaluation images (the first ``n_eval`` test images; the first 1,000 are pixel-exact).
+        n_calib: images used to calibrate post-training quantization.
+    """
+
+    name: str
+    arch: Arch
+    n_train: int
+    fp_epochs: int
+    qat_epochs: int
+    batch_size: int
+    fp_lr: float
+    qat_lr: float
+    n_eval: int
+    n_calib: int = 512
+    qat_epochs_by_bits: tuple[tuple[int, int], ...] = ()
+
+    def qat_epochs_for(self, bits: int) -> int:
+        """QAT epochs at ``bits`` under this profile."""
+        return dict(self.qat_epochs_by_bits).get(bits, self.qat_epochs)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", "smallcnn", n_train=5000, fp_epochs=3, qat_epochs=1, batch_size=128,
+                     fp_lr=0.2, qat_lr=0.02, n_eval=200, n_calib=256),
+    "quick": Profile("quick", "resnet20", n_train=50000, fp_epochs=15, qat_epochs=2, batch_size=256,
+                     fp_lr=0.3, qat_lr=0.02, n_eval=1000, qat_epochs_by_bits=((8, 1), (2, 4))),
+    "paper": Profile("paper", "resnet56", n_train=50000, fp_epochs=200, qat_epochs=30, batch_size=128,
+                     fp_lr=0.1, qat_lr=0.01, n_eval=1000),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``; an unknown name raises ``ValueError`` listing the allowed ones."""
+    try:
+        return PROFILES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(PROFILES)}") from None

@@ -1,0 +1,152 @@
+"""One training loop for every model of the study: full precision, QAT, and (later) the defenses.
+
+A *strategy* supplies the loss of a batch; the loop owns the optimiser, the schedule, the seeded data
+order, the checkpoint after every epoch and the resume after an interruption. Resuming gives the same
+weights as an uninterrupted run because each epoch's shuffling and augmentation come from a generator
+seeded by ``(seed, epoch)``.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .artifacts import CorruptArtifact, load_tensors, save_tensors
+from .data import Cifar10, batches
+from .quant import FULL_PRECISION, check_bits, set_bits
+
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model (its hash names the checkpoint).
+
+    Attributes:
+        arch: network name (see :func:`qadtr_core.models.build_model`).
+        bits: bit-width trained at (32 = full precision). (Default: 32)
+        epochs: passes over the ``n_train`` training images.
+        lr: peak learning rate (SGD, Nesterov momentum 0.9).
+        batch_size: images per step. (Default: 128)
+        n_train: how many training images, from the start of the set. (Default: 50000)
+        schedule: "onecycle" (warm-up then anneal; from scratch) or "cosine" (fine-tuning).
+        weight_decay: L2 on convolution and linear weights only (not steps, not BatchNorm). (Default: 5e-4)
+        label_smoothing: cross-entropy label smoothing. (Default: 0.0)
+        seed: seeds the initialisation, the data order and the augmentation. (Default: 0)
+        profile: name of the profile the config was made for (provenance).
+        init: the config of the model this one is fine-tuned from, or None for training from scratch.
+        strategy: name of the batch-loss strategy ("standard" = cross-entropy at ``bits``).
+        strategy_params: the strategy's own frozen config, if any.
+    """
+
+    arch: str
+    epochs: int
+    lr: float
+    bits: int = FULL_PRECISION
+    batch_size: int = 128
+    n_train: int = 50000
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    seed: int = 0
+    profile: str = "custom"
+    init: TrainConfig | None = None
+    strategy: str = "standard"
+    strategy_params: object | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        if self.epochs < 1 or self.batch_size < 1 or self.n_train < 1:
+            raise ValueError(f"epochs, batch_size and n_train must be positive, got {self.epochs}, {self.batch_size}, {self.n_train}")
+        if self.schedule not in ("onecycle", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; allowed: 'onecycle', 'cosine'")
+
+
+def standard_loss(label_smoothing: float = 0.0) -> BatchLoss:
+    """Cross-entropy at the model's current bit-width."""
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    return loss
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    decay = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=0.9, nesterov=True,
+    )
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.2,
+                                                    div_factor=10.0, final_div_factor=100.0)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.0)
+    return opt, sched
+
+
+def train(
+    model: nn.Module,
+    data: Cifar10,
+    cfg: TrainConfig,
+    checkpoint: Path | None = None,
+    loss_fn: BatchLoss | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place under ``cfg``; returns one record per epoch (loss, accuracy, seconds).
+
+    With ``checkpoint``, the full training state is saved there after every epoch and a run that
+    finds a valid one resumes from it (a corrupt one is discarded and training starts over).
+    """
+    loss_fn = loss_fn or standard_loss(cfg.label_smoothing)
+    n = min(cfg.n_train, len(data.x_train))
+    x, y = data.x_train[:n], data.y_train[:n]
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    opt, sched = _optimizer(model, cfg, cfg.epochs * steps_per_epoch)
+    history: list[dict[str, float]] = []
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        try:
+            state = load_tensors(checkpoint)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            history, start = list(state["history"]), int(state["epoch"])
+        except (CorruptArtifact, KeyError, RuntimeError) as e:
+            print(f"ignoring unusable training checkpoint {checkpoint}: {e}")
+    set_bits(model, cfg.bits)
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN)
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        t0, tot_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
+        bar = tqdm(batches(x, y, cfg.batch_size, gen, train=True), total=steps_per_epoch, disable=not progress,
+                   desc=f"{cfg.arch} {cfg.bits}b {cfg.strategy} epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        for xb, yb in bar:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            loss, logits = loss_fn(model, xb, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot_loss += loss.item() * len(yb)
+            correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(yb)
+            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        history.append({"epoch": epoch + 1, "loss": tot_loss / seen, "train_acc": correct / seen,
+                        "seconds": time.perf_counter() - t0})
+        if checkpoint is not None:
+            save_tensors(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                      "scheduler": sched.state_dict(), "history": history, "epoch": epoch + 1})
+    model.eval()
+    return history
