@@ -123,3 +123,24 @@ def provenance() -> dict[str, str]:
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}",
     }
+
+
+def save_table(chapter: str, profile: str, name: str, table: Any, meta: dict[str, Any]) -> Path:
+    """Write a result table (a pandas DataFrame) as CSV plus a JSON record of its provenance.
+
+    Files go to ``<root>/results/<chapter>/<profile>/<name>.{csv,json}``; the book and the scorecard
+    read them from there. ``meta`` should hold at least n, seed, bit-widths and wall time.
+    """
+    d = artifact_root() / "results" / chapter / profile
+    atomic_write_bytes(d / f"{name}.csv", table.to_csv(index=False).encode())
+    write_json(d / f"{name}.json", {"chapter": chapter, "profile": profile, "name": name, **meta,
+                                    "provenance": provenance()})
+    return d / f"{name}.csv"
+
+
+def load_table(chapter: str, profile: str, name: str) -> tuple[Any, dict[str, Any]]:
+    """Read what :func:`save_table` wrote: ``(DataFrame, record)``."""
+    import pandas as pd
+
+    d = artifact_root() / "results" / chapter / profile
+    return pd.read_csv(d / f"{name}.csv"), read_json(d / f"{name}.json")

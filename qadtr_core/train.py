@@ -131,6 +131,7 @@ def train(
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         t0, tot_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
         bar = tqdm(batches(x, y, cfg.batch_size, gen, train=True), total=steps_per_epoch, disable=not progress,
+                   mininterval=2.0,
                    desc=f"{cfg.arch} {cfg.bits}b {cfg.strategy} epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for xb, yb in bar:
             xb = xb.contiguous(memory_format=torch.channels_last)
