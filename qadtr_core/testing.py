@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .data import Cifar10
 
@@ -24,3 +25,30 @@ def synthetic_cifar(n_train: int = 256, n_test: int = 64, seed: int = 0) -> Cifa
     xtr, ytr = make(n_train)
     xte, yte = make(n_test)
     return Cifar10(xtr, ytr, xte, yte, source=f"synthetic(seed={seed})")
+
+
+class ChannelMeanModel(nn.Module):
+    """``logits = W @ mean_colour(x)``: class 0 likes red and dislikes green and blue (weights +-5),
+    class 1 the opposite; the other eight classes score 0. A patch that is pure red pushes towards 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        w = torch.zeros(10, 3)
+        w[0] = torch.tensor([5.0, -5.0, -5.0])
+        w[1] = torch.tensor([-5.0, 5.0, 5.0])
+        self.register_buffer("w", w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3)) @ self.w.T
+
+
+class RegionModel(nn.Module):
+    """Looks only at the region ``rows x cols``: ``logits = W @ mean_colour(x[..., rows, cols])``."""
+
+    def __init__(self, rows: slice = slice(0, 8), cols: slice = slice(0, 8)) -> None:
+        super().__init__()
+        self.rows, self.cols = rows, cols
+        self.inner = ChannelMeanModel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x[..., self.rows, self.cols])
