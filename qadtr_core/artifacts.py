@@ -15,6 +15,7 @@ import os
 import platform
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -144,3 +145,26 @@ def load_table(chapter: str, profile: str, name: str) -> tuple[Any, dict[str, An
 
     d = artifact_root() / "results" / chapter / profile
     return pd.read_csv(d / f"{name}.csv"), read_json(d / f"{name}.json")
+
+
+def cached_tensors(kind: str, key: Any, compute: Callable[[], Any]) -> Any:
+    """Return the tensors cached under ``(kind, key)``, computing and saving them on a miss.
+
+    ``key`` must hold everything the result depends on (configs, the source model's hash); a corrupt
+    entry is recomputed.
+    """
+    d = artifact_dir(kind, key)
+    path = d / "tensors.pt"
+    if path.exists():
+        try:
+            return load_tensors(path)
+        except CorruptArtifact as e:
+            print(f"recomputing {kind}/{d.name}: {e}")
+    import time
+
+    t0 = time.perf_counter()
+    obj = compute()
+    save_tensors(path, obj)
+    write_json(d / "record.json", {"key": key, "config_hash": config_hash(key), "seconds": time.perf_counter() - t0,
+                                   "provenance": provenance()})
+    return obj

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import torch
 import pandas as pd
 import seaborn as sns
 
@@ -31,4 +32,66 @@ def accuracy_by_bits(table: pd.DataFrame, title: str) -> plt.Figure:
         ax.set_xlabel("bit-width (FP = 32-bit full precision)")
     fig.tight_layout()
     plt.close(fig)  # the notebook shows it once, explicitly
+    return fig
+
+
+def asr_heatmap(matrix: pd.DataFrame, title: str, ax: plt.Axes | None = None, vmax: float = 100.0,
+                label: str = "ASR (%)") -> plt.Figure:
+    """A source x target heat map of percentages (``matrix`` holds shares in [0, 1])."""
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    sns.heatmap(100 * matrix.astype(float), annot=True, fmt=".0f", vmin=0, vmax=vmax, cmap="rocket_r", ax=ax,
+                cbar_kws={"label": label}, square=True)
+    ax.set_xlabel("target (evaluated at)")
+    ax.set_ylabel("source (crafted at)")
+    ax.set_title(title, fontsize=9)
+    fig = ax.figure
+    if own:
+        fig.tight_layout()
+        plt.close(fig)
+    return fig
+
+
+def heatmap_grid(matrices: dict[str, pd.DataFrame], suptitle: str, label: str = "ASR (%)") -> plt.Figure:
+    """Several heat maps side by side (e.g. one per attack or patch size)."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(5.0 * len(matrices), 4.2), squeeze=False)
+    for ax, (title, m) in zip(axes[0], matrices.items()):
+        asr_heatmap(m, title, ax=ax, label=label)
+    fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def curve(table: pd.DataFrame, x: str, y: str, hue: str | None, title: str, xlabel: str, ylabel: str) -> plt.Figure:
+    """A line plot with markers (``y`` given as shares is shown in %)."""
+    df = table.copy()
+    df[ylabel] = 100 * df[y]
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(6.0, 3.6))
+        sns.lineplot(df, x=x, y=ylabel, hue=hue, marker="o", ax=ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(0, 100)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def image_grid(images: dict[str, torch.Tensor], captions: dict[str, str] | None = None, title: str = "",
+               scale: float = 1.6) -> plt.Figure:
+    """Show ``(C,H,W)`` images in [0, 1] in one row, with optional captions under each."""
+    fig, axes = plt.subplots(1, len(images), figsize=(scale * len(images), scale + 0.6), squeeze=False)
+    for ax, (name, img) in zip(axes[0], images.items()):
+        ax.imshow(img.detach().permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if captions and name in captions:
+            ax.set_xlabel(captions[name], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
     return fig

@@ -26,6 +26,10 @@ class Profile:
         qat_lr: peak learning rate of QAT fine-tuning (cosine decay).
         n_eval: evaluation images (the first ``n_eval`` test images; the first 1,000 are pixel-exact).
         n_calib: images used to calibrate post-training quantization.
+        n_attack: evaluation images for attacks (the first ``n_attack`` test images).
+        patch_steps: universal-patch optimisation steps; patch_batch: images per step.
+        n_patch_train: training images a universal patch is optimised on.
+        image_patch_steps, image_patch_restarts: budget of the per-image patch attack (Rao et al.).
     """
 
     name: str
@@ -39,6 +43,12 @@ class Profile:
     n_eval: int
     n_calib: int = 512
     qat_epochs_by_bits: tuple[tuple[int, int], ...] = ()
+    n_attack: int = 1000
+    patch_steps: int = 500
+    patch_batch: int = 128
+    n_patch_train: int = 10000
+    image_patch_steps: int = 100
+    image_patch_restarts: int = 3
 
     def qat_epochs_for(self, bits: int) -> int:
         """QAT epochs at ``bits`` under this profile."""
@@ -47,9 +57,13 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "smallcnn", n_train=5000, fp_epochs=3, qat_epochs=1, batch_size=128,
-                     fp_lr=0.2, qat_lr=0.02, n_eval=200, n_calib=256),
+                     fp_lr=0.2, qat_lr=0.02, n_eval=200, n_calib=256,
+                     n_attack=100, patch_steps=25, patch_batch=32, n_patch_train=1000, image_patch_steps=5,
+                     image_patch_restarts=1),
     "quick": Profile("quick", "resnet20", n_train=50000, fp_epochs=15, qat_epochs=2, batch_size=256,
-                     fp_lr=0.3, qat_lr=0.02, n_eval=1000, qat_epochs_by_bits=((8, 1), (2, 4))),
+                     fp_lr=0.3, qat_lr=0.02, n_eval=1000, qat_epochs_by_bits=((8, 1), (2, 4)),
+                     n_attack=500, patch_steps=200, patch_batch=64, n_patch_train=5000, image_patch_steps=20,
+                     image_patch_restarts=1),
     "paper": Profile("paper", "resnet56", n_train=50000, fp_epochs=200, qat_epochs=30, batch_size=128,
                      fp_lr=0.1, qat_lr=0.01, n_eval=1000),
 }

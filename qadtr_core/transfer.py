@@ -13,8 +13,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .artifacts import cached_tensors
+from .attacks.universal_patch import UniversalPatchAttack, UniversalPatchConfig
 from .metrics import predict, targeted_asr, untargeted_asr
-from .patches import Placement, apply_patch
+from .patches import Placement, apply_patch, make_mask, random_placement
 from .quant import bits as at_bits
 
 Member = tuple[nn.Module, int]
@@ -26,13 +28,37 @@ def patched_versions(patches: Mapping[str, torch.Tensor], images: torch.Tensor, 
     return {src: apply_patch(images, p, mask, placement).detach() for src, p in patches.items()}
 
 
-def craft_per_source(sources: Mapping[str, Member], craft: Callable[[nn.Module], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Run ``craft(model)`` once per source, with the model switched to the source's bit-width."""
+def craft_per_source(sources: Mapping[str, Member], craft: Callable[[nn.Module], torch.Tensor],
+                     cache_keys: Mapping[str, object] | None = None, kind: str = "adversarial") -> dict[str, torch.Tensor]:
+    """Run ``craft(model)`` once per source, with the model switched to the source's bit-width.
+
+    With ``cache_keys`` (source name -> everything the result depends on), results are cached in the
+    artifact store under ``kind`` and reused.
+    """
     out = {}
     for name, (model, b) in sources.items():
-        with at_bits(model, b):
-            out[name] = craft(model)
+        def run(model: nn.Module = model, b: int = b) -> dict[str, torch.Tensor]:
+            with at_bits(model, b):
+                return {"x": craft(model).detach()}
+        out[name] = (cached_tensors(kind, cache_keys[name], run) if cache_keys else run())["x"]
     return out
+
+
+def universal_patches(sources: Mapping[str, Member], images: torch.Tensor, labels: torch.Tensor,
+                      config: UniversalPatchConfig, cache_keys: Mapping[str, object] | None = None,
+                      progress: bool = False) -> dict[str, torch.Tensor]:
+    """One universal patch per source, crafted at the source's bit-width (cached when keys are given)."""
+    def craft(model: nn.Module) -> torch.Tensor:
+        return UniversalPatchAttack([(model, getattr(model, "qadtr_bits", 32))], images, labels, config).run(progress=progress)
+
+    keys = {k: {"attack": config, "source": v, "n_images": len(images)} for k, v in cache_keys.items()} if cache_keys else None
+    return craft_per_source(sources, craft, keys, kind="universal_patches")
+
+
+def evaluation_placement(n: int, config: UniversalPatchConfig, seed: int = 12345) -> Placement:
+    """Fixed, seeded placements of the evaluation images (the same for every source and target)."""
+    return random_placement(n, config.size, torch.Generator().manual_seed(seed), 32, config.avoid,
+                            config.max_angle, config.scale_range)
 
 
 def transfer_table(adversarial: Mapping[str, torch.Tensor], targets: Mapping[str, Member], images: torch.Tensor,

@@ -115,6 +115,19 @@ def post_training_quantize(fp: TrainedModel, bits: int, data: Cifar10, n_calib: 
     return TrainedModel(model, dataclasses.replace(fp.config, bits=bits), record)
 
 
+def baseline_models(profile: Profile, qat_bits: list[int], ptq_bits: list[int] = (), seed: int = 0,
+                    data: Cifar10 | None = None, progress: bool = True) -> dict[str, tuple[TrainedModel, int]]:
+    """The undefended models of the study by name: "FP", "8b" (QAT), ..., "PTQ 4b", each with its bit-width."""
+    data = data or load_cifar10()
+    fp = get_or_train(fp_config(profile, seed), data, progress=progress)
+    out: dict[str, tuple[TrainedModel, int]] = {"FP": (fp, FULL_PRECISION)}
+    for b in qat_bits:
+        out[f"{b}b"] = (get_or_train(qat_config(profile, b, seed), data, progress=progress), b)
+    for b in ptq_bits:
+        out[f"PTQ {b}b"] = (post_training_quantize(fp, b, data, profile.n_calib), b)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m qadtr_core.zoo --profile quick --bits 8 5 4 2``: build the baseline models ahead of time."""
     import argparse
