@@ -101,3 +101,38 @@ def test_qat_model_is_trained_at_its_bits_and_ptq_calibrates(cache):
     fp = zoo.get_or_train(TINY, data, progress=False)
     ptq = zoo.post_training_quantize(fp, 4, data, n_calib=32)
     assert ptq.record["method"] == "ptq" and ptq.model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_cached_tensors_computes_once_and_recomputes_when_corrupt(cache):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.arange(3.0)}
+
+    key = {"attack": "demo", "seed": 0}
+    assert torch.equal(artifacts.cached_tensors("demo", key, compute)["x"], torch.arange(3.0))
+    artifacts.cached_tensors("demo", key, compute)
+    assert len(calls) == 1
+    path = artifacts.artifact_dir("demo", key) / "tensors.pt"
+    path.write_bytes(b"broken")
+    artifacts.cached_tensors("demo", key, compute)
+    assert len(calls) == 2
+
+
+def test_result_tables_round_trip_with_provenance(cache):
+    import pandas as pd
+
+    df = pd.DataFrame({"bits": [32, 4], "accuracy": [0.9, 0.85]})
+    artifacts.save_table("00_demo", "smoke", "acc", df, {"n": 200, "seed": 0, "wall_seconds": 1.5})
+    back, meta = artifacts.load_table("00_demo", "smoke", "acc")
+    assert back.equals(df) and meta["n"] == 200 and meta["profile"] == "smoke" and "torch" in meta["provenance"]
+
+
+def test_baseline_models_names_and_bits(cache, monkeypatch):
+    data = synthetic_cifar(64, 16)
+    profile = dataclasses.replace(get_profile("smoke"), n_train=64, fp_epochs=1, qat_epochs=1, batch_size=32, n_calib=32)
+    models = zoo.baseline_models(profile, [4, 2], [4], data=data, progress=False)
+    assert list(models) == ["FP", "4b", "2b", "PTQ 4b"]
+    assert [b for _, b in models.values()] == [32, 4, 2, 4]
+    assert models["2b"][0].record["config_hash"] != models["4b"][0].record["config_hash"]

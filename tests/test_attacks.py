@@ -176,3 +176,19 @@ def test_every_public_attack_runs_on_a_quantized_model(name):
         assert res.apply(x).shape == x.shape
     else:
         assert pgd_attack(model, x, y, PGDConfig(steps=2)).shape == x.shape
+
+
+def test_universal_patches_are_cached_per_source(tmp_path, monkeypatch):
+    from qadtr_core import transfer
+
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
+    x, y = _images(16)
+    cfg = UniversalPatchConfig(steps=3, batch_size=8)
+    sources = {"a": (ChannelMeanModel(), 32), "b": (ChannelMeanModel(), 32)}
+    first = transfer.universal_patches(sources, x, y, cfg, cache_keys={"a": "model-a", "b": "model-b"})
+    assert torch.equal(first["a"], first["b"])  # same model, same seed
+    monkeypatch.setattr(transfer, "UniversalPatchAttack", None)  # a cache hit must not craft again
+    again = transfer.universal_patches(sources, x, y, cfg, cache_keys={"a": "model-a", "b": "model-b"})
+    assert torch.equal(again["a"], first["a"])
+    place = transfer.evaluation_placement(16, cfg, seed=3)
+    assert torch.equal(place.rows, transfer.evaluation_placement(16, cfg, seed=3).rows)
