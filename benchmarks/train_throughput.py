@@ -15,14 +15,14 @@ from qadtr_core.models import build_model
 from qadtr_core.quant import prepare_bits, set_bits
 
 
-def throughput(arch: str, bits: int, batch: int, steps: int, warmup: int = 2) -> float:
+def throughput(arch: str, bits: int, batch: int, steps: int, warmup: int = 2, device: str = "cpu") -> float:
     torch.manual_seed(0)
-    model = build_model(arch).to(memory_format=torch.channels_last).train()
+    model = build_model(arch).to(device, memory_format=torch.channels_last).train()
     prepare_bits(model, bits)
     set_bits(model, bits)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
@@ -30,6 +30,8 @@ def throughput(arch: str, bits: int, batch: int, steps: int, warmup: int = 2) ->
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if device != "cpu":
+        torch.cuda.synchronize()
     return batch * steps / (time.perf_counter() - t0)
 
 
@@ -38,10 +40,11 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet20")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     print(f"{args.arch}, batch {args.batch}, {args.steps} timed steps, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    results = {b: throughput(args.arch, b, args.batch, args.steps) for b in (32, 8, 4, 2)}
+          f"{torch.get_num_threads()} threads, device {args.device}")
+    results = {b: throughput(args.arch, b, args.batch, args.steps, device=args.device) for b in (32, 8, 4, 2)}
     for b, ips in results.items():
         print(f"{b:>2} bits: {ips:8.1f} images/s   step cost vs full precision: {results[32] / ips:.2f}x")
 

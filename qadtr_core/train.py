@@ -125,7 +125,8 @@ def train(
         except (CorruptArtifact, KeyError, RuntimeError) as e:
             print(f"ignoring unusable training checkpoint {checkpoint}: {e}")
     set_bits(model, cfg.bits)
-    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN)
+    device = next(model.parameters()).device
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU (cuDNN)
     for epoch in range(start, cfg.epochs):
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
@@ -134,7 +135,8 @@ def train(
                    mininterval=2.0,
                    desc=f"{cfg.arch} {cfg.bits}b {cfg.strategy} epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for xb, yb in bar:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = xb.to(device).contiguous(memory_format=torch.channels_last)
+            yb = yb.to(device)
             loss, logits = loss_fn(model, xb, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -86,11 +86,11 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
     model.eval()
     n, c = x.shape[:2]
     mask = make_mask(cfg.size, cfg.shape).to(x)
-    best_p = torch.zeros(n, c, cfg.size, cfg.size, dtype=x.dtype)
-    best_r = torch.zeros(n, dtype=torch.long)
-    best_c = torch.zeros(n, dtype=torch.long)
-    best_loss = torch.full((n,), -float("inf"))
-    best_fooled = torch.zeros(n, dtype=torch.bool)
+    best_p = torch.zeros(n, c, cfg.size, cfg.size, dtype=x.dtype, device=x.device)
+    best_r = torch.zeros(n, dtype=torch.long, device=x.device)
+    best_c = torch.zeros(n, dtype=torch.long, device=x.device)
+    best_loss = torch.full((n,), -float("inf"), device=x.device)
+    best_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     for restart in range(cfg.restarts):
         g = torch.Generator().manual_seed(cfg.seed * 7919 + offset * 31 + restart)
         place = random_placement(n, cfg.size, g, x.shape[-1], cfg.avoid)
@@ -109,7 +109,7 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
             # Prefer a patch that fools the model; among equals, the higher loss.
             better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
             best_p[better] = p.detach()[better]
-            best_r[better], best_c[better] = place.rows[better], place.cols[better]
+            best_r[better], best_c[better] = place.rows.to(x.device)[better], place.cols.to(x.device)[better]
             best_loss[better], best_fooled[better] = loss[better], fooled[better]
     model.train(was_training)
-    return ImagePatches(best_p, Placement(best_r, best_c, torch.zeros(n), torch.ones(n)), mask)
+    return ImagePatches(best_p, Placement(best_r.cpu(), best_c.cpu(), torch.zeros(n), torch.ones(n)), mask)
