@@ -36,7 +36,8 @@ notebooks: $(STAMP)
 	done
 
 html: $(STAMP)
-	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
+	$(PY) -m qadtr_core.bookconfig $(EXECUTED) _build/_config.yml
+	$(VENV)/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
 book: notebooks html

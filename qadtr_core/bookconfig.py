@@ -1,0 +1,43 @@
+"""Build-time helper: the book's configuration with a banner naming the profile the pages show.
+
+``python -m qadtr_core.bookconfig book/results _build/_config.yml`` reads the papermill parameters
+of the executed notebooks, refuses a mix of profiles (a page would then mislabel its numbers), and
+writes ``_config.yml`` plus an announcement banner shown on every page.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def executed_profile(results_dir: Path) -> str:
+    """The single profile the executed notebooks in ``results_dir`` ran at."""
+    profiles = {}
+    for nb in sorted(Path(results_dir).glob("*.ipynb")):
+        params = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("parameters", {})
+        profiles[nb.name] = params.get("profile", "smoke")
+    if not profiles:
+        raise SystemExit(f"no executed notebooks in {results_dir}; run `make notebooks` first")
+    if len(set(profiles.values())) != 1:
+        raise SystemExit(f"executed notebooks ran at different profiles: {profiles}; rerun `make notebooks PROFILE=...`")
+    return next(iter(profiles.values()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    results_dir, out = (argv or sys.argv[1:])[:2]
+    profile = executed_profile(Path(results_dir))
+    config = yaml.safe_load(Path("_config.yml").read_text())
+    config.setdefault("html", {})["announcement"] = (
+        f"Results on these pages were computed at the <b>{profile}</b> profile "
+        f"(see <i>How to reproduce</i> in the README for the others)."
+    )
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"book config for profile {profile}: {out}")
+
+
+if __name__ == "__main__":
+    main()
