@@ -78,6 +78,14 @@ def test_universal_config_errors(kwargs, match):
         UniversalPatchConfig(**kwargs)
 
 
+def test_image_patch_config_errors_and_more_classes():
+    with pytest.raises(ValueError, match=r"target class 10 out of range; allowed: 0..9"):
+        ImagePatchConfig(target=10)
+    with pytest.raises(ValueError, match="restarts"):
+        ImagePatchConfig(restarts=0)
+    assert UniversalPatchConfig(target=50, num_classes=100).target == 50
+
+
 def test_attacks_refuse_non_finite_images():
     x, y = _images(4)
     x[0, 0, 0, 0] = float("inf")

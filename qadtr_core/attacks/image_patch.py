@@ -29,6 +29,7 @@ class ImagePatchConfig:
         restarts: attempts per image, each at a new location. (Default: 1)
         avoid: a box (row, col, h, w) the patch may not cover. (Default: the central 10x10)
         target: a target class, or None for untargeted. (Default: None)
+        num_classes: classes of the attacked models (bounds ``target``). (Default: 10)
         seed: seeds locations and starting patches. (Default: 0)
     """
 
@@ -40,10 +41,11 @@ class ImagePatchConfig:
     avoid: Box | None = central_box(10)
     target: int | None = None
     seed: int = 0
+    num_classes: int = 10
 
     def __post_init__(self) -> None:
-        if self.target is not None and not 0 <= self.target < 10:
-            raise ValueError(f"target class {self.target} out of range; allowed: 0..9 or None (untargeted)")
+        if self.target is not None and not 0 <= self.target < self.num_classes:
+            raise ValueError(f"target class {self.target} out of range; allowed: 0..{self.num_classes - 1} or None (untargeted)")
         if self.steps < 0 or self.restarts < 1:
             raise ValueError(f"steps must be >= 0 and restarts >= 1, got {self.steps}, {self.restarts}")
         make_mask(self.size, self.shape)

@@ -40,6 +40,7 @@ class UniversalPatchConfig:
         max_angle: EOT rotation range in degrees (0 = none). (Default: 0.0)
         scale_range: EOT scale range (1, 1 = none). (Default: (1.0, 1.0))
         avoid: a box (row, col, h, w) the patch may not cover, or None. (Default: None)
+        num_classes: classes of the attacked models (bounds ``target``). (Default: 10)
         seed: seeds the initial patch, batches and placements. (Default: 0)
     """
 
@@ -54,10 +55,11 @@ class UniversalPatchConfig:
     scale_range: tuple[float, float] = (1.0, 1.0)
     avoid: Box | None = None
     seed: int = 0
+    num_classes: int = 10
 
     def __post_init__(self) -> None:
-        if self.target is not None and not 0 <= self.target < 10:
-            raise ValueError(f"target class {self.target} out of range; allowed: 0..9 or None (untargeted)")
+        if self.target is not None and not 0 <= self.target < self.num_classes:
+            raise ValueError(f"target class {self.target} out of range; allowed: 0..{self.num_classes - 1} or None (untargeted)")
         if self.optimizer not in ("adam", "sign"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: 'adam', 'sign'")
         make_mask(self.size, self.shape)  # validates size and shape
