@@ -26,6 +26,12 @@ class Rate:
         return f"{100 * self.value:.1f} % (n={self.n}, {self.definition})"
 
 
+def check_target(target: int | None, num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``target`` is None (untargeted) or a class index below ``num_classes``."""
+    if target is not None and not 0 <= target < num_classes:
+        raise ValueError(f"target class {target} out of range; allowed: 0..{num_classes - 1} or None (untargeted)")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Predicted labels of ``x`` (images in [0, 1]) at the model's current bit-width, in eval mode."""

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics import check_target
 from ..patches import Box, Placement, Shape, apply_patch, central_box, make_mask, random_placement
 
 
@@ -44,8 +45,7 @@ class ImagePatchConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        if self.target is not None and not 0 <= self.target < self.num_classes:
-            raise ValueError(f"target class {self.target} out of range; allowed: 0..{self.num_classes - 1} or None (untargeted)")
+        check_target(self.target, self.num_classes)
         if self.steps < 0 or self.restarts < 1:
             raise ValueError(f"steps must be >= 0 and restarts >= 1, got {self.steps}, {self.restarts}")
         make_mask(self.size, self.shape)

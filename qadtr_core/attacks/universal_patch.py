@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..metrics import check_target
 from ..patches import Box, Shape, apply_patch, make_mask, random_placement
 from ..quant import bits as at_bits
 from ..quant import check_bits
@@ -58,8 +59,7 @@ class UniversalPatchConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        if self.target is not None and not 0 <= self.target < self.num_classes:
-            raise ValueError(f"target class {self.target} out of range; allowed: 0..{self.num_classes - 1} or None (untargeted)")
+        check_target(self.target, self.num_classes)
         if self.optimizer not in ("adam", "sign"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: 'adam', 'sign'")
         make_mask(self.size, self.shape)  # validates size and shape
