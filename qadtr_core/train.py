@@ -22,7 +22,9 @@ from .artifacts import CorruptArtifact, load_tensors, save_tensors
 from .data import Cifar10, batches
 from .quant import FULL_PRECISION, check_bits, set_bits
 
-BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (model, images, labels, global step) -> (loss, logits used for the running accuracy). The step lets a
+# strategy derive its own randomness from (seed, step), so that a resumed run repeats exactly.
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class TrainConfig:
 def standard_loss(label_smoothing: float = 0.0) -> BatchLoss:
     """Cross-entropy at the model's current bit-width."""
 
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
 
@@ -122,6 +124,8 @@ def train(
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             history, start = list(state["history"]), int(state["epoch"])
+            if hasattr(loss_fn, "load_state_dict") and "strategy" in state:
+                loss_fn.load_state_dict(state["strategy"])
         except (CorruptArtifact, KeyError, RuntimeError) as e:
             print(f"ignoring unusable training checkpoint {checkpoint}: {e}")
     set_bits(model, cfg.bits)
@@ -134,10 +138,10 @@ def train(
         bar = tqdm(batches(x, y, cfg.batch_size, gen, train=True), total=steps_per_epoch, disable=not progress,
                    mininterval=2.0,
                    desc=f"{cfg.arch} {cfg.bits}b {cfg.strategy} epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for xb, yb in bar:
+        for i, (xb, yb) in enumerate(bar):
             xb = xb.to(device).contiguous(memory_format=torch.channels_last)
             yb = yb.to(device)
-            loss, logits = loss_fn(model, xb, yb)
+            loss, logits = loss_fn(model, xb, yb, epoch * steps_per_epoch + i)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -149,7 +153,10 @@ def train(
         history.append({"epoch": epoch + 1, "loss": tot_loss / seen, "train_acc": correct / seen,
                         "seconds": time.perf_counter() - t0})
         if checkpoint is not None:
-            save_tensors(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "scheduler": sched.state_dict(), "history": history, "epoch": epoch + 1})
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "history": history, "epoch": epoch + 1}
+            if hasattr(loss_fn, "state_dict"):  # a strategy with state of its own (QADT-R's A-QAPA averages)
+                state["strategy"] = loss_fn.state_dict()
+            save_tensors(checkpoint, state)
     model.eval()
     return history

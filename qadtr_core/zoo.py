@@ -54,8 +54,8 @@ def get_or_train(
 ) -> TrainedModel:
     """Load the model of ``config`` from the cache, training it (and its parents) if needed.
 
-    ``loss_fn`` is the batch loss for ``config.strategy`` (a defense passes its own); the standard
-    cross-entropy is used when omitted.
+    ``loss_fn`` overrides the batch loss; by default it is built from ``config.strategy`` and
+    ``config.strategy_params`` (standard cross-entropy, PBAT, DWQ or QADT-R).
     """
     d = artifact_dir("models", config)
     ckpt, rec_path = d / "model.pt", d / "record.json"
@@ -74,9 +74,14 @@ def get_or_train(
     if config.init is not None:
         parent = get_or_train(config.init, data, progress=progress)
         model.load_state_dict(parent.model.state_dict())
-        prepare_bits(model, config.bits, source_bits=config.init.bits)
+        # every width the strategy trains at starts from the parent's BatchNorms
+        for b in {config.bits, *getattr(config.strategy_params, "bit_set", ())}:
+            prepare_bits(model, b, source_bits=config.init.bits)
     t0 = time.perf_counter()
-    history = train(model, data, config, checkpoint=d / "train_state.pt", loss_fn=loss_fn, progress=progress)
+    from .defenses import strategy_loss  # defenses build on train; imported here to keep imports pointing down
+
+    history = train(model, data, config, checkpoint=d / "train_state.pt", loss_fn=loss_fn or strategy_loss(config),
+                    progress=progress)
     record = {
         "config": config,
         "config_hash": config_hash(config),

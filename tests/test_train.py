@@ -33,11 +33,12 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, bits):
     calls = {"n": 0}
     base = standard_loss()
 
-    def dies_in_second_epoch(model, x, y):
+    def dies_in_second_epoch(model, x, y, step):
         calls["n"] += 1
+        assert step == calls["n"] - 1  # the loop hands out the global step
         if calls["n"] == 4:  # 3 steps per epoch: the 4th step is in epoch 2
             raise KeyboardInterrupt
-        return base(model, x, y)
+        return base(model, x, y, step)
 
     ckpt = tmp_path / "state.pt"
     resumed = _model()

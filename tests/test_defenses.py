@@ -1,0 +1,180 @@
+"""Defenses on a tiny model and data: each trains, components switch off exactly, GIR behaves."""
+import dataclasses
+
+import pytest
+import torch
+
+from qadtr_core import zoo
+from qadtr_core.defenses import (
+    DWQConfig, PBATConfig, QADTR, QADTRConfig, RandomPrecision, dwq_loss, gir_penalty, pbat_loss, strategy_loss,
+)
+from qadtr_core.defenses.dwq import draw_bits
+from qadtr_core.defenses.qadtr import input_gradient
+from qadtr_core.models import build_model
+from qadtr_core.quant import prepare_bits, set_bits
+from qadtr_core.testing import synthetic_cifar
+from qadtr_core.train import TrainConfig, train
+
+FAST_QADTR = QADTRConfig(inner_steps=1, patch_sizes=(4, 6))
+
+
+def _model():
+    torch.manual_seed(0)
+    m = build_model("smallcnn")
+    for b in (32, 8, 5, 4, 2):
+        prepare_bits(m, b)
+    return m
+
+
+def _batch(n=16):
+    d = synthetic_cifar(n, 4)
+    return d.x_train.float() / 255, d.y_train
+
+
+@pytest.mark.parametrize("strategy,params", [
+    ("pbat", PBATConfig(inner_steps=1)),
+    ("dwq", DWQConfig(pgd_steps=1)),
+    ("qadtr", FAST_QADTR),
+])
+def test_each_defense_trains_one_tiny_epoch_and_changes_the_weights(strategy, params):
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(arch="smallcnn", epochs=1, lr=0.05, bits=4, batch_size=16, n_train=32, schedule="cosine",
+                      strategy=strategy, strategy_params=params)
+    hist = train(model, synthetic_cifar(32, 4), cfg, loss_fn=strategy_loss(cfg), progress=False)
+    assert torch.isfinite(torch.tensor(hist[0]["loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_unknown_defense_and_bad_bit_sets_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown defense 'adv'; allowed: standard, pbat, dwq, qadtr"):
+        strategy_loss(TrainConfig(arch="smallcnn", epochs=1, lr=0.1, strategy="adv"))
+    with pytest.raises(ValueError, match="bit set is empty"):
+        QADTRConfig(bit_set=())
+    with pytest.raises(ValueError, match="repeats"):
+        DWQConfig(bit_set=(4, 4))
+    with pytest.raises(ValueError, match="bit-width 1"):
+        DWQConfig(bit_set=(1, 4))
+    with pytest.raises(ValueError, match="unknown bit schedule"):
+        draw_bits((4, 2), 0, 0, "random")
+    with pytest.raises(ValueError, match="at least two"):
+        QADTRConfig(bit_set=(4,))
+
+
+@pytest.mark.parametrize("schedule", ["cycle", "sample"])
+def test_the_bit_schedule_visits_every_bit(schedule):
+    bit_set = (32, 8, 5, 4, 2)
+    seen = [draw_bits(bit_set, 0, s, schedule) for s in range(100)]
+    assert set(seen) == set(bit_set)
+    if schedule == "cycle":
+        assert seen[:5] == list(bit_set)
+    assert seen == [draw_bits(bit_set, 0, s, schedule) for s in range(100)]  # seeded
+
+
+def test_switching_off_a_component_removes_exactly_its_term():
+    x, y = _batch()
+    runs = {}
+    for name, cfg in {"all": FAST_QADTR, "no_gir": dataclasses.replace(FAST_QADTR, gir=False)}.items():
+        model = _model().train()
+        strategy = QADTR(cfg)
+        loss, _ = strategy(model, x, y, step=3)
+        runs[name] = (float(loss.detach()), strategy.last_terms)
+    (l_all, t_all), (l_off, t_off) = runs["all"], runs["no_gir"]
+    assert "gir" not in t_off and t_all["gir"] > 0
+    assert t_all["ce"] == pytest.approx(t_off["ce"], abs=1e-6)
+    assert l_all - l_off == pytest.approx(t_all["gir"], abs=1e-5)
+
+
+def test_dbwt_and_aqapa_switches():
+    no_dbwt = QADTR(dataclasses.replace(FAST_QADTR, dbwt=False, fixed_bits=5))
+    assert {no_dbwt.train_bits(s) for s in range(20)} == {5}
+    assert {QADTR(FAST_QADTR).train_bits(s) for s in range(5)} == {32, 8, 5, 4, 2}
+    no_aqapa = QADTR(dataclasses.replace(FAST_QADTR, aqapa=False))
+    assert no_aqapa.patch_cell(0) == (-1, 32, 6)
+
+
+def test_aqapa_favours_the_hardest_cell():
+    strategy = QADTR(dataclasses.replace(FAST_QADTR, temperature=0.1))
+    strategy.avg_loss[3] = 5.0  # (8 bits, 6 px) was the hardest recently
+    draws = [strategy.patch_cell(s)[0] for s in range(50)]
+    assert draws.count(3) > 45 and strategy.cells[3] == (8, 6)
+
+
+def test_gir_penalty_values():
+    g = torch.randn(4, 3, 8, 8)
+    assert gir_penalty(g, g).item() == pytest.approx(1.0)
+    assert gir_penalty(g, -g).item() == pytest.approx(1.0)  # anti-aligned helps a sign attack as much
+    a = torch.zeros(2, 1, 2, 2)
+    b = torch.zeros(2, 1, 2, 2)
+    a[:, 0, 0, 0], b[:, 0, 1, 1] = 1.0, 1.0
+    assert gir_penalty(a, b).item() == 0.0  # orthogonal gradients: no penalty
+
+
+def test_gir_double_backprop_gives_finite_parameter_gradients():
+    model = _model().train()
+    x, y = _batch(8)
+    set_bits(model, 4)
+    g1 = input_gradient(model, x, y, create_graph=True)
+    set_bits(model, 2)
+    g2 = input_gradient(model, x, y, create_graph=True)
+    penalty = gir_penalty(g1, g2)
+    grads = torch.autograd.grad(penalty, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    flat = torch.cat([g.flatten() for g in grads if g is not None])
+    assert torch.isfinite(flat).all() and flat.abs().sum() > 0
+
+
+def test_dwq_updates_only_the_batchnorm_of_the_drawn_bits():
+    model = _model().train()
+    x, y = _batch()
+    before = {k: v.running_mean.clone() for k, v in model.bns[1].bns.items()}
+    dwq_loss(DWQConfig(pgd_steps=1, bit_set=(8, 2)))(model, x, y, step=0)
+    drawn = str(draw_bits((8, 2), 0, 0))
+    changed = [k for k, v in model.bns[1].bns.items() if not torch.equal(v.running_mean, before[k])]
+    assert changed == [drawn]
+
+
+def test_random_precision_inference_is_random_and_repeatable():
+    model = _model().eval()
+    x, _ = _batch(2)
+    draws = []
+    for seed in (0, 0):
+        rp = RandomPrecision(model, (32, 4, 2), seed=seed)
+        draws.append([rp(x) is not None and rp.last_bits for _ in range(12)])
+    assert draws[0] == draws[1] and len(set(draws[0])) == 3
+
+
+def test_defended_models_come_from_the_zoo_with_every_bit_ready(tmp_path, monkeypatch):
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
+    data = synthetic_cifar(32, 8)
+    parent = TrainConfig(arch="smallcnn", epochs=1, lr=0.05, batch_size=16, n_train=32)
+    cfg = dataclasses.replace(parent, bits=4, schedule="cosine", init=parent, strategy="qadtr",
+                              strategy_params=dataclasses.replace(FAST_QADTR, bit_set=(32, 4, 2)))
+    tm = zoo.get_or_train(cfg, data, progress=False)
+    for b in (32, 4, 2):
+        set_bits(tm.model, b)
+        assert tm.model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_qadtr_state_is_checkpointed_and_resumed(tmp_path):
+    data = synthetic_cifar(32, 4)
+    cfg = TrainConfig(arch="smallcnn", epochs=2, lr=0.05, bits=4, batch_size=16, n_train=32, schedule="cosine",
+                      strategy="qadtr", strategy_params=FAST_QADTR)
+    ref_strategy = QADTR(FAST_QADTR)
+    reference = _model()
+    train(reference, data, cfg, loss_fn=ref_strategy, progress=False)
+
+    class Dies(QADTR):
+        def __call__(self, model, x, y, step):
+            if step == 2:  # first step of epoch 2
+                raise KeyboardInterrupt
+            return super().__call__(model, x, y, step)
+
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), data, cfg, checkpoint=ckpt, loss_fn=Dies(FAST_QADTR), progress=False)
+    resumed_strategy = QADTR(FAST_QADTR)
+    resumed = _model()
+    train(resumed, data, cfg, checkpoint=ckpt, loss_fn=resumed_strategy, progress=False)
+    assert torch.equal(resumed_strategy.avg_loss, ref_strategy.avg_loss)
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
