@@ -53,11 +53,16 @@ def asr_heatmap(matrix: pd.DataFrame, title: str, ax: plt.Axes | None = None, vm
     return fig
 
 
-def heatmap_grid(matrices: dict[str, pd.DataFrame], suptitle: str, label: str = "ASR (%)") -> plt.Figure:
-    """Several heat maps side by side (e.g. one per attack or patch size)."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(5.0 * len(matrices), 4.2), squeeze=False)
-    for ax, (title, m) in zip(axes[0], matrices.items()):
+def heatmap_grid(matrices: dict[str, pd.DataFrame], suptitle: str, ncols: int = 2) -> plt.Figure:
+    """Heat maps in a grid of ``ncols`` columns; a panel whose title contains "relative" is labelled
+    as a percentage of the source's white-box ASR."""
+    nrows = -(-len(matrices) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 4.2 * nrows), squeeze=False)
+    for ax, (title, m) in zip(axes.flat, matrices.items()):
+        label = "% of the source's white-box ASR" if "relative" in title else "ASR (%)"
         asr_heatmap(m, title, ax=ax, label=label)
+    for ax in list(axes.flat)[len(matrices):]:
+        ax.set_visible(False)
     fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     plt.close(fig)
