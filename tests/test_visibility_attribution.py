@@ -51,6 +51,7 @@ def test_occlusion_mass_sits_where_the_model_looks():
     model = RegionModel(rows=slice(0, 8), cols=slice(0, 8))
     x = torch.rand(2, 3, 32, 32)
     x[:, 0, :8, :8] = 0.9  # red where the model looks: evidence for class 0
+    x[:, 1:, :8, :8] = 0.1
     maps = attribution_map(model, x, torch.zeros(2, dtype=torch.long), "occlusion", window=4, stride=4)
     region = torch.zeros(1, 1, 32, 32)
     region[..., :8, :8] = 1
