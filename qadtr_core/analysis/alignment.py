@@ -41,6 +41,11 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bit_widt
     return out
 
 
+def member_gradients(members: dict[str, tuple[nn.Module, int]], x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Input gradients of the same images for several (model, bit-width) members, by member name."""
+    return {name: input_gradients(model, x, y, [b])[b] for name, (model, b) in members.items()}
+
+
 def _flat(g: torch.Tensor, region: torch.Tensor | None) -> torch.Tensor:
     return (g if region is None else g * region).flatten(1)
 
@@ -105,12 +110,15 @@ def hog_cosine(g1: torch.Tensor, g2: torch.Tensor, region: torch.Tensor | None =
 METRICS = {"cosine": cosine, "edge IoU": edge_iou, "HOG cosine": hog_cosine}
 
 
-def bit_label(bits: int) -> str:
-    return "fp" if bits == 32 else f"{bits}b"
+def bit_label(key: int | str) -> str:
+    """"fp" for 32, "4b" for 4; names (e.g. "FP", "4b") pass through, lower-cased for FP."""
+    if isinstance(key, str):
+        return "fp" if key.upper() == "FP" else key
+    return "fp" if key == 32 else f"{key}b"
 
 
-def pairwise_alignment(grads: dict[int, torch.Tensor], region: torch.Tensor | None = None,
-                       pairs: Sequence[tuple[int, int]] | None = None) -> pd.DataFrame:
+def pairwise_alignment(grads: dict, region: torch.Tensor | None = None,
+                       pairs: Sequence[tuple] | None = None) -> pd.DataFrame:
     """Tidy per-image table: pair ("fp-4b"), metric, image index, value, for every pair of bit-widths."""
     pairs = pairs or list(itertools.combinations(grads, 2))
     rows = []
