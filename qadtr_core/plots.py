@@ -100,3 +100,46 @@ def image_grid(images: dict[str, torch.Tensor], captions: dict[str, str] | None 
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def map_grid(maps: dict[str, dict[str, torch.Tensor]], title: str, image: torch.Tensor | None = None) -> plt.Figure:
+    """A grid of heat maps: rows (e.g. bit-widths) x columns (e.g. methods), each ``(H, W)`` normalised
+    to its own maximum; ``image`` is shown first in every row."""
+    rows = list(maps)
+    cols = list(next(iter(maps.values())))
+    extra = image is not None
+    fig, axes = plt.subplots(len(rows), len(cols) + extra, figsize=(1.7 * (len(cols) + extra), 1.7 * len(rows) + 0.5), squeeze=False)
+    for i, r in enumerate(rows):
+        if extra:
+            axes[i, 0].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            axes[i, 0].set_ylabel(r, fontsize=8)
+        for j, c in enumerate(cols):
+            m = maps[r][c]
+            ax = axes[i, j + extra]
+            ax.imshow((m / m.max().clamp_min(1e-12)).numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            if i == 0:
+                ax.set_title(c, fontsize=8)
+            if j + extra == 0:
+                ax.set_ylabel(r, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def location_heatmap(tables: dict[str, pd.DataFrame], title: str) -> plt.Figure:
+    """ASR (%) by patch position (top-left row, col), one panel per model."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(3.6 * len(tables), 3.4), squeeze=False)
+    for ax, (name, t) in zip(axes[0], tables.items()):
+        grid = t.pivot(index="row", columns="col", values="asr") * 100
+        sns.heatmap(grid, vmin=0, vmax=100, cmap="rocket_r", ax=ax, cbar_kws={"label": "targeted ASR (%)"}, square=True)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("patch column (px)")
+        ax.set_ylabel("patch row (px)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

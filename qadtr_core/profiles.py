@@ -30,6 +30,8 @@ class Profile:
         patch_steps: universal-patch optimisation steps; patch_batch: images per step.
         n_patch_train: training images a universal patch is optimised on.
         image_patch_steps, image_patch_restarts: budget of the per-image patch attack (Rao et al.).
+        n_attribution: images per attribution map statistic; ig_steps: Integrated-Gradients steps.
+        n_location, location_stride: images and grid step (pixels) of the ASR-by-position map.
     """
 
     name: str
@@ -49,6 +51,10 @@ class Profile:
     n_patch_train: int = 10000
     image_patch_steps: int = 100
     image_patch_restarts: int = 3
+    n_attribution: int = 500
+    ig_steps: int = 50
+    n_location: int = 1000
+    location_stride: int = 1
 
     def qat_epochs_for(self, bits: int) -> int:
         """QAT epochs at ``bits`` under this profile."""
@@ -59,11 +65,11 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "smallcnn", n_train=5000, fp_epochs=3, qat_epochs=1, batch_size=128,
                      fp_lr=0.2, qat_lr=0.02, n_eval=200, n_calib=256,
                      n_attack=100, patch_steps=25, patch_batch=32, n_patch_train=1000, image_patch_steps=5,
-                     image_patch_restarts=1),
+                     image_patch_restarts=1, n_attribution=16, ig_steps=16, n_location=64, location_stride=8),
     "quick": Profile("quick", "resnet20", n_train=50000, fp_epochs=15, qat_epochs=2, batch_size=256,
                      fp_lr=0.3, qat_lr=0.02, n_eval=1000, qat_epochs_by_bits=((8, 1), (2, 4)),
                      n_attack=500, patch_steps=200, patch_batch=64, n_patch_train=5000, image_patch_steps=20,
-                     image_patch_restarts=1),
+                     image_patch_restarts=1, n_attribution=64, ig_steps=32, n_location=200, location_stride=3),
     "paper": Profile("paper", "resnet56", n_train=50000, fp_epochs=200, qat_epochs=30, batch_size=128,
                      fp_lr=0.1, qat_lr=0.01, n_eval=1000),
 }
