@@ -178,3 +178,18 @@ def test_qadtr_state_is_checkpointed_and_resumed(tmp_path):
     assert torch.equal(resumed_strategy.avg_loss, ref_strategy.avg_loss)
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_adaptive_attacks_run_with_eot_over_bits_and_over_random_precision():
+    from qadtr_core.attacks import UniversalPatchAttack, UniversalPatchConfig
+
+    model = _model().eval()
+    x, y = _batch(8)
+    cfg = UniversalPatchConfig(steps=3, batch_size=4, target=0)
+    over_bits = UniversalPatchAttack([(model, b) for b in (32, 8, 5, 4, 2)], x, y, cfg)
+    over_bits.run()
+    rp = RandomPrecision(model, (32, 4, 2), seed=1)
+    over_randomness = UniversalPatchAttack([(rp, 32)], x, y, cfg)  # each step meets a fresh random width
+    patch = over_randomness.run()
+    assert len(over_bits.history) == 3 and patch.min() >= 0 and patch.max() <= 1
+    assert rp.last_bits in (32, 4, 2)
