@@ -77,8 +77,8 @@ def fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_s
     The gradient wrt ``x`` is 1 where ``qmin*step <= x <= qmax*step`` and 0 elsewhere; the gradient
     wrt ``step`` is LSQ's (``round(x/s) - x/s`` inside, the clamp bound outside) times ``grad_scale``.
     """
-    # A learned step must stay positive; the clamp is a no-op for every step that is.
-    return _FakeQuant.apply(x, step.clamp_min(1e-8), qmin, qmax, grad_scale)
+    # A learned step can cross zero during QAT (small 8-bit weight steps do); the grid depends on its size only.
+    return _FakeQuant.apply(x, step.abs().clamp_min(1e-12), qmin, qmax, grad_scale)
 
 
 @torch.no_grad()

@@ -124,3 +124,9 @@ def test_prepare_bits_reinitialises_steps_from_data():
     prepare_bits(act, 2)
     act(torch.tensor([0.0, 3.0]))
     assert act.astep.steps["2"].item() == pytest.approx(10 * first)
+
+
+def test_a_step_that_crossed_zero_quantizes_like_its_magnitude():
+    x = torch.tensor([-0.3, -0.1, 0.0, 0.12, 0.5])
+    pos = fake_quant(x, torch.tensor(0.1), *weight_range(3))
+    assert torch.equal(fake_quant(x, torch.tensor(-0.1), *weight_range(3)), pos)
