@@ -128,10 +128,10 @@ def load_cifar10(source: str | os.PathLike | None = None) -> Cifar10:
         found = [c for c in candidates if c.exists()]
         if found:
             data = _load_path(found[0])
-        elif os.environ.get(DOWNLOAD_VAR) == "1":
+        elif (opted_in := os.environ.get(DOWNLOAD_VAR) == "1"):
             import torchvision  # only on explicit opt-in
 
-            torchvision.datasets.CIFAR10(str(DATA_DIR), train=True, download=True)
+            torchvision.datasets.CIFAR10(str(DATA_DIR), train=True, download=opted_in)
             data = _load_batches_folder(DATA_DIR / "cifar-10-batches-py")
         else:
             raise DataError(
