@@ -143,3 +143,30 @@ def location_heatmap(tables: dict[str, pd.DataFrame], title: str) -> plt.Figure:
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def defense_bars(summary: pd.DataFrame, title: str) -> plt.Figure:
+    """ASR (%) per bit-width and defense, one panel per row kind of a robustness summary (seen, unseen, ...).
+
+    ``summary`` is indexed by (defense, kind) with one column per bit-width (and an optional "mean").
+    """
+    long = summary.drop(columns="mean", errors="ignore").stack().rename("ASR (%)").reset_index()
+    long.columns = ["defense", "kind", "bits", "ASR (%)"]
+    long["bit-width"] = long["bits"].map(bit_label)
+    kinds = list(dict.fromkeys(long["kind"]))
+    order = [bit_label(b) for b in sorted(long["bits"].unique(), reverse=True)]
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(kinds), figsize=(4.4 * len(kinds), 3.6), sharey=True, squeeze=False)
+        for ax, kind in zip(axes[0], kinds):
+            sns.barplot(long[long["kind"] == kind], x="bit-width", y="ASR (%)", hue="defense", order=order, ax=ax,
+                        palette="deep")
+            ax.set_title(kind, fontsize=10)
+            ax.set_ylim(0, 100)
+            ax.set_xlabel("bit-width (FP = 32 bits)")
+            if ax is not axes[0][-1]:
+                ax.get_legend().remove()
+        axes[0][-1].legend(title=None, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -12,6 +12,20 @@ chapter has not produced results yet is reported as "not measured", never guesse
 - **C6** (low gradient cosine, high structural similarity): *reproduced* if the mean cosine over bit
   pairs is at most 0.25 and the mean HOG cosine at least 0.7; *partly* if the HOG cosine exceeds the
   cosine by at least 0.3; else *not reproduced*.
+- **C3** (QADT-R lowers ASR by up to 25 points against PBAT and DWQ): per bit-width, the reduction is the
+  lower of PBAT's and DWQ's ASR minus QADT-R's (points, per-image patches, untargeted). *Reproduced* if
+  the largest reduction on unseen patches is at least 20 points and the mean reductions on unseen
+  patches and in the worst case over all threats are both positive; *partly* if the mean reduction on
+  unseen patches is positive; else *not reproduced*.
+- **C4** (PBAT resists seen patches, not unseen ones): the gap is PBAT's unseen minus seen ASR (points).
+  *Reproduced* if the gap at the lowest bit-width is at least 10 points; *partly* if the mean gap over
+  bit-widths is at least 3 points; else *not reproduced*.
+- **C5** (QADT-R keeps clean accuracy): the drop is undefended QAT's clean accuracy minus QADT-R's, per
+  bit-width (points). *Reproduced* if the largest drop is at most 3 points; *partly* if the mean drop is
+  at most 5; else *not reproduced*.
+- **C7** (each component contributes): removing a component should raise the mean unseen ASR over
+  bit-widths. *Reproduced* if removing each of A-QAPA, DBWT and GIR raises it by at least 2 points;
+  *partly* if removing at least one does; else *not reproduced*.
 """
 from __future__ import annotations
 
@@ -62,7 +76,48 @@ def verdict_c6(c: dict[str, Any]) -> tuple[str, str]:
     return ours, "not reproduced"
 
 
-VERDICTS = {"C1": verdict_c1, "C2": verdict_c2, "C6": verdict_c6}
+def verdict_c3(c: dict[str, Any]) -> tuple[str, str]:
+    ours = (f"reduction vs the better of PBAT and DWQ: up to {c['reduction_unseen_max']:.1f} points on unseen patches "
+            f"(mean {c['reduction_unseen_mean']:.1f}); worst case over threats, mean {c['reduction_worst_mean']:.1f}")
+    if c["reduction_unseen_max"] >= 20 and c["reduction_unseen_mean"] > 0 and c["reduction_worst_mean"] > 0:
+        return ours, "reproduced"
+    if c["reduction_unseen_mean"] > 0:
+        return ours, "partly"
+    return ours, "not reproduced"
+
+
+def verdict_c4(c: dict[str, Any]) -> tuple[str, str]:
+    ours = (f"PBAT at {c['bits_low']} bits: {c['seen_low']:.1f} % seen vs {c['unseen_low']:.1f} % unseen; "
+            f"mean gap {c['gap_mean']:.1f} points")
+    if c["unseen_low"] - c["seen_low"] >= 10:
+        return ours, "reproduced"
+    if c["gap_mean"] >= 3:
+        return ours, "partly"
+    return ours, "not reproduced"
+
+
+def verdict_c5(c: dict[str, Any]) -> tuple[str, str]:
+    ours = f"clean accuracy drop vs undefended QAT: at most {c['max_drop']:.1f} points (mean {c['mean_drop']:.1f})"
+    if c["max_drop"] <= 3:
+        return ours, "reproduced"
+    if c["mean_drop"] <= 5:
+        return ours, "partly"
+    return ours, "not reproduced"
+
+
+def verdict_c7(c: dict[str, Any]) -> tuple[str, str]:
+    inc = c["increase"]
+    ours = "removing " + ", ".join(f"{k} {v:+.1f}" for k, v in inc.items()) + " points of mean unseen ASR"
+    helps = [k for k, v in inc.items() if v >= 2]
+    if len(helps) == len(inc) == 3:
+        return ours, "reproduced"
+    if helps:
+        return ours, "partly"
+    return ours, "not reproduced"
+
+
+VERDICTS = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4, "C5": verdict_c5,
+            "C6": verdict_c6, "C7": verdict_c7}
 
 
 def load_claims(profile: str, root: Path | None = None) -> dict[str, dict[str, Any]]:

@@ -51,11 +51,13 @@ def get_or_train(
     data: Cifar10 | None = None,
     loss_fn: BatchLoss | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> TrainedModel:
     """Load the model of ``config`` from the cache, training it (and its parents) if needed.
 
     ``loss_fn`` overrides the batch loss; by default it is built from ``config.strategy`` and
-    ``config.strategy_params`` (standard cross-entropy, PBAT, DWQ or QADT-R).
+    ``config.strategy_params`` (standard cross-entropy, PBAT, DWQ or QADT-R). The model is returned on
+    ``device`` and trained there; checkpoints are always written from CPU copies.
     """
     d = artifact_dir("models", config)
     ckpt, rec_path = d / "model.pt", d / "record.json"
@@ -65,7 +67,7 @@ def get_or_train(
             model.load_state_dict(load_tensors(ckpt))
             record = read_json(rec_path)
             set_bits(model, config.bits).eval()
-            return TrainedModel(model, config, record)
+            return TrainedModel(model.to(device), config, record)
         except (CorruptArtifact, RuntimeError) as e:
             print(f"rebuilding {d.name}: {e}")
     data = data or load_cifar10()
@@ -77,6 +79,7 @@ def get_or_train(
         # every width the strategy trains at starts from the parent's BatchNorms
         for b in {config.bits, *getattr(config.strategy_params, "bit_set", ())}:
             prepare_bits(model, b, source_bits=config.init.bits)
+    model.to(device)
     t0 = time.perf_counter()
     from .defenses import strategy_loss  # defenses build on train; imported here to keep imports pointing down
 
@@ -93,9 +96,10 @@ def get_or_train(
         "train_seconds": sum(h["seconds"] for h in history),
         "wall_seconds_this_run": time.perf_counter() - t0,
         "data_source": data.source,
+        "device": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else str(device),
         "provenance": provenance(),
     }
-    save_tensors(ckpt, model.state_dict())
+    save_tensors(ckpt, {k: v.cpu() for k, v in model.state_dict().items()})
     write_json(rec_path, record)
     (d / "train_state.pt").unlink(missing_ok=True)
     (d / "train_state.pt.sha256").unlink(missing_ok=True)
