@@ -3,6 +3,10 @@
 ``python -m qadtr_core.bookconfig book/results _build/_config.yml`` reads the papermill parameters
 of the executed notebooks, refuses a mix of profiles (a page would then mislabel its numbers), and
 writes ``_config.yml`` plus an announcement banner shown on every page.
+
+The module is also a small Sphinx extension (``sphinx: extra_extensions`` in ``_config.yml``): it
+drops scripts that a page would load twice (sphinx-thebe registers its configuration script once per
+read pass, and a second declaration of the same constant is a console error in the browser).
 """
 from __future__ import annotations
 
@@ -32,11 +36,28 @@ def main(argv: list[str] | None = None) -> None:
     config = yaml.safe_load(Path("_config.yml").read_text())
     config.setdefault("html", {})["announcement"] = (
         f"Results on these pages were computed at the <b>{profile}</b> profile "
-        f"(see <i>How to reproduce</i> in the README for the others)."
+        f"(the <i>How to reproduce</i> page gives the commands for the others)."
     )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"book config for profile {profile}: {out}")
+
+
+def _dedupe_scripts(app: object, pagename: str, templatename: str, context: dict, doctree: object) -> None:
+    seen, kept = set(), []
+    for js in context.get("script_files", []):
+        # the same inline script is registered once with filename None and once with ""
+        key = (str(getattr(js, "filename", js) or ""), tuple(sorted(getattr(js, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            kept.append(js)
+    context["script_files"] = kept
+
+
+def setup(app: object) -> dict:
+    """Sphinx entry point (see the module doc)."""
+    app.connect("html-page-context", _dedupe_scripts, priority=900)  # type: ignore[attr-defined]
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 
 if __name__ == "__main__":

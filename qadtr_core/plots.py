@@ -170,3 +170,35 @@ def defense_bars(summary: pd.DataFrame, title: str) -> plt.Figure:
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def table_heatmap(table: pd.DataFrame, title: str, label: str = "ASR (%)", vmax: float = 100.0) -> plt.Figure:
+    """An annotated heat map of a numeric table already in percent (rows and columns as given)."""
+    fig, ax = plt.subplots(figsize=(1.1 * len(table.columns) + 3.5, 0.42 * len(table) + 1.4))
+    sns.heatmap(table.astype(float), annot=True, fmt=".1f", vmin=0, vmax=vmax, cmap="rocket_r", ax=ax,
+                cbar_kws={"label": label})
+    ax.set_ylabel("")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def answer_figure(threats: pd.DataFrame, profile: str) -> plt.Figure:
+    """Worst-case patch ASR (%) against bit-width, one line per defense (from a defense threat table)."""
+    worst = threats[threats["threat"].str.startswith("worst")].copy()
+    worst["bit-width"] = worst["bits"].map(bit_label)
+    order = [bit_label(b) for b in sorted(worst["bits"].unique(), reverse=True)]
+    n = int(worst["n"].max())
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        sns.pointplot(worst, x="bit-width", y="asr", hue="defense", order=order, ax=ax, palette="deep", markers="o")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("worst-case patch ASR (%)")
+        ax.set_xlabel("bit-width (FP = 32 bits)")
+        ax.set_title(f"Per-image patches, worst case over all threats tried, by bit-width and defense; "
+                     f"n up to {n} ({profile} profile)", fontsize=8)
+        ax.legend(title=None, fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
