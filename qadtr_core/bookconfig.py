@@ -30,9 +30,26 @@ def executed_profile(results_dir: Path) -> str:
     return next(iter(profiles.values()))
 
 
+def tuck_parameters(results_dir: Path) -> None:
+    """Collapse each executed notebook's parameter cell and drop the one papermill injected.
+
+    The injected cell holds machine-specific values (paths); the banner and the chapters' own
+    printouts already state the profile, so readers lose nothing.
+    """
+    for nb in sorted(Path(results_dir).glob("*.ipynb")):
+        doc = json.loads(nb.read_text())
+        for cell in doc.get("cells", []):
+            tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+            extra = "remove-cell" if "injected-parameters" in tags else "hide-cell" if "parameters" in tags else None
+            if extra and extra not in tags:
+                tags.append(extra)
+        nb.write_text(json.dumps(doc, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     results_dir, out = (argv or sys.argv[1:])[:2]
     profile = executed_profile(Path(results_dir))
+    tuck_parameters(Path(results_dir))
     config = yaml.safe_load(Path("_config.yml").read_text())
     config.setdefault("html", {})["announcement"] = (
         f"Results on these pages were computed at the <b>{profile}</b> profile "

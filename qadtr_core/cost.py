@@ -2,9 +2,9 @@
 
 Each measurement runs the strategy's batch loss, backward pass and optimiser step on a random batch of
 the config's size for a randomly initialised model of its architecture (cost does not depend on the
-weights). On a CPU, each strategy runs in a child process so that its peak resident memory
-(``ru_maxrss``, read for that child alone through ``os.wait4``) is its own; an idle child that loads
-everything but takes no step gives the baseline subtracted from every peak. On CUDA, the peak is
+weights). On a CPU (Linux), each strategy runs in a fresh child process; after the setup the child
+resets its peak-memory mark (``/proc/self/clear_refs``) and reports the peak resident memory of the
+steps above the resident memory they started from. On CUDA, the peak is
 ``torch.cuda.max_memory_allocated`` in this process.
 """
 from __future__ import annotations
@@ -25,8 +25,18 @@ from .quant import prepare_bits
 from .train import TrainConfig
 
 
+PROC = Path("/proc/self")
+
+
+def _proc_kb(field: str) -> float:
+    for line in (PROC / "status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def _measure(config: TrainConfig, steps: int, device: str) -> dict[str, float]:
-    """Time ``steps`` training steps (after one warm-up step) in this process."""
+    """Time ``steps`` training steps (after one warm-up step) in this process, and their peak memory."""
     from .defenses import strategy_loss
 
     torch.manual_seed(config.seed)
@@ -40,6 +50,9 @@ def _measure(config: TrainConfig, steps: int, device: str) -> dict[str, float]:
     model.train()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    elif PROC.exists():
+        (PROC / "clear_refs").write_text("5")  # reset the peak mark (VmHWM) to the current RSS
+        start_kb = _proc_kb("VmRSS")
     seconds = 0.0
     for step in range(steps + 1):
         if device.startswith("cuda"):
@@ -56,60 +69,47 @@ def _measure(config: TrainConfig, steps: int, device: str) -> dict[str, float]:
     out = {"seconds_per_step": seconds / max(1, steps)}
     if device.startswith("cuda"):
         out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:  # without Linux's /proc the CPU peak is not measured
+        out["peak_mb"] = (_proc_kb("VmHWM") - start_kb) / 1024 if PROC.exists() else float("nan")
     return out
 
 
-def _child(config: TrainConfig | None, steps: int, threads: int) -> dict[str, float]:
-    """Run one measurement (or, with ``config=None``, only the imports) in a child; add its peak RSS."""
+def _child(config: TrainConfig, steps: int, threads: int) -> dict[str, float]:
+    """Run one measurement in a fresh child process (its own allocator and peak)."""
     with tempfile.TemporaryDirectory() as tmp:
         job, result = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl"
         job.write_bytes(pickle.dumps((config, steps, str(result))))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        proc = subprocess.Popen([sys.executable, "-m", "qadtr_core.cost", str(job)], env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise RuntimeError(f"cost measurement child failed with exit code {proc.returncode}")
-        out = pickle.loads(result.read_bytes()) if result.exists() else {}
-    out["peak_mb"] = usage.ru_maxrss / 1024  # Linux reports kilobytes
-    return out
+        done = subprocess.run([sys.executable, "-m", "qadtr_core.cost", str(job)], env=env)
+        if done.returncode != 0 or not result.exists():
+            raise RuntimeError(f"cost measurement child failed with exit code {done.returncode}")
+        return pickle.loads(result.read_bytes())
 
 
 def training_cost(configs: dict[str, TrainConfig], reference: str, steps: int = 3, device: str = "cpu",
                   threads: int | None = None) -> dict[str, dict[str, Any]]:
     """Seconds per step and peak memory of each config, and their ratios to ``configs[reference]``.
 
-    ``peak_mb`` is the memory the training step itself needs: on a CPU, the child's peak resident
-    memory minus that of an idle child (imports, model, batch; no step).
+    ``peak_mb`` is the memory the training steps add to what the process held before them.
     """
     if reference not in configs:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(configs)}")
     threads = threads or torch.get_num_threads()
-    if device.startswith("cuda"):
-        raw = {name: _measure(cfg, steps, device) for name, cfg in configs.items()}
-        base = 0.0
-    else:
-        base = _child(None, steps, threads)["peak_mb"]
-        raw = {name: _child(cfg, steps, threads) for name, cfg in configs.items()}
-    ref_mem = raw[reference]["peak_mb"] - base
+    measure = (lambda cfg: _measure(cfg, steps, device)) if device.startswith("cuda") else (lambda cfg: _child(cfg, steps, threads))
+    raw = {name: measure(cfg) for name, cfg in configs.items()}
+    ref = raw[reference]
     out = {}
     for name, r in raw.items():
-        mem = max(r["peak_mb"] - base, 0.0)
-        out[name] = {"seconds_per_step": r["seconds_per_step"], "peak_mb": mem, "batch_size": configs[name].batch_size,
-                     "time_ratio": r["seconds_per_step"] / raw[reference]["seconds_per_step"],
-                     # below a megabyte the step hides inside the import-time peak: no meaningful ratio
-                     "memory_ratio": mem / ref_mem if ref_mem >= 1.0 else float("nan"), "device": device, "steps": steps}
+        out[name] = {"seconds_per_step": r["seconds_per_step"], "peak_mb": r["peak_mb"],
+                     "batch_size": configs[name].batch_size, "time_ratio": r["seconds_per_step"] / ref["seconds_per_step"],
+                     "memory_ratio": r["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else float("nan"),
+                     "device": device, "steps": steps}
     return out
 
 
 def _main(job_path: str) -> None:
     config, steps, result = pickle.loads(Path(job_path).read_bytes())
-    if config is None:  # the idle baseline: the same imports and a model, no step
-        build_model("resnet20")
-        out = {"seconds_per_step": 0.0}
-    else:
-        out = _measure(config, steps, "cpu")
-    Path(result).write_bytes(pickle.dumps(out))
+    Path(result).write_bytes(pickle.dumps(_measure(config, steps, "cpu")))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,8 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
     "unseen" is the mean ASR over the unseen threats (size, shape, location, source bit-width); the
     adaptive EOT threat enters only the worst case. A "mean" column averages the bit-widths: for a
-    random-precision defense it is the expected ASR when each input meets a uniformly drawn width.
+    random-precision defense it approximates the expected ASR when each input meets a uniformly drawn
+    width (each width has its own clean-correct denominator).
     """
     t = table.copy()
     kind = t.threat.map(lambda s: "seen" if s.startswith("seen") else "worst case" if s.startswith("worst")

@@ -50,9 +50,8 @@ def test_training_cost_reports_ratios_to_the_reference():
     base = TrainConfig(arch="smallcnn", epochs=1, lr=0.1, bits=4, batch_size=8)
     pgd = dwq_config(P, (32, 4))
     cost = training_cost({"QAT": base, "DWQ": dataclasses.replace(pgd, batch_size=8)}, "QAT", steps=1, threads=1)
-    assert cost["QAT"]["time_ratio"] == 1.0
-    m = cost["QAT"]["memory_ratio"]
-    assert m == 1.0 or (m != m and cost["QAT"]["peak_mb"] < 1.0)  # 1, or NaN when below resolution
+    assert cost["QAT"]["time_ratio"] == 1.0 and cost["QAT"]["memory_ratio"] == 1.0
+    assert cost["QAT"]["peak_mb"] > 0 and cost["DWQ"]["peak_mb"] > 0  # the steps' own memory, Linux /proc
     # DWQ runs PGD steps before each training step: it must cost more time than plain QAT
     assert cost["DWQ"]["time_ratio"] > 1.0 and cost["DWQ"]["seconds_per_step"] > 0
     with pytest.raises(ValueError, match="reference 'PBAT' is not one of QAT"):
