@@ -54,7 +54,7 @@ nbval: $(STAMP)
 # The CI-sized book: every notebook at the smoke profile, built in a copy so that book/results keeps its profile.
 book-smoke: $(STAMP)
 	rm -rf $(SMOKE_BOOK) && mkdir -p $(SMOKE_BOOK)/book/results
-	cp _config.yml _toc.yml $(SMOKE_BOOK)/ && cp book/*.md book/*.bib $(SMOKE_BOOK)/book/
+	cp _config.yml _toc.yml $(SMOKE_BOOK)/ && cp book/*.md book/*.bib book/*.png $(SMOKE_BOOK)/book/
 	$(MAKE) --no-print-directory notebooks PROFILE=smoke EXECUTED=$(SMOKE_BOOK)/book/results STATIC=$(abspath $(SMOKE_BOOK))/book/_static
 	cd $(SMOKE_BOOK) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
 	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
