@@ -24,8 +24,9 @@ def accuracy_by_bits(table: pd.DataFrame, title: str) -> plt.Figure:
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(6.5, 3.6))
         sns.barplot(df, x="bit-width", y="accuracy (%)", hue="method", order=order, ax=ax, palette="deep")
-        for container in ax.containers:
-            ax.bar_label(container, fmt="%.1f", fontsize=8, padding=2)
+        if df["method"].nunique() <= 4:  # more bars than that and the labels overlap
+            for container in ax.containers:
+                ax.bar_label(container, fmt="%.1f", fontsize=8, padding=2)
         ax.set_ylim(0, 105)
         ax.set_title(title, fontsize=10)
         ax.legend(title=None, loc="lower left", frameon=True)
