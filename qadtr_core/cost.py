@@ -22,8 +22,7 @@ import torch
 
 from .models import build_model
 from .quant import prepare_bits
-from .train import TrainConfig
-
+from .train import TrainConfig, trained_widths
 
 PROC = Path("/proc/self")
 
@@ -41,7 +40,7 @@ def _measure(config: TrainConfig, steps: int, device: str) -> dict[str, float]:
 
     torch.manual_seed(config.seed)
     model = build_model(config.arch).to(device)  # type: ignore[arg-type]
-    for b in {config.bits, *getattr(config.strategy_params, "bit_set", ())}:
+    for b in trained_widths(config):
         prepare_bits(model, b)
     x = torch.rand(config.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (config.batch_size,), device=device)

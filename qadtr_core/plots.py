@@ -12,15 +12,20 @@ def bit_label(bits: int) -> str:
     return "FP" if int(bits) == 32 else f"{int(bits)}b"
 
 
+def _bit_axis(df: pd.DataFrame) -> list[str]:
+    """Add a "bit-width" label column to ``df`` (in place) and return the labels, widest first."""
+    df["bit-width"] = df["bits"].map(bit_label)
+    return [bit_label(b) for b in sorted(df["bits"].unique(), reverse=True)]
+
+
 def accuracy_by_bits(table: pd.DataFrame, title: str) -> plt.Figure:
     """Clean accuracy (%) per bit-width, one bar colour per method (QAT, PTQ, ...).
 
     ``table`` needs the columns ``bits``, ``method``, ``accuracy`` (a share) and ``n``.
     """
     df = table.copy()
-    df["bit-width"] = df["bits"].map(bit_label)
     df["accuracy (%)"] = 100 * df["accuracy"]
-    order = [bit_label(b) for b in sorted(df["bits"].unique(), reverse=True)]
+    order = _bit_axis(df)
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(6.5, 3.6))
         sns.barplot(df, x="bit-width", y="accuracy (%)", hue="method", order=order, ax=ax, palette="deep")
@@ -153,9 +158,8 @@ def defense_bars(summary: pd.DataFrame, title: str) -> plt.Figure:
     """
     long = summary.drop(columns="mean", errors="ignore").stack().rename("ASR (%)").reset_index()
     long.columns = ["defense", "kind", "bits", "ASR (%)"]
-    long["bit-width"] = long["bits"].map(bit_label)
     kinds = list(dict.fromkeys(long["kind"]))
-    order = [bit_label(b) for b in sorted(long["bits"].unique(), reverse=True)]
+    order = _bit_axis(long)
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(1, len(kinds), figsize=(4.4 * len(kinds), 3.6), sharey=True, squeeze=False)
         for ax, kind in zip(axes[0], kinds):
@@ -188,8 +192,7 @@ def table_heatmap(table: pd.DataFrame, title: str, label: str = "ASR (%)", vmax:
 def answer_figure(threats: pd.DataFrame, profile: str) -> plt.Figure:
     """Worst-case patch ASR (%) against bit-width, one line per defense (from a defense threat table)."""
     worst = threats[threats["threat"].str.startswith("worst")].copy()
-    worst["bit-width"] = worst["bits"].map(bit_label)
-    order = [bit_label(b) for b in sorted(worst["bits"].unique(), reverse=True)]
+    order = _bit_axis(worst)
     n = int(worst["n"].max())
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(6.4, 3.6))

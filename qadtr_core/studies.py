@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .data import Cifar10, load_cifar10
-from .defenses.recipes import ABLATIONS, defense_configs, qadtr_config, train_all
+from .defenses.recipes import ablation_configs, defense_configs, train_all
 from .profiles import Profile, get_profile
 from .robustness import THREATS, clean_table, evaluate_threats
 from .train import TrainConfig
-from .zoo import TrainedModel, qat_config
+from .zoo import TrainedModel
 
 ATTACK_SEED_OFFSET = 4242  # evaluation attacks never share a seed with the training inner attacks
 
@@ -33,15 +33,6 @@ class Study:
     threats: pd.DataFrame
     n_eval: int
     n_clean: int
-
-
-def ablation_configs(profile: Profile, bit_set: Sequence[int], seed: int = 0) -> dict[str, dict[int, TrainConfig]]:
-    """Undefended QAT for reference, then QADT-R and every ablation of :data:`ABLATIONS`."""
-    out = {"QAT (undefended)": {b: qat_config(profile, b, seed) for b in bit_set}}
-    for name in ABLATIONS:
-        cfg = qadtr_config(profile, bit_set, seed, name)
-        out[name] = {b: cfg for b in bit_set}
-    return out
 
 
 def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed: int = 0, data: Cifar10 | None = None,

@@ -71,6 +71,11 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; allowed: 'onecycle', 'cosine'")
 
 
+def trained_widths(config: TrainConfig) -> set[int]:
+    """Every bit-width a config trains at: its own, plus its strategy's bit set (DWQ, QADT-R)."""
+    return {config.bits, *getattr(config.strategy_params, "bit_set", ())}
+
+
 def standard_loss(label_smoothing: float = 0.0) -> BatchLoss:
     """Cross-entropy at the model's current bit-width."""
 

@@ -19,7 +19,7 @@ from .data import Cifar10, load_cifar10, to_float
 from .models import build_model
 from .profiles import Profile
 from .quant import FULL_PRECISION, check_bits, prepare_bits, set_bits
-from .train import BatchLoss, TrainConfig, train
+from .train import BatchLoss, TrainConfig, train, trained_widths
 
 
 @dataclass
@@ -77,7 +77,7 @@ def get_or_train(
         parent = get_or_train(config.init, data, progress=progress)
         model.load_state_dict(parent.model.state_dict())
         # every width the strategy trains at starts from the parent's BatchNorms
-        for b in {config.bits, *getattr(config.strategy_params, "bit_set", ())}:
+        for b in trained_widths(config):
             prepare_bits(model, b, source_bits=config.init.bits)
     model.to(device)
     t0 = time.perf_counter()

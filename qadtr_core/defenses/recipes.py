@@ -74,6 +74,15 @@ def defense_configs(profile: Profile, bit_set: Sequence[int], seed: int = 0) -> 
     }
 
 
+def ablation_configs(profile: Profile, bit_set: Sequence[int], seed: int = 0) -> dict[str, dict[int, TrainConfig]]:
+    """Undefended QAT for reference, then QADT-R and every ablation of :data:`ABLATIONS`."""
+    out = {"QAT (undefended)": {b: qat_config(profile, b, seed) for b in bit_set}}
+    for name in ABLATIONS:
+        cfg = qadtr_config(profile, bit_set, seed, name)
+        out[name] = {b: cfg for b in bit_set}
+    return out
+
+
 def train_all(configs: dict[str, dict[int, TrainConfig]], data: Cifar10 | None = None, progress: bool = True,
               device: str = "cpu") -> dict[str, dict[int, TrainedModel]]:
     """Load or train every model of ``configs`` (one training per distinct config), on ``device``."""
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     profile, data = get_profile(args.profile), load_cifar10()
     configs = defense_configs(profile, args.bits, args.seed)
     if not args.no_ablations:
-        configs.update({name: {32: qadtr_config(profile, args.bits, args.seed, name)} for name in ABLATIONS})
+        configs.update(ablation_configs(profile, args.bits, args.seed))
     for name, per_bits in train_all(configs, data).items():
         for b, tm in per_bits.items():
             print(f"{profile.name} {name} {b}b: {tm.record['config_hash']} trained in {tm.record['train_seconds']:.0f} s",
