@@ -22,6 +22,18 @@ import torch
 
 ENV_VAR = "QADTR_ARTIFACTS"
 
+# The cache key of every artifact includes the version of its kind. Bump a kind's version whenever a
+# library change alters what it produces (a quantizer fix changes trained models; an attack change
+# changes crafted patches), so that nothing built before the change is silently reused.
+# Kinds that depend on models (patches, adversarial sets) key on the model's versioned id as well.
+CACHE_VERSIONS: dict[str, int] = {"models": 2}
+DEFAULT_CACHE_VERSION = 2
+
+
+def cache_version(kind: str) -> int:
+    """The current cache version of artifacts of ``kind``."""
+    return CACHE_VERSIONS.get(kind, DEFAULT_CACHE_VERSION)
+
 
 class CorruptArtifact(RuntimeError):
     """A cached file exists but cannot be trusted (truncated, edited or unreadable)."""
@@ -51,9 +63,14 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def artifact_key(kind: str, config: Any) -> str:
+    """The cache key of ``config`` under ``kind``: the hash of the config and the kind's cache version."""
+    return config_hash({"cache_version": cache_version(kind), "key": config})
+
+
 def artifact_dir(kind: str, config: Any) -> Path:
-    """``<root>/<kind>/<hash>``, created if missing."""
-    d = artifact_root() / kind / config_hash(config)
+    """``<root>/<kind>/<key>`` (see :func:`artifact_key`), created if missing."""
+    d = artifact_root() / kind / artifact_key(kind, config)
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -114,11 +131,28 @@ def load_tensors(path: Path) -> Any:
         raise CorruptArtifact(f"{path}: unreadable checkpoint ({e})") from e
 
 
+def git_commit() -> str:
+    """The commit of the working tree this library runs from ("<sha>-dirty" with uncommitted changes to
+    tracked files; "unknown" outside a git checkout)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
 def provenance() -> dict[str, str]:
-    """Library versions and machine, stored with every result."""
+    """Library versions, commit and machine, stored with every result."""
     import numpy
 
     return {
+        "commit": git_commit(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),
@@ -165,6 +199,7 @@ def cached_tensors(kind: str, key: Any, compute: Callable[[], Any]) -> Any:
     t0 = time.perf_counter()
     obj = compute()
     save_tensors(path, obj)
-    write_json(d / "record.json", {"key": key, "config_hash": config_hash(key), "seconds": time.perf_counter() - t0,
+    write_json(d / "record.json", {"key": key, "config_hash": d.name, "cache_version": cache_version(kind),
+                                   "seconds": time.perf_counter() - t0,
                                    "provenance": provenance()})
     return obj

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import CorruptArtifact, artifact_dir, config_hash, load_tensors, provenance, read_json, save_tensors, write_json
+from .artifacts import CorruptArtifact, artifact_dir, cache_version, load_tensors, provenance, read_json, save_tensors, write_json
 from .data import Cifar10, load_cifar10, to_float
 from .models import build_model
 from .profiles import Profile
@@ -87,7 +87,8 @@ def get_or_train(
                     progress=progress)
     record = {
         "config": config,
-        "config_hash": config_hash(config),
+        "config_hash": d.name,  # the versioned cache key: what patches and tables name this model by
+        "cache_version": cache_version("models"),
         "profile": config.profile,
         "seed": config.seed,
         "bits": config.bits,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qadtr_core import artifacts, zoo
-from qadtr_core.artifacts import CorruptArtifact, atomic_write_bytes, config_hash, load_tensors, read_json, save_tensors, write_json
+from qadtr_core.artifacts import CorruptArtifact, artifact_key, atomic_write_bytes, config_hash, load_tensors, read_json, save_tensors, write_json
 from qadtr_core.profiles import get_profile
 from qadtr_core.testing import synthetic_cifar
 from qadtr_core.train import TrainConfig
@@ -69,7 +69,8 @@ def test_json_round_trip_and_corruption(tmp_path):
 def test_get_or_train_caches_and_rebuilds_a_corrupt_checkpoint(cache, monkeypatch):
     data = synthetic_cifar(64, 16)
     first = zoo.get_or_train(TINY, data, progress=False)
-    assert first.record["config_hash"] == config_hash(TINY)
+    assert first.record["config_hash"] == artifact_key("models", TINY) != config_hash(TINY)  # versioned key
+    assert first.record["provenance"]["commit"]  # every artifact names the commit that built it
     assert {"profile", "seed", "bits", "train_seconds", "provenance"} <= set(first.record)
 
     def no_training(*a, **k):

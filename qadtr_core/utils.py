@@ -1,0 +1,44 @@
+"""Small helpers every module shares: eval mode for a block, seeded generators, the ``Member`` type."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+Member = tuple[nn.Module, int]  # a model and the bit-width to run it at
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Run a block with every model in eval mode, restoring each one's previous mode afterwards.
+
+    Attacks and evaluations run in eval mode so that BatchNorm uses (and never updates) its running
+    statistics, as a deployed model does.
+    """
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+def stream_seed(seed: int, *stream: int) -> int:
+    """A seed for the random stream ``stream`` (e.g. a step number, an offset) of run ``seed``.
+
+    Different runs and different streams of one run never share a seed (for the small integers the
+    study uses), and the value is the same on every machine.
+    """
+    s = int(seed)
+    for v in stream:
+        s = (s * 1_000_003 + int(v)) % (2**63 - 1)
+    return s
+
+
+def seeded_generator(seed: int, *stream: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded by :func:`stream_seed` (``seed``, ``*stream``)."""
+    return torch.Generator().manual_seed(stream_seed(seed, *stream))
