@@ -10,6 +10,11 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 EXECUTED ?= book/results
 STATIC ?= $(abspath book/_static)
 SMOKE_BOOK := _build/smoke-book
+# The book renders with BOOK_PY (default: the study's venv); the publish workflow passes the python of a
+# minimal environment (requirements-book.txt, no torch), and then nothing is installed here.
+BOOK_PY ?= $(PY)
+BOOK_DEPS := $(if $(filter $(PY),$(BOOK_PY)),$(STAMP))
+JUPYTER_BOOK = $(BOOK_PY) -c 'import sys; from jupyter_book.cli.main import main; sys.argv[0] = "jupyter-book"; sys.exit(main())'
 
 # The data setting: QADTR_CIFAR10 if set, else the shared copy beside this checkout, if there is one.
 SHARED_CIFAR := $(abspath ../shared/data/cifar10/cifar10-uint8.npz)
@@ -18,8 +23,12 @@ ifneq ($(wildcard $(SHARED_CIFAR)),)
 export QADTR_CIFAR10 := $(SHARED_CIFAR)
 endif
 endif
+# Folders come from settings, never from where the package is installed; the notebooks run with
+# notebooks/ as working directory, so the defaults are made absolute here.
+export QADTR_ARTIFACTS ?= $(CURDIR)/artifacts
+export QADTR_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: venv book notebooks html test unit nbval book-smoke browser chromium bench clean
+.PHONY: venv book notebooks html test unit nbval book-smoke browser chromium bench clean lint export import
 
 # (Re)build .venv when it is missing or when requirements.txt / pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -34,13 +43,15 @@ notebooks: $(STAMP)
 	@mkdir -p $(EXECUTED)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb (profile $(PROFILE))"; \
-	  extra=(); case $$nb in *07_scorecard*) extra=(-p static_dir $(STATIC));; esac; \
+	  extra=(); case $$nb in *07_scorecard*) extra=(-p static_dir $(STATIC) -p scorecard_json $(abspath $(EXECUTED))/scorecard.json);; esac; \
 	  $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb) -p profile $(PROFILE) "$${extra[@]}"; \
+	  $(PY) -m qadtr_core.bookconfig stamp $(EXECUTED)/$$(basename $$nb); \
 	done
 
-html: $(STAMP)
-	$(PY) -m qadtr_core.bookconfig $(EXECUTED) _build/_config.yml
-	$(VENV)/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
+# The book from the executed notebooks in book/results (committed ones in a fresh clone): nothing is executed.
+html: $(BOOK_DEPS)
+	$(BOOK_PY) -m qadtr_core.bookconfig $(EXECUTED) _build/_config.yml
+	$(JUPYTER_BOOK) build . --config _build/_config.yml --builder html -W -n --keep-going
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
 book: notebooks html
@@ -59,18 +70,37 @@ book-smoke: $(STAMP)
 	cd $(SMOKE_BOOK) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
 	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
 
-# Debian's Chromium for the browser test (installed when missing; needs apt and root, as on CI).
-chromium:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  { echo "installing Debian's chromium"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Chromium for the browser test, when none is on PATH: Debian's package (needs apt and root, as on CI),
+# else Playwright's own build, linked as $(VENV)/bin/chromium.
+chromium: $(STAMP)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -x $(VENV)/bin/chromium ] || \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "no apt as root: installing Playwright's own Chromium"; $(PY) -m playwright install chromium && \
+	    ln -sf "$$($(PY) -c 'from playwright.sync_api import sync_playwright as s; p = s().start(); print(p.chromium.executable_path); p.stop()')" $(VENV)/bin/chromium; \
+	  fi
 
 browser: $(STAMP) chromium
-	QADTR_BOOK_HTML=$(SMOKE_BOOK)/_build/html $(PY) -m pytest tests/browser
+	PATH="$(abspath $(VENV))/bin:$$PATH" QADTR_BOOK_HTML=$(SMOKE_BOOK)/_build/html $(PY) -m pytest tests/browser
 
-test: unit nbval book-smoke browser
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint unit nbval book-smoke browser
+
+# The artifact cache of a profile as one checksummed archive (a cache built on a GPU serves a CPU machine):
+#   make export PROFILE=quick ARCHIVE=qadtr-quick.tar.gz   then, elsewhere,   make import ARCHIVE=qadtr-quick.tar.gz
+ARCHIVE ?= qadtr-$(PROFILE)-artifacts.tar.gz
+export: $(STAMP)
+	$(PY) -m qadtr_core.bundle export $(PROFILE) $(ARCHIVE)
+
+import: $(STAMP)
+	$(PY) -m qadtr_core.bundle import $(ARCHIVE)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 
+# book/results holds committed results: `make clean` keeps them (`git checkout book/results` restores them).
 clean:
-	rm -rf _build $(EXECUTED)
+	rm -rf _build

@@ -1,8 +1,29 @@
-"""qadtr_core: the library behind the QADT-R reproduction (quantized CIFAR ResNets, attacks, defenses, analyses)."""
-from .quant import VALID_BITS, bits, check_bits, get_bits, prepare_bits, set_bits
-from .models import build_model
-from .profiles import Profile, get_profile
-from .data import load_cifar10
+"""qadtr_core: the library behind the QADT-R reproduction (quantized CIFAR ResNets, attacks, defenses, analyses).
 
-__all__ = ["VALID_BITS", "bits", "check_bits", "get_bits", "prepare_bits", "set_bits", "build_model",
-           "Profile", "get_profile", "load_cifar10"]
+The names below are imported on first use (PEP 562), so that ``import qadtr_core.bookconfig`` (the book
+build, which runs without torch) does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "VALID_BITS": "quant", "bits": "quant", "check_bits": "quant", "get_bits": "quant", "prepare_bits": "quant",
+    "set_bits": "quant", "build_model": "models", "Profile": "profiles", "get_profile": "profiles",
+    "load_cifar10": "data",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

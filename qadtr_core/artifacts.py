@@ -1,26 +1,30 @@
 """A content-addressed artifact cache: atomic writes, provenance, and safe loading.
 
 Every artifact lives under ``<root>/<kind>/<config hash>/``. ``root`` is ``$QADTR_ARTIFACTS`` or
-``artifacts/`` at the repository root. A checkpoint is trusted only when its ``.sha256`` sidecar
+``artifacts/`` in the working directory. A checkpoint is trusted only when its ``.sha256`` sidecar
 matches its bytes, so a truncated or half-written file is detected and rebuilt, never loaded; tensors
 are read with ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import tempfile
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 ENV_VAR = "QADTR_ARTIFACTS"
+log = logging.getLogger(__name__)
 
 # The cache key of every artifact includes the version of its kind. Bump a kind's version whenever a
 # library change alters what it produces (a quantizer fix changes trained models; an attack change
@@ -40,8 +44,12 @@ class CorruptArtifact(RuntimeError):
 
 
 def artifact_root() -> Path:
-    """The cache root: ``$QADTR_ARTIFACTS`` or ``<repo>/artifacts``."""
-    return Path(os.environ.get(ENV_VAR) or Path(__file__).resolve().parents[1] / "artifacts")
+    """The cache root: ``$QADTR_ARTIFACTS``, else ``artifacts/`` in the working directory.
+
+    It never depends on where the package is installed; the Makefile sets ``QADTR_ARTIFACTS`` to the
+    checkout's ``artifacts/`` (the notebooks run with their own folder as working directory).
+    """
+    return Path(os.environ.get(ENV_VAR) or Path.cwd() / "artifacts")
 
 
 def canonical(obj: Any) -> Any:
@@ -89,6 +97,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on ``<directory>/.lock`` for the block (``fcntl.flock``).
+
+    Builders of one artifact (training a model, computing cached tensors) take it, then look at the
+    cache again before computing: of two processes or cluster workers after the same artifact, one
+    builds it and the other loads the result. ``flock`` works across processes on one machine and on
+    shared filesystems that support it (NFSv4, Lustre and BeeGFS do; check yours).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -167,17 +194,23 @@ def save_table(chapter: str, profile: str, name: str, table: Any, meta: dict[str
     read them from there. ``meta`` should hold at least n, seed, bit-widths and wall time.
     """
     d = artifact_root() / "results" / chapter / profile
+    record = {"chapter": chapter, "profile": profile, "name": name, **meta, "provenance": provenance()}
     atomic_write_bytes(d / f"{name}.csv", table.to_csv(index=False).encode())
-    write_json(d / f"{name}.json", {"chapter": chapter, "profile": profile, "name": name, **meta,
-                                    "provenance": provenance()})
+    write_json(d / f"{name}.json", record)
+    if "seed" in meta:  # a per-seed copy, so that runs of several seeds can be aggregated (jobs.seed_table)
+        s = d / "seeds" / str(int(meta["seed"]))
+        atomic_write_bytes(s / f"{name}.csv", table.to_csv(index=False).encode())
+        write_json(s / f"{name}.json", record)
     return d / f"{name}.csv"
 
 
-def load_table(chapter: str, profile: str, name: str) -> tuple[Any, dict[str, Any]]:
-    """Read what :func:`save_table` wrote: ``(DataFrame, record)``."""
+def load_table(chapter: str, profile: str, name: str, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Read what :func:`save_table` wrote: ``(DataFrame, record)``; with ``seed``, that seed's copy."""
     import pandas as pd
 
     d = artifact_root() / "results" / chapter / profile
+    if seed is not None:
+        d = d / "seeds" / str(int(seed))
     return pd.read_csv(d / f"{name}.csv"), read_json(d / f"{name}.json")
 
 
@@ -185,21 +218,31 @@ def cached_tensors(kind: str, key: Any, compute: Callable[[], Any]) -> Any:
     """Return the tensors cached under ``(kind, key)``, computing and saving them on a miss.
 
     ``key`` must hold everything the result depends on (configs, the source model's hash); a corrupt
-    entry is recomputed.
+    entry is recomputed. Computing happens under :func:`file_lock`, so that concurrent processes
+    compute an entry once.
     """
     d = artifact_dir(kind, key)
     path = d / "tensors.pt"
-    if path.exists():
-        try:
-            return load_tensors(path)
-        except CorruptArtifact as e:
-            print(f"recomputing {kind}/{d.name}: {e}")
+
+    def cached() -> Any:
+        if path.exists():
+            try:
+                return load_tensors(path)
+            except CorruptArtifact as e:
+                log.warning("recomputing %s/%s: %s", kind, d.name, e)
+        return None
+
+    if (obj := cached()) is not None:
+        return obj
     import time
 
-    t0 = time.perf_counter()
-    obj = compute()
-    save_tensors(path, obj)
-    write_json(d / "record.json", {"key": key, "config_hash": d.name, "cache_version": cache_version(kind),
-                                   "seconds": time.perf_counter() - t0,
-                                   "provenance": provenance()})
+    with file_lock(d):
+        if (obj := cached()) is not None:  # another process computed it while we waited
+            return obj
+        t0 = time.perf_counter()
+        obj = compute()
+        save_tensors(path, obj)
+        write_json(d / "record.json", {"key": key, "config_hash": d.name, "cache_version": cache_version(kind),
+                                       "seconds": time.perf_counter() - t0,
+                                       "provenance": provenance()})
     return obj

@@ -1,33 +1,107 @@
-"""Build-time helper: the book's configuration with a banner naming the profile the pages show.
+"""Build-time helper: stamps executed notebooks, and writes the book's configuration with a banner.
 
-``python -m qadtr_core.bookconfig book/results _build/_config.yml`` reads the papermill parameters
-of the executed notebooks, refuses a mix of profiles (a page would then mislabel its numbers), and
-writes ``_config.yml`` plus an announcement banner shown on every page.
+``python -m qadtr_core.bookconfig stamp book/results/*.ipynb`` (run by ``make notebooks`` after papermill)
+records in each executed notebook's metadata, under ``qadtr``, the commit of the checkout, the library
+version and the profile it ran at.
+
+``python -m qadtr_core.bookconfig book/results _build/_config.yml`` reads those stamps, refuses a mix of
+profiles or of commits (a page would then mislabel its numbers) and an unstamped notebook, and writes
+``_config.yml`` plus an announcement banner, shown on every page, naming the profile and the commit.
 
 The module is also a small Sphinx extension (``sphinx: extra_extensions`` in ``_config.yml``): it
 drops scripts that a page would load twice (sphinx-thebe registers its configuration script once per
 read pass, and a second declaration of the same constant is a console error in the browser).
+
+It imports neither torch nor the rest of the library, so the book renders in an environment with only
+``requirements-book.txt`` installed.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import logging
+import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+log = logging.getLogger(__name__)
+
+
+def _papermill_profile(doc: dict) -> str:
+    return doc.get("metadata", {}).get("papermill", {}).get("parameters", {}).get("profile", "smoke")
 
 
 def executed_profile(results_dir: Path) -> str:
     """The single profile the executed notebooks in ``results_dir`` ran at."""
     profiles = {}
     for nb in sorted(Path(results_dir).glob("*.ipynb")):
-        params = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("parameters", {})
-        profiles[nb.name] = params.get("profile", "smoke")
+        profiles[nb.name] = _papermill_profile(json.loads(nb.read_text()))
     if not profiles:
         raise SystemExit(f"no executed notebooks in {results_dir}; run `make notebooks` first")
     if len(set(profiles.values())) != 1:
         raise SystemExit(f"executed notebooks ran at different profiles: {profiles}; rerun `make notebooks PROFILE=...`")
     return next(iter(profiles.values()))
+
+
+def source_commit(repo: Path | None = None) -> str:
+    """The commit of the checkout (``<sha>-dirty`` with uncommitted changes to tracked files, ``unknown``
+    outside git). Changes under ``book/results`` and ``_build`` do not count: they are the outputs that a
+    book build writes, so a rebuild over committed results still names a clean commit."""
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)book/results", ":(exclude)_build"],
+                               cwd=repo, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def library_version() -> str:
+    """The installed version of the ``qadtr`` distribution (``unknown`` when it is not installed)."""
+    try:
+        return importlib.metadata.version("qadtr")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def stamp(notebooks: list[Path], commit: str | None = None) -> None:
+    """Record ``metadata.qadtr = {commit, version, profile}`` in each executed notebook (in place)."""
+    commit = commit or source_commit()
+    version = library_version()
+    for nb in notebooks:
+        doc = json.loads(Path(nb).read_text())
+        doc.setdefault("metadata", {})["qadtr"] = {"commit": commit, "version": version, "profile": _papermill_profile(doc)}
+        Path(nb).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        log.info("stamped %s: commit %s, qadtr %s", nb, commit, version)
+
+
+def executed_provenance(results_dir: Path) -> dict[str, str]:
+    """The one ``{profile, commit, version}`` that every executed notebook in ``results_dir`` records.
+
+    Raises ``SystemExit`` (naming the notebooks) when there are none, when one is not stamped, or when
+    they ran at different profiles, commits or library versions.
+    """
+    profile = executed_profile(results_dir)
+    stamps = {nb.name: json.loads(nb.read_text()).get("metadata", {}).get("qadtr")
+              for nb in sorted(Path(results_dir).glob("*.ipynb"))}
+    unstamped = sorted(name for name, s in stamps.items() if not isinstance(s, dict))
+    if unstamped:
+        raise SystemExit(f"executed notebooks without a recorded commit: {unstamped}; they were not run by `make notebooks` "
+                         f"(or stamp them: python -m qadtr_core.bookconfig stamp {results_dir}/*.ipynb)")
+    for field in ("profile", "commit", "version"):
+        values = {name: s.get(field) for name, s in stamps.items()}
+        if len(set(values.values())) != 1:
+            raise SystemExit(f"executed notebooks come from different {field}s: {values}; "
+                             f"rerun every notebook with `make notebooks` from one clean checkout")
+    found = {field: next(iter(stamps.values())).get(field) for field in ("profile", "commit", "version")}
+    if found["profile"] != profile:
+        raise SystemExit(f"the notebooks' stamps say profile {found['profile']!r}, their parameters {profile!r}")
+    return found
 
 
 def tuck_parameters(results_dir: Path) -> None:
@@ -43,21 +117,41 @@ def tuck_parameters(results_dir: Path) -> None:
             extra = "remove-cell" if "injected-parameters" in tags else "hide-cell" if "parameters" in tags else None
             if extra and extra not in tags:
                 tags.append(extra)
-        nb.write_text(json.dumps(doc, indent=1))
+        nb.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+
+
+def banner(prov: dict[str, str]) -> str:
+    """The announcement shown on every page: the profile and the commit the results come from."""
+    commit = prov["commit"]
+    short = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "") if commit != "unknown" else "an unknown commit"
+    return (f"Results on these pages were computed at the <b>{prov['profile']}</b> profile, from commit "
+            f"<code>{short}</code> (qadtr {prov['version']}); the <i>How to reproduce</i> page gives the commands "
+            f"for the other profiles.")
 
 
 def main(argv: list[str] | None = None) -> None:
-    results_dir, out = (argv or sys.argv[1:])[:2]
-    profile = executed_profile(Path(results_dir))
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args[:1] == ["stamp"]:
+        files = [p for a in args[1:] for p in (sorted(Path(a).glob("*.ipynb")) if Path(a).is_dir() else [Path(a)])]
+        if not files:
+            raise SystemExit("usage: python -m qadtr_core.bookconfig stamp NOTEBOOK.ipynb|DIR ...")
+        stamp(files)
+        return
+    if args[:1] == ["check"]:
+        prov = executed_provenance(Path(args[1]))
+        log.info("%s: profile %s, commit %s, qadtr %s", args[1], prov["profile"], prov["commit"], prov["version"])
+        return
+    if len(args) != 2:
+        raise SystemExit("usage: python -m qadtr_core.bookconfig RESULTS_DIR OUT_CONFIG | stamp FILES | check RESULTS_DIR")
+    results_dir, out = args
+    prov = executed_provenance(Path(results_dir))
     tuck_parameters(Path(results_dir))
     config = yaml.safe_load(Path("_config.yml").read_text())
-    config.setdefault("html", {})["announcement"] = (
-        f"Results on these pages were computed at the <b>{profile}</b> profile "
-        f"(the <i>How to reproduce</i> page gives the commands for the others)."
-    )
+    config.setdefault("html", {})["announcement"] = banner(prov)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"book config for profile {profile}: {out}")
+    log.info("book config for profile %s, commit %s: %s", prov["profile"], prov["commit"], out)
 
 
 def _dedupe_scripts(app: object, pagename: str, templatename: str, context: dict, doctree: object) -> None:

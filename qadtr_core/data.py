@@ -5,8 +5,9 @@ Where the data comes from, in order:
 1. ``source`` passed to :func:`load_cifar10`, else the environment variable ``QADTR_CIFAR10``: a
    ``.npz`` file (keys ``x_train, y_train, x_test, y_test``; uint8, NHWC) or a torchvision
    ``cifar-10-batches-py`` folder (or the folder that holds it);
-2. ``data/cifar10-uint8.npz`` or ``data/cifar-10-batches-py`` in the repository;
-3. a torchvision download into ``data/``, only if ``QADTR_ALLOW_DOWNLOAD=1``.
+2. ``cifar10-uint8.npz`` or ``cifar-10-batches-py`` in the data folder: ``$QADTR_DATA_DIR``, else
+   ``data/`` in the working directory (the Makefile sets it to the checkout's ``data/``);
+3. a torchvision download into the data folder, only if ``QADTR_ALLOW_DOWNLOAD=1``.
 
 Images are kept as uint8 ``(N, 3, 32, 32)`` tensors and turned into floats in [0, 1] per batch.
 """
@@ -24,8 +25,16 @@ import torch
 
 ENV_VAR = "QADTR_CIFAR10"
 DOWNLOAD_VAR = "QADTR_ALLOW_DOWNLOAD"
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DATA_DIR_VAR = "QADTR_DATA_DIR"
+DATA_DIR: Path | None = None  # an override of the data folder (tests); see data_dir()
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def data_dir() -> Path:
+    """The data folder: ``$QADTR_DATA_DIR``, else ``data/`` in the working directory (not the install path)."""
+    if DATA_DIR is not None:
+        return Path(DATA_DIR)
+    return Path(os.environ.get(DATA_DIR_VAR) or Path.cwd() / "data")
 
 
 class DataError(RuntimeError):
@@ -94,7 +103,8 @@ def _load_batches_folder(folder: Path) -> Cifar10:
             x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             return x, np.asarray(d["labels"], dtype=np.int64)
         except FileNotFoundError as e:
-            raise DataError(f"{folder}: missing {name}; a torchvision CIFAR-10 folder holds data_batch_1..5 and test_batch") from e
+            raise DataError(f"{folder}: missing {name}; a torchvision CIFAR-10 folder holds data_batch_1..5 "
+                            "and test_batch") from e
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
             raise DataError(f"{f}: corrupt CIFAR-10 batch file ({e!r}); copy the folder again") from e
 
@@ -118,8 +128,9 @@ _CACHE: dict[str, Cifar10] = {}
 def load_cifar10(source: str | os.PathLike | None = None) -> Cifar10:
     """Load CIFAR-10 from ``source``, ``$QADTR_CIFAR10``, ``data/`` or (opt-in) a download; see module doc."""
     setting = source if source is not None else os.environ.get(ENV_VAR) or None
-    candidates = [Path(setting).expanduser()] if setting else [DATA_DIR / "cifar10-uint8.npz", DATA_DIR / "cifar-10-batches-py"]
-    key = str(candidates[0].resolve()) if setting else "default"
+    folder = data_dir()
+    candidates = [Path(setting).expanduser()] if setting else [folder / "cifar10-uint8.npz", folder / "cifar-10-batches-py"]
+    key = str(candidates[0].resolve()) if setting else f"default:{folder.resolve()}"
     if key in _CACHE:
         return _CACHE[key]
     if setting:
@@ -131,14 +142,14 @@ def load_cifar10(source: str | os.PathLike | None = None) -> Cifar10:
         elif (opted_in := os.environ.get(DOWNLOAD_VAR) == "1"):
             import torchvision  # only on explicit opt-in
 
-            torchvision.datasets.CIFAR10(str(DATA_DIR), train=True, download=opted_in)
-            data = _load_batches_folder(DATA_DIR / "cifar-10-batches-py")
+            torchvision.datasets.CIFAR10(str(folder), train=True, download=opted_in)
+            data = _load_batches_folder(folder / "cifar-10-batches-py")
         else:
             raise DataError(
                 "CIFAR-10 not found. Looked at: $" + ENV_VAR + " (unset), "
                 + ", ".join(str(c) for c in candidates)
                 + f". Set {ENV_VAR} to a cifar10-uint8.npz file or a torchvision cifar-10-batches-py folder, "
-                f"put one of them in {DATA_DIR}, or set {DOWNLOAD_VAR}=1 to let torchvision download it."
+                f"put one of them in {folder} (or set {DATA_DIR_VAR}), or set {DOWNLOAD_VAR}=1 to let torchvision download it."
             )
     _CACHE[key] = data
     return data

@@ -7,9 +7,7 @@ import pandas as pd
 import seaborn as sns
 
 
-def bit_label(bits: int) -> str:
-    """'FP' for 32 bits, else e.g. '4b'."""
-    return "FP" if int(bits) == 32 else f"{int(bits)}b"
+from .utils import bit_label  # noqa: F401  (re-exported: the notebooks label their axes with it)
 
 
 def _bit_axis(df: pd.DataFrame) -> list[str]:
@@ -41,14 +39,26 @@ def accuracy_by_bits(table: pd.DataFrame, title: str) -> plt.Figure:
     return fig
 
 
+def interval_labels(table: pd.DataFrame, value: str = "asr") -> pd.DataFrame:
+    """Cell labels "73\n[69-77]" (percent) for a tidy transfer table with ``ci_low``/``ci_high``, as a
+    source x target matrix (for :func:`heatmap_grid`'s ``annotations``)."""
+    t = table.assign(label=[f"{100 * v:.0f}\n[{100 * lo:.0f}-{100 * hi:.0f}]"
+                            for v, lo, hi in zip(table[value], table.ci_low, table.ci_high)])
+    order_s, order_t = list(dict.fromkeys(t["source"])), list(dict.fromkeys(t["target"]))
+    return t.pivot(index="source", columns="target", values="label").loc[order_s, order_t]
+
+
 def asr_heatmap(matrix: pd.DataFrame, title: str, ax: plt.Axes | None = None, vmax: float = 100.0,
-                label: str = "ASR (%)") -> plt.Figure:
-    """A source x target heat map of percentages (``matrix`` holds shares in [0, 1])."""
+                label: str = "ASR (%)", annotations: pd.DataFrame | None = None) -> plt.Figure:
+    """A source x target heat map of percentages (``matrix`` holds shares in [0, 1]); ``annotations``
+    (same shape, strings) replaces the printed values, e.g. with their intervals."""
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(5.2, 4.0))
-    sns.heatmap(100 * matrix.astype(float), annot=True, fmt=".0f", vmin=0, vmax=vmax, cmap="rocket_r", ax=ax,
-                cbar_kws={"label": label}, square=True)
+    annot = True if annotations is None else annotations.to_numpy()
+    sns.heatmap(100 * matrix.astype(float), annot=annot, fmt=".0f" if annotations is None else "", vmin=0, vmax=vmax,
+                cmap="rocket_r", ax=ax, cbar_kws={"label": label}, square=True,
+                annot_kws=None if annotations is None else {"fontsize": 7})
     ax.set_xlabel("target (evaluated at)")
     ax.set_ylabel("source (crafted at)")
     ax.set_title(title, fontsize=9)
@@ -59,14 +69,15 @@ def asr_heatmap(matrix: pd.DataFrame, title: str, ax: plt.Axes | None = None, vm
     return fig
 
 
-def heatmap_grid(matrices: dict[str, pd.DataFrame], suptitle: str, ncols: int = 2) -> plt.Figure:
+def heatmap_grid(matrices: dict[str, pd.DataFrame], suptitle: str, ncols: int = 2,
+                 annotations: dict[str, pd.DataFrame] | None = None) -> plt.Figure:
     """Heat maps in a grid of ``ncols`` columns; a panel whose title contains "relative" is labelled
-    as a percentage of the source's white-box ASR."""
+    as a percentage of the source's white-box ASR; ``annotations`` (by panel title) prints intervals."""
     nrows = -(-len(matrices) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 4.2 * nrows), squeeze=False)
     for ax, (title, m) in zip(axes.flat, matrices.items()):
         label = "% of the source's white-box ASR" if "relative" in title else "ASR (%)"
-        asr_heatmap(m, title, ax=ax, label=label)
+        asr_heatmap(m, title, ax=ax, label=label, annotations=(annotations or {}).get(title))
     for ax in list(axes.flat)[len(matrices):]:
         ax.set_visible(False)
     fig.suptitle(suptitle, fontsize=10)
@@ -75,13 +86,25 @@ def heatmap_grid(matrices: dict[str, pd.DataFrame], suptitle: str, ncols: int = 
     return fig
 
 
-def curve(table: pd.DataFrame, x: str, y: str, hue: str | None, title: str, xlabel: str, ylabel: str) -> plt.Figure:
-    """A line plot with markers (``y`` given as shares is shown in %)."""
+def curve(table: pd.DataFrame, x: str, y: str, hue: str | None, title: str, xlabel: str, ylabel: str,
+          logx: bool = False) -> plt.Figure:
+    """A line plot with markers (``y`` given as shares is shown in %); with ``ci_low``/``ci_high``
+    columns each line gets its 95 % band."""
     df = table.copy()
     df[ylabel] = 100 * df[y]
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(6.0, 3.6))
-        sns.lineplot(df, x=x, y=ylabel, hue=hue, marker="o", ax=ax)
+        sns.lineplot(df, x=x, y=ylabel, hue=hue, marker="o", ax=ax, errorbar=None)
+        if {"ci_low", "ci_high"} <= set(df.columns):
+            groups = df.groupby(hue, sort=False) if hue else [(None, df)]
+            handles, labels = ax.get_legend_handles_labels()
+            colours = {lab: h.get_color() for h, lab in zip(handles, labels)}
+            for name, g in groups:
+                g = g.sort_values(x)
+                ax.fill_between(g[x], 100 * g.ci_low, 100 * g.ci_high, alpha=0.2, linewidth=0,
+                                color=colours.get(str(name), "grey"))
+        if logx:
+            ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel)
         ax.set_ylim(0, 100)
         ax.set_title(title, fontsize=9)

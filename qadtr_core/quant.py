@@ -262,10 +262,14 @@ def prepare_bits(model: nn.Module, bits: int, source_bits: int = FULL_PRECISION)
     """Make ``bits`` usable before training it: copy BatchNorms from ``source_bits`` and reset steps.
 
     The steps re-initialise from the next forward pass, so a forward over calibration data at
-    ``bits`` afterwards is post-training quantization.
+    ``bits`` afterwards is post-training quantization. With ``source_bits == bits`` there is nothing
+    to copy and the call changes nothing: a model fine-tuned from a QAT model at the same width (PBAT)
+    keeps the steps and BatchNorms that QAT learned.
     """
     check_bits(bits)
     check_bits(source_bits)
+    if bits == source_bits:
+        return model
     for m in model.modules():
         if isinstance(m, SwitchBatchNorm2d):
             m.bns[str(bits)].load_state_dict(m.bns[str(source_bits)].state_dict())

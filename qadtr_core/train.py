@@ -1,14 +1,20 @@
-"""One training loop for every model of the study: full precision, QAT, and (later) the defenses.
+"""One training loop for every model of the study: full precision, QAT, multi-width and the defenses.
 
 A *strategy* supplies the loss of a batch; the loop owns the optimiser, the schedule, the seeded data
 order, the checkpoint after every epoch and the resume after an interruption. Resuming gives the same
 weights as an uninterrupted run because each epoch's shuffling and augmentation come from a generator
 seeded by ``(seed, epoch)``.
+
+Strategies are *registered*, not chained: :func:`register_strategy` maps a name to a factory
+``TrainConfig -> BatchLoss`` and :func:`strategy_loss` looks it up. This module registers the two
+undefended strategies ("standard" and "multiwidth"); each defense module registers itself when it is
+imported (``import qadtr_core.defenses``), so adding a defense touches only its own file.
 """
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,6 +27,9 @@ from tqdm.auto import tqdm
 from .artifacts import CorruptArtifact, load_tensors, save_tensors
 from .data import Cifar10, batches
 from .quant import FULL_PRECISION, check_bits, set_bits
+from .utils import seeded_generator
+
+log = logging.getLogger(__name__)
 
 # (model, images, labels, global step) -> (loss, logits used for the running accuracy). The step lets a
 # strategy derive its own randomness from (seed, step), so that a resumed run repeats exactly.
@@ -72,8 +81,58 @@ class TrainConfig:
 
 
 def trained_widths(config: TrainConfig) -> set[int]:
-    """Every bit-width a config trains at: its own, plus its strategy's bit set (DWQ, QADT-R)."""
+    """Every bit-width a config trains at: its own, plus its strategy's bit set (multi-width, DWQ, QADT-R)."""
     return {config.bits, *getattr(config.strategy_params, "bit_set", ())}
+
+
+def check_bit_set(bit_set: Sequence[int]) -> tuple[int, ...]:
+    """A non-empty tuple of valid, distinct bit-widths, or ``ValueError``."""
+    if not bit_set:
+        raise ValueError("the bit set is empty; give at least one of 2..8 or 32")
+    if len(set(bit_set)) != len(bit_set):
+        raise ValueError(f"the bit set {tuple(bit_set)} repeats a bit-width")
+    return tuple(check_bits(b) for b in bit_set)
+
+
+def draw_bits(bit_set: Sequence[int], seed: int, step: int, schedule: str = "sample") -> int:
+    """The bit-width of training step ``step``: cycling through ``bit_set`` or drawn uniformly (seeded)."""
+    if schedule == "cycle":
+        return bit_set[step % len(bit_set)]
+    if schedule == "sample":
+        g = seeded_generator(seed, step)
+        return bit_set[int(torch.randint(len(bit_set), (1,), generator=g))]
+    raise ValueError(f"unknown bit schedule {schedule!r}; allowed: 'cycle', 'sample'")
+
+
+StrategyFactory = Callable[[TrainConfig], BatchLoss]
+_STRATEGIES: dict[str, StrategyFactory] = {}
+
+
+def register_strategy(name: str, factory: StrategyFactory) -> StrategyFactory:
+    """Make ``TrainConfig(strategy=name)`` train with ``factory(config)`` (returns ``factory``).
+
+    Re-registering a name replaces its factory (a reloaded module); the name must be a non-empty string.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a strategy name must be a non-empty string, got {name!r}")
+    _STRATEGIES[name] = factory
+    return factory
+
+
+def registered_strategies() -> tuple[str, ...]:
+    """The names :func:`strategy_loss` knows now, in registration order."""
+    return tuple(_STRATEGIES)
+
+
+def strategy_loss(config: TrainConfig) -> BatchLoss:
+    """The batch loss of ``config.strategy`` (built by its registered factory from ``config``)."""
+    try:
+        factory = _STRATEGIES[config.strategy]
+    except KeyError:
+        raise ValueError(
+            f"unknown strategy {config.strategy!r}; registered: {', '.join(_STRATEGIES)} "
+            "(defenses register themselves when qadtr_core.defenses is imported)") from None
+    return factory(config)
 
 
 def standard_loss(label_smoothing: float = 0.0) -> BatchLoss:
@@ -84,6 +143,39 @@ def standard_loss(label_smoothing: float = 0.0) -> BatchLoss:
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
 
     return loss
+
+
+@dataclass(frozen=True)
+class MultiWidthConfig:
+    """The undefended multi-width model: plain cross-entropy, the bit-width cycling every batch.
+
+    It is the starting point of the shared-weight defenses (DWQ, QADT-R) and the clean-accuracy
+    reference of C5: one switchable model (one BatchNorm per width) trained like the per-width QAT
+    models, without any attack, so that a defense's effect is not confused with a post-training start.
+
+    Attributes:
+        bit_set: the widths served, each visited once per ``len(bit_set)`` batches. (Default: (32, 8, 5, 4, 2))
+    """
+
+    bit_set: tuple[int, ...] = (32, 8, 5, 4, 2)
+
+    def __post_init__(self) -> None:
+        check_bit_set(self.bit_set)
+
+
+def multiwidth_loss(config: MultiWidthConfig = MultiWidthConfig(), label_smoothing: float = 0.0) -> BatchLoss:
+    """Cross-entropy at width ``bit_set[step % len(bit_set)]`` (the trainer's step counter)."""
+    ce = standard_loss(label_smoothing)
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        set_bits(model, draw_bits(config.bit_set, 0, step, "cycle"))
+        return ce(model, x, y, step)
+
+    return loss
+
+
+register_strategy("standard", lambda c: standard_loss(c.label_smoothing))
+register_strategy("multiwidth", lambda c: multiwidth_loss(c.strategy_params or MultiWidthConfig(), c.label_smoothing))
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -132,13 +224,13 @@ def train(
             if hasattr(loss_fn, "load_state_dict") and "strategy" in state:
                 loss_fn.load_state_dict(state["strategy"])
         except (CorruptArtifact, KeyError, RuntimeError) as e:
-            print(f"ignoring unusable training checkpoint {checkpoint}: {e}")
+            log.warning("ignoring unusable training checkpoint %s: %s", checkpoint, e)
     set_bits(model, cfg.bits)
     device = next(model.parameters()).device
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU (cuDNN)
     for epoch in range(start, cfg.epochs):
         model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)  # kept: existing checkpoints depend on it
         t0, tot_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
         bar = tqdm(batches(x, y, cfg.batch_size, gen, train=True), total=steps_per_epoch, disable=not progress,
                    mininterval=2.0,

@@ -42,3 +42,25 @@ def stream_seed(seed: int, *stream: int) -> int:
 def seeded_generator(seed: int, *stream: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded by :func:`stream_seed` (``seed``, ``*stream``)."""
     return torch.Generator().manual_seed(stream_seed(seed, *stream))
+
+
+def default_device() -> str:
+    """``"cuda"`` when a CUDA device is available, else ``"cpu"``: the default of every library entry
+    point that trains, crafts or evaluates (the notebooks' stored smoke defaults stay ``"cpu"``)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fingerprint(x: torch.Tensor) -> str:
+    """A short hash of images in [0, 1] as 8-bit pixels (the same on every device): part of the cache key
+    of anything crafted for those images."""
+    import hashlib
+
+    pixels = (x.detach() * 255).round().to(torch.uint8).cpu().numpy().tobytes()
+    return hashlib.sha256(pixels).hexdigest()[:16]
+
+
+def bit_label(key: int | str) -> str:
+    """The label of a bit-width: "FP" for 32, "4b" for 4; a name (e.g. "PTQ 4b") passes through, "fp" -> "FP"."""
+    if isinstance(key, str):
+        return "FP" if key.upper() == "FP" else key
+    return "FP" if int(key) == 32 else f"{int(key)}b"

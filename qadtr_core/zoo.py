@@ -7,6 +7,7 @@ when no valid checkpoint exists. So any notebook can run alone, and a warm cache
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import CorruptArtifact, artifact_dir, cache_version, load_tensors, provenance, read_json, save_tensors, write_json
+from .artifacts import (CorruptArtifact, artifact_dir, cache_version, file_lock, load_tensors, provenance, read_json,
+                        save_tensors, write_json)
 from .data import Cifar10, load_cifar10, to_float
 from .models import build_model
 from .profiles import Profile
 from .quant import FULL_PRECISION, check_bits, prepare_bits, set_bits
-from .train import BatchLoss, TrainConfig, train, trained_widths
+from .train import BatchLoss, MultiWidthConfig, TrainConfig, check_bit_set, strategy_loss, train, trained_widths
+from .utils import default_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,20 +51,54 @@ def qat_config(profile: Profile, bits: int, seed: int = 0) -> TrainConfig:
     return dataclasses.replace(parent, bits=bits, epochs=profile.qat_epochs_for(bits), lr=profile.qat_lr, schedule="cosine", init=parent)
 
 
+def multiwidth_config(profile: Profile, bit_set: tuple[int, ...] = (32, 8, 5, 4, 2), seed: int = 0) -> TrainConfig:
+    """The undefended multi-width model over ``bit_set``, fine-tuned from the full-precision model.
+
+    Plain cross-entropy, the width cycling every batch, for as many steps as the per-width QAT models
+    of ``bit_set`` take together (same batch, images and learning rate): the starting point of DWQ
+    and QADT-R and the clean-accuracy reference of C5.
+    """
+    bit_set = check_bit_set(tuple(bit_set))
+    parent = fp_config(profile, seed)
+    epochs = sum(profile.qat_epochs_for(b) for b in bit_set if b != FULL_PRECISION) or 1
+    return dataclasses.replace(parent, epochs=epochs, lr=profile.qat_lr, schedule="cosine", init=parent,
+                               strategy="multiwidth", strategy_params=MultiWidthConfig(bit_set))
+
+
 def get_or_train(
     config: TrainConfig,
     data: Cifar10 | None = None,
     loss_fn: BatchLoss | None = None,
     progress: bool = True,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    gpu_data: bool | None = None,
+    bf16: bool = False,
 ) -> TrainedModel:
     """Load the model of ``config`` from the cache, training it (and its parents) if needed.
 
     ``loss_fn`` overrides the batch loss; by default it is built from ``config.strategy`` and
     ``config.strategy_params`` (standard cross-entropy, PBAT, DWQ or QADT-R). The model is returned on
-    ``device`` and trained there; checkpoints are always written from CPU copies.
+    ``device`` (default: :func:`~qadtr_core.utils.default_device`) and trained there, parents included;
+    checkpoints are always written from CPU copies. Training holds the artifact's inter-process lock
+    (:func:`~qadtr_core.artifacts.file_lock`), so two processes never train the same model.
+
+    Runtime options (not part of the config, so they do not change the cache key; recorded in the
+    model's record): ``gpu_data`` keeps the training images on the GPU (default: on when ``device`` is
+    CUDA); ``bf16`` trains under bfloat16 autocast on CUDA (default off: that it stays within noise of
+    fp32 has not been shown yet, which needs a GPU run). Both are ignored on the CPU.
     """
+    device = device or default_device()
     d = artifact_dir("models", config)
+    if (tm := _load_cached(config, d, device)) is not None:
+        return tm
+    with file_lock(d):
+        if (tm := _load_cached(config, d, device)) is not None:  # built by another process while we waited
+            return tm
+        return _train_model(config, d, data, loss_fn, progress, device, gpu_data, bf16)
+
+
+def _load_cached(config: TrainConfig, d, device: str | torch.device) -> TrainedModel | None:
+    """The cached model of ``config`` in ``d`` on ``device``, or None (absent or corrupt)."""
     ckpt, rec_path = d / "model.pt", d / "record.json"
     model = build_model(config.arch)  # type: ignore[arg-type]
     if ckpt.exists() and rec_path.exists():
@@ -69,22 +108,34 @@ def get_or_train(
             set_bits(model, config.bits).eval()
             return TrainedModel(model.to(device), config, record)
         except (CorruptArtifact, RuntimeError) as e:
-            print(f"rebuilding {d.name}: {e}")
+            log.warning("rebuilding %s: %s", d.name, e)
+    return None
+
+
+def _train_model(config: TrainConfig, d, data: Cifar10 | None, loss_fn: BatchLoss | None, progress: bool,
+                 device: str | torch.device, gpu_data: bool | None, bf16: bool) -> TrainedModel:
+    """Train ``config`` (its parents first, on the same device) and write it to ``d``; the caller holds the lock."""
+    ckpt, rec_path = d / "model.pt", d / "record.json"
+    on_cuda = torch.device(device).type == "cuda"
+    gpu_data = on_cuda if gpu_data is None else bool(gpu_data and on_cuda)
+    bf16 = bool(bf16 and on_cuda)
     data = data or load_cifar10()
     torch.manual_seed(config.seed)
     model = build_model(config.arch)  # type: ignore[arg-type]
     if config.init is not None:
-        parent = get_or_train(config.init, data, progress=progress)
+        parent = get_or_train(config.init, data, progress=progress, device=device, gpu_data=gpu_data, bf16=bf16)
         model.load_state_dict(parent.model.state_dict())
-        # every width the strategy trains at starts from the parent's BatchNorms
-        for b in trained_widths(config):
+        # every width the strategy trains at and the parent did not starts from the parent's BatchNorms;
+        # a width the parent trained keeps its learned BatchNorm and quantizer steps
+        for b in sorted(trained_widths(config) - trained_widths(config.init)):
             prepare_bits(model, b, source_bits=config.init.bits)
     model.to(device)
     t0 = time.perf_counter()
-    from .defenses import strategy_loss  # defenses build on train; imported here to keep imports pointing down
 
-    history = train(model, data, config, checkpoint=d / "train_state.pt", loss_fn=loss_fn or strategy_loss(config),
-                    progress=progress)
+    train_data = dataclasses.replace(data, x_train=data.x_train.to(device), y_train=data.y_train.to(device)) if gpu_data else data
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        history = train(model, train_data, config, checkpoint=d / "train_state.pt",
+                        loss_fn=loss_fn or strategy_loss(config), progress=progress)
     record = {
         "config": config,
         "config_hash": d.name,  # the versioned cache key: what patches and tables name this model by
@@ -98,6 +149,7 @@ def get_or_train(
         "wall_seconds_this_run": time.perf_counter() - t0,
         "data_source": data.source,
         "device": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else str(device),
+        "runtime": {"gpu_data": gpu_data, "bf16_autocast": bf16, "torch_threads": torch.get_num_threads()},
         "provenance": provenance(),
     }
     save_tensors(ckpt, {k: v.cpu() for k, v in model.state_dict().items()})
@@ -116,48 +168,42 @@ def post_training_quantize(fp: TrainedModel, bits: int, data: Cifar10, n_calib: 
     error on one batch of the first ``n_calib`` training images.
     """
     check_bits(bits)
+    device = next(fp.model.parameters()).device
     model = build_model(fp.config.arch)  # type: ignore[arg-type]
     model.load_state_dict(fp.model.state_dict())
     prepare_bits(model, bits, source_bits=fp.config.bits)
-    set_bits(model, bits).eval()
-    model(to_float(data.x_train[:n_calib]))
+    set_bits(model.to(device), bits).eval()
+    model(to_float(data.x_train[:n_calib]).to(device))
     record = {**fp.record, "bits": bits, "method": "ptq", "n_calib": n_calib}
     return TrainedModel(model, dataclasses.replace(fp.config, bits=bits), record)
 
 
 def baseline_models(profile: Profile, qat_bits: list[int], ptq_bits: list[int] = (), seed: int = 0,
-                    data: Cifar10 | None = None, progress: bool = True) -> dict[str, tuple[TrainedModel, int]]:
-    """The undefended models of the study by name: "FP", "8b" (QAT), ..., "PTQ 4b", each with its bit-width."""
+                    data: Cifar10 | None = None, progress: bool = True,
+                    device: str | torch.device | None = None) -> dict[str, tuple[TrainedModel, int]]:
+    """The undefended models of the study by name: "FP", "8b" (QAT), ..., "PTQ 4b", each with its bit-width,
+    on ``device`` (default: :func:`~qadtr_core.utils.default_device`)."""
     data = data or load_cifar10()
-    fp = get_or_train(fp_config(profile, seed), data, progress=progress)
+    device = device or default_device()
+    fp = get_or_train(fp_config(profile, seed), data, progress=progress, device=device)
     out: dict[str, tuple[TrainedModel, int]] = {"FP": (fp, FULL_PRECISION)}
     for b in qat_bits:
-        out[f"{b}b"] = (get_or_train(qat_config(profile, b, seed), data, progress=progress), b)
+        out[f"{b}b"] = (get_or_train(qat_config(profile, b, seed), data, progress=progress, device=device), b)
     for b in ptq_bits:
         out[f"PTQ {b}b"] = (post_training_quantize(fp, b, data, profile.n_calib), b)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m qadtr_core.zoo --profile quick --bits 8 5 4 2``: build the baseline models ahead of time."""
-    import argparse
+    """``python -m qadtr_core.zoo [--profile P] [--device D] [--seeds ...]``: the baseline models ahead of time.
 
-    from .profiles import get_profile
+    Kept for old scripts; the same as ``qadtr build --only 00_baselines --models-only`` (see :mod:`qadtr_core.cli`).
+    """
+    import sys
 
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--profile", default="quick")
-    ap.add_argument("--bits", type=int, nargs="*", default=[8, 5, 4, 2])
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    profile = get_profile(args.profile)
-    data = load_cifar10()
-    x, y = data.test_subset(profile.n_eval)
-    from .metrics import clean_accuracy
+    from .cli import main as cli_main
 
-    for b in [FULL_PRECISION, *args.bits]:
-        tm = get_or_train(qat_config(profile, b, args.seed), data)
-        print(f"{profile.name} {profile.arch} {b:>2} bits: {clean_accuracy(tm.model, x, y)}, "
-              f"trained in {tm.record['train_seconds']:.0f} s", flush=True)
+    cli_main(["build", "--only", "00_baselines", "--models-only", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

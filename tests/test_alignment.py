@@ -57,7 +57,7 @@ def test_region_restricts_the_comparison():
 def test_batch_shapes_and_tables():
     grads = {32: _grads(3, 0), 4: _grads(3, 1), 2: _grads(3, 2)}
     table = pairwise_alignment(grads)
-    assert set(table.pair) == {"fp-4b", "fp-2b", "4b-2b"} and len(table) == 3 * 3 * 3
+    assert set(table.pair) == {"FP-4b", "FP-2b", "4b-2b"} and len(table) == 3 * 3 * 3
     s = summarize(table)
     assert (s.n == 3).all() and set(s.metric) == {"cosine", "edge IoU", "HOG cosine"}
 

@@ -1,10 +1,16 @@
-"""Book build helpers: one profile per build, parameter cells tucked away, duplicate scripts dropped."""
+"""Book build helpers: one profile and one commit per build, parameter cells tucked away, duplicate scripts dropped."""
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 from sphinx.builders.html._assets import _JavaScript
 
-from qadtr_core.bookconfig import _dedupe_scripts, executed_profile, tuck_parameters
+from qadtr_core import bookconfig
+from qadtr_core.bookconfig import _dedupe_scripts, executed_profile, executed_provenance, tuck_parameters
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _nb(path, profile, cells):
@@ -37,3 +43,71 @@ def test_scripts_registered_twice_are_kept_once():
     context = {"script_files": scripts}
     _dedupe_scripts(None, "p", "page.html", context, None)
     assert [str(js.filename) for js in context["script_files"]] == ["a.js", "None", "b.js"]
+
+
+def _stamped(path, profile, commit, version="0.1.0"):
+    _nb(path, profile, [])
+    doc = json.loads(path.read_text())
+    doc["metadata"]["qadtr"] = {"commit": commit, "version": version, "profile": profile}
+    path.write_text(json.dumps(doc))
+
+
+def test_stamp_records_commit_version_and_profile(tmp_path, monkeypatch):
+    _nb(tmp_path / "a.ipynb", "quick", [])
+    monkeypatch.setattr(bookconfig, "source_commit", lambda: "abc123")
+    bookconfig.main(["stamp", str(tmp_path)])
+    meta = json.loads((tmp_path / "a.ipynb").read_text())["metadata"]
+    assert meta["qadtr"] == {"commit": "abc123", "version": bookconfig.library_version(), "profile": "quick"}
+    assert meta["papermill"]["parameters"] == {"profile": "quick"}  # the rest of the notebook is kept
+    assert executed_provenance(tmp_path)["commit"] == "abc123"
+
+
+def test_mixed_commits_profiles_or_unstamped_notebooks_are_refused(tmp_path):
+    _stamped(tmp_path / "a.ipynb", "quick", "c1")
+    _stamped(tmp_path / "b.ipynb", "quick", "c1")
+    assert executed_provenance(tmp_path) == {"profile": "quick", "commit": "c1", "version": "0.1.0"}
+    _stamped(tmp_path / "b.ipynb", "quick", "c2")
+    with pytest.raises(SystemExit, match="different commits"):
+        executed_provenance(tmp_path)
+    _stamped(tmp_path / "b.ipynb", "smoke", "c1")
+    with pytest.raises(SystemExit, match="different profiles"):
+        executed_provenance(tmp_path)
+    _nb(tmp_path / "b.ipynb", "quick", [])
+    with pytest.raises(SystemExit, match=r"without a recorded commit: \['b.ipynb'\]"):
+        executed_provenance(tmp_path)
+
+
+def test_the_banner_names_profile_and_commit(tmp_path, monkeypatch):
+    results = tmp_path / "book" / "results"
+    results.mkdir(parents=True)
+    _stamped(results / "a.ipynb", "quick", "0123456789abcdef0123")
+    (tmp_path / "_config.yml").write_text("title: t\n")
+    monkeypatch.chdir(tmp_path)
+    bookconfig.main([str(results), "_build/_config.yml"])
+    banner = yaml.safe_load((tmp_path / "_build" / "_config.yml").read_text())["html"]["announcement"]
+    assert "<b>quick</b>" in banner and "<code>0123456789ab</code>" in banner
+
+
+def test_the_book_helper_does_not_import_torch():
+    code = "import sys, qadtr_core.bookconfig; assert 'torch' not in sys.modules"
+    subprocess.run([__import__("sys").executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_committed_results_come_from_one_profile_and_one_commit():
+    try:
+        listed = subprocess.run(["git", "ls-files", "book/results/*.ipynb"], cwd=REPO, capture_output=True, text=True,
+                                check=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("not a git checkout: cannot tell which executed notebooks are committed")
+    if not listed:
+        pytest.skip("no executed notebooks are committed in book/results yet (they come from one full "
+                    "`make book PROFILE=quick`); nothing to check")
+    committed = REPO / "_build" / "committed-results"
+    committed.mkdir(parents=True, exist_ok=True)
+    for old in committed.glob("*.ipynb"):
+        old.unlink()
+    for name in listed:  # the committed (indexed) version, not a local rebuild in the working tree
+        blob = subprocess.run(["git", "show", f":{name}"], cwd=REPO, capture_output=True, check=True, timeout=30).stdout
+        (committed / Path(name).name).write_bytes(blob)
+    prov = executed_provenance(committed)
+    assert prov["commit"] not in ("unknown", "") and not prov["commit"].endswith("-dirty"), prov

@@ -6,7 +6,7 @@ import torch
 
 from qadtr_core import zoo
 from qadtr_core.defenses import (
-    DWQConfig, PBATConfig, QADTR, QADTRConfig, RandomPrecision, dwq_loss, gir_penalty, pbat_loss, strategy_loss,
+    DWQ, PBAT, DWQConfig, PBATConfig, QADTR, QADTRConfig, RandomPrecision, dwq_loss, gir_penalty, pbat_loss, strategy_loss,
 )
 from qadtr_core.defenses.dwq import draw_bits
 from qadtr_core.defenses.qadtr import input_gradient
@@ -15,7 +15,7 @@ from qadtr_core.quant import prepare_bits, set_bits
 from qadtr_core.testing import synthetic_cifar
 from qadtr_core.train import TrainConfig, train
 
-FAST_QADTR = QADTRConfig(inner_steps=1, patch_sizes=(4, 6))
+FAST_QADTR = QADTRConfig(inner_steps=1, patch_sizes=(4, 6), gir_images=4)
 
 
 def _model():
@@ -47,7 +47,7 @@ def test_each_defense_trains_one_tiny_epoch_and_changes_the_weights(strategy, pa
 
 
 def test_unknown_defense_and_bad_bit_sets_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown defense 'adv'; allowed: standard, pbat, dwq, qadtr"):
+    with pytest.raises(ValueError, match="unknown strategy 'adv'; registered: standard, multiwidth, .*pbat"):
         strategy_loss(TrainConfig(arch="smallcnn", epochs=1, lr=0.1, strategy="adv"))
     with pytest.raises(ValueError, match="bit set is empty"):
         QADTRConfig(bit_set=())
@@ -123,11 +123,12 @@ def test_gir_double_backprop_gives_finite_parameter_gradients():
     assert torch.isfinite(flat).all() and flat.abs().sum() > 0
 
 
-def test_dwq_updates_only_the_batchnorm_of_the_drawn_bits():
+@pytest.mark.parametrize("carry", [True, False])
+def test_dwq_updates_only_the_batchnorm_of_the_drawn_bits(carry):
     model = _model().train()
     x, y = _batch()
     before = {k: v.running_mean.clone() for k, v in model.bns[1].bns.items()}
-    dwq_loss(DWQConfig(pgd_steps=1, bit_set=(8, 2)))(model, x, y, step=0)
+    dwq_loss(DWQConfig(pgd_steps=1, bit_set=(8, 2), carry=carry))(model, x, y, step=0)
     drawn = str(draw_bits((8, 2), 0, 0))
     changed = [k for k, v in model.bns[1].bns.items() if not torch.equal(v.running_mean, before[k])]
     assert changed == [drawn]
@@ -193,3 +194,122 @@ def test_adaptive_attacks_run_with_eot_over_bits_and_over_random_precision():
     patch = over_randomness.run()
     assert len(over_bits.history) == 3 and patch.min() >= 0 and patch.max() <= 1
     assert rp.last_bits in (32, 4, 2)
+
+
+# --- inner attacks, GIR in eval mode, carried state, the PBAT start (issue 11) ---------------------------
+
+def _trained_tiny():
+    """A smallcnn that fits the synthetic data a little (so that an attack has something to break)."""
+    model = _model()
+    cfg = TrainConfig(arch="smallcnn", epochs=3, lr=0.05, bits=4, batch_size=32, n_train=128, schedule="cosine")
+    train(model, synthetic_cifar(128, 4), cfg, progress=False)
+    return model
+
+
+INNER = {
+    "PBAT": lambda steps: PBAT(PBATConfig(inner_steps=steps, patch_size=8)),
+    "DWQ": lambda steps: DWQ(DWQConfig(pgd_steps=steps, bit_set=(4, 2), step_size=4 / 255)),
+    "QADT-R": lambda steps: QADTR(dataclasses.replace(FAST_QADTR, inner_steps=steps, bit_set=(4, 2), patch_sizes=(8,))),
+}
+
+
+def _inner_loss_rise(strategy, model, x, y):
+    """Mean CE of the strategy's inner adversarial images minus that of the same slots' starting point."""
+    set_bits(model, 4)
+    cell = {"cell": (0, 4, 8)} if isinstance(strategy, QADTR) else {}  # A-QAPA's (4 bits, 8 px) cell
+    adv = strategy.inner(model, x, y, 0, **cell)
+    start = type(strategy)(dataclasses.replace(strategy.config, **{
+        "pgd_steps" if isinstance(strategy, DWQ) else "inner_steps": 0})).inner(model, x, y, 0, **cell)
+    with torch.no_grad():
+        ce = lambda z: torch.nn.functional.cross_entropy(model.eval()(z), y[:len(z)]).item()  # noqa: E731
+        return ce(adv) - ce(start)
+
+
+@pytest.mark.parametrize("name", list(INNER))
+def test_the_inner_attack_raises_the_training_loss_and_a_no_op_does_not(name):
+    model = _trained_tiny()
+    x, y = _batch(16)
+    assert _inner_loss_rise(INNER[name](3), model, x, y) > 0.05  # the attack works
+    assert _inner_loss_rise(INNER[name](0), model, x, y) == pytest.approx(0.0, abs=1e-6)  # a no-op fails the check
+
+
+def test_carried_patches_get_stronger_across_batches():
+    model = _trained_tiny().eval()
+    set_bits(model, 4)
+    x, y = _batch(16)
+    carried, fresh = PBAT(PBATConfig(inner_steps=1)), PBAT(PBATConfig(inner_steps=1, carry=False))
+    for step in range(4):
+        adv_c, adv_f = carried.inner(model, x, y, step), fresh.inner(model, x, y, step)
+    ce = lambda z: torch.nn.functional.cross_entropy(model(z), y[:len(z)]).item()  # noqa: E731
+    with torch.no_grad():
+        assert ce(adv_c) > ce(adv_f)  # 4 carried steps beat 1 step from noise
+    assert set(carried.state_dict()["bank"]) == {"4b_8px"}
+
+
+def test_gir_runs_in_eval_mode_and_leaves_running_statistics_alone():
+    model = _model().train()
+    x, y = _batch(8)
+    cfg = dataclasses.replace(FAST_QADTR, bit_set=(4, 2), aqapa=False)
+    before = {k: v.running_mean.clone() for k, v in model.bns[1].bns.items()}
+    strategy = QADTR(cfg)
+    strategy(model, x, y, step=0)  # trains at 4 bits; GIR compares with 2 bits
+    changed = {k for k, v in model.bns[1].bns.items() if not torch.equal(v.running_mean, before[k])}
+    assert changed == {"4"} and model.training  # only the training forward at 4 bits updates statistics
+
+
+def test_gir_lowers_the_cross_width_input_gradient_cosine():
+    torch.manual_seed(0)
+    model = _model().eval()
+    x, y = _batch(8)
+
+    def cosine():  # squared cosine between the input gradients at 32 and 8 bits (near 1 at the start)
+        set_bits(model, 32)
+        g1 = input_gradient(model, x, y, create_graph=True)
+        set_bits(model, 8)
+        g2 = input_gradient(model, x, y, create_graph=True)
+        return gir_penalty(g1, g2)
+
+    start = cosine().item()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(25):
+        opt.zero_grad()
+        cosine().backward()
+        opt.step()
+    assert start > 0.2 and cosine().item() < 0.5 * start
+
+
+def test_pbat_keeps_the_quantizer_steps_and_batchnorm_its_qat_start_learned(tmp_path, monkeypatch):
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
+    data = synthetic_cifar(32, 8)
+    fp = TrainConfig(arch="smallcnn", epochs=1, lr=0.05, batch_size=16, n_train=32)
+    qat = dataclasses.replace(fp, bits=4, schedule="cosine", init=fp, lr=0.5)
+    parent = zoo.get_or_train(qat, data, progress=False).model.state_dict()
+    pbat = dataclasses.replace(qat, init=qat, lr=0.0, strategy="pbat", strategy_params=PBATConfig(inner_steps=0))
+    child = zoo.get_or_train(pbat, data, progress=False).model.state_dict()  # lr 0: no parameter may change
+    keys = [k for k in parent if "steps.4" in k]
+    assert keys and all(torch.equal(parent[k], child[k]) for k in keys)  # a reset re-initialises them from data
+
+
+def test_prepare_bits_from_the_same_width_is_a_no_op():
+    model = _model()
+    set_bits(model, 4)
+    model(torch.rand(2, 3, 32, 32))
+    step = model.convs[1].wstep.steps["4"].detach().clone()
+    with torch.no_grad():
+        model.convs[1].wstep.steps["4"].mul_(3)
+    prepare_bits(model, 4, source_bits=4)
+    model(torch.rand(2, 3, 32, 32))
+    assert torch.equal(model.convs[1].wstep.steps["4"], 3 * step)
+
+
+def test_the_multiwidth_strategy_cycles_the_bit_set():
+    from qadtr_core.train import MultiWidthConfig, multiwidth_loss
+
+    model = _model().train()
+    x, y = _batch(4)
+    loss = multiwidth_loss(MultiWidthConfig((32, 4, 2)))
+    seen = []
+    for step in range(6):
+        loss(model, x, y, step)
+        seen.append(model.qadtr_bits)
+    assert seen == [32, 4, 2, 32, 4, 2]

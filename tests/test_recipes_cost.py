@@ -4,28 +4,38 @@ import dataclasses
 import pytest
 
 from qadtr_core.cost import training_cost
-from qadtr_core.defenses.recipes import ABLATIONS, defense_configs, dwq_config, pbat_config, qadtr_config
+from qadtr_core.defenses.recipes import (
+    ABLATIONS, budget_table, defense_configs, dwq_config, pbat_config, qadtr_config, steps_per_width,
+)
 from qadtr_core.profiles import get_profile
 from qadtr_core.train import TrainConfig
-from qadtr_core.zoo import fp_config, qat_config
+from qadtr_core.zoo import fp_config, multiwidth_config, qat_config
 
 P = get_profile("smoke")
 BITS = (32, 8, 4, 2)
 
 
-def test_every_defense_gets_the_same_budget_and_inner_steps():
-    configs = [pbat_config(P, 4), dwq_config(P, BITS), qadtr_config(P, BITS)]
-    for c in configs:
-        assert (c.epochs, c.lr, c.batch_size, c.n_train, c.schedule) == (
-            P.defense_epochs, P.defense_lr, P.defense_batch, P.defense_n_train, "cosine")
-    pbat, dwq, qadtr = (c.strategy_params for c in configs)
-    assert pbat.inner_steps == dwq.pgd_steps == qadtr.inner_steps == P.defense_inner_steps
+def test_every_defense_gets_the_same_steps_per_width_and_inner_steps():
+    pbat, dwq, qadtr = pbat_config(P, 4), dwq_config(P, BITS), qadtr_config(P, BITS)
+    for c in (pbat, dwq, qadtr):
+        assert (c.lr, c.batch_size, c.n_train, c.schedule) == (P.defense_lr, P.defense_batch, P.defense_n_train, "cosine")
+    assert pbat.epochs == P.defense_epochs and dwq.epochs == qadtr.epochs == len(BITS) * P.defense_epochs
+    p, d, q = (c.strategy_params for c in (pbat, dwq, qadtr))
+    assert p.inner_steps == d.pgd_steps == q.inner_steps == P.defense_inner_steps
+    assert p.carry and d.carry and q.carry
+    table = budget_table(defense_configs(P, BITS), n_train=P.n_train).set_index("defense")
+    s = steps_per_width(P)
+    assert table.loc["PBAT", "steps per width"] == table.loc["DWQ", "steps per width"] == s
+    assert table.loc["QADT-R", "steps per width"] == s and table.loc["QADT-R", "start model"] == "multi-width (undefended)"
 
 
 def test_starting_points():
     assert pbat_config(P, 4).init == qat_config(P, 4) and pbat_config(P, 4).bits == 4
     assert pbat_config(P, 32).init == fp_config(P)
-    assert dwq_config(P, BITS).init == fp_config(P) == qadtr_config(P, BITS).init
+    multi = multiwidth_config(P, BITS)
+    assert dwq_config(P, BITS).init == multi == qadtr_config(P, BITS).init and multi.init == fp_config(P)
+    # the multi-width model takes the per-width QAT models' steps together
+    assert multi.epochs == sum(P.qat_epochs_for(b) for b in BITS if b != 32) and multi.strategy == "multiwidth"
 
 
 def test_ablations_switch_exactly_their_components():
@@ -40,7 +50,7 @@ def test_ablations_switch_exactly_their_components():
 
 def test_defense_table_shares_multi_width_models():
     c = defense_configs(P, BITS)
-    assert list(c) == ["QAT (undefended)", "PBAT", "DWQ", "QADT-R"]
+    assert list(c) == ["QAT (undefended)", "multi-width (undefended)", "PBAT", "DWQ", "QADT-R"]
     assert len(set(c["DWQ"].values())) == 1 and len(set(c["PBAT"].values())) == len(BITS)
     with pytest.raises(ValueError, match="empty"):
         defense_configs(P, ())

@@ -1,108 +1,163 @@
-"""Threat evaluation of defended models, the Table-5 summary, and claim values on hand-made tables."""
+"""Threats per defense, per-image evaluation, the seen table, and claim values with intervals on hand-made outcomes."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from qadtr_core.attacks.image_patch import image_patch_attack
+from qadtr_core.defense_claims import ablation_claim, defense_claims
+from qadtr_core.defenses import PBATConfig, QADTRConfig
 from qadtr_core.models import build_model
 from qadtr_core.quant import prepare_bits, set_bits
 from qadtr_core.robustness import (
-    SEEN, THREATS, BitEnsemble, Threat, ablation_claim, clean_table, defense_claims, evaluate_threats, summary,
+    BitEnsemble, Ensemble, Evaluation, asr_table, attack_config, clean_outcomes, clean_table, evaluate_threats, summary,
 )
 from qadtr_core.testing import synthetic_cifar
+from qadtr_core.threats import NO_PATCHES, THREATS, PatchDistribution, Threat, distribution_of, seen_table
 from qadtr_core.train import TrainConfig
 from qadtr_core.zoo import TrainedModel
 
 
-def _tm(seed: int, bit_set=(32, 4, 2)) -> TrainedModel:
+def _tm(seed: int, bit_set=(32, 4, 2), model=None) -> TrainedModel:
     torch.manual_seed(seed)
-    m = build_model("smallcnn")
+    m = model or build_model("smallcnn")
     for b in bit_set:
         prepare_bits(m, b)
-    cfg = TrainConfig(arch="smallcnn", epochs=1, lr=0.1, seed=seed)
-    return TrainedModel(m.eval(), cfg, {"config_hash": f"model{seed}"})
+    return TrainedModel(m.eval(), TrainConfig(arch="smallcnn", epochs=1, lr=0.1, seed=seed), {"config_hash": f"model{seed}"})
 
 
-def test_bit_ensemble_averages_log_probabilities_over_widths():
-    tm = _tm(0)
+def test_ensemble_averages_log_probabilities_over_members():
+    a, b = _tm(0), _tm(1)
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
-        expected = sum(F.log_softmax(set_bits(tm.model, b)(x), 1) for b in (32, 2)) / 2
-        assert torch.allclose(BitEnsemble(tm.model, (32, 2))(x), expected, atol=1e-5)
-        assert torch.allclose(BitEnsemble(tm.model, (4,))(x), F.log_softmax(set_bits(tm.model, 4)(x), 1), atol=1e-6)
+        expected = (F.log_softmax(set_bits(a.model, 32)(x), 1) + F.log_softmax(set_bits(b.model, 2)(x), 1)) / 2
+        assert torch.allclose(Ensemble([(a.model, 32), (b.model, 2)])(x), expected, atol=1e-5)
+        assert torch.allclose(BitEnsemble(a.model, (4,))(x), F.log_softmax(set_bits(a.model, 4)(x), 1), atol=1e-6)
 
 
-def test_only_pbats_training_configuration_is_seen():
-    assert SEEN.seen and [t.seen for t in THREATS].count(True) == 1
-    assert not Threat("other", size=8, shape="circle").seen
+def test_seen_is_defined_per_defense_from_its_training_distribution():
+    pbat, qadtr = distribution_of(PBATConfig()), distribution_of(QADTRConfig())
+    no_aqapa = distribution_of(QADTRConfig(aqapa=False))
+    by = {t.name: t for t in THREATS}
+    assert pbat.sees(by["8x8 square"], 2) and not pbat.sees(by["10x10 square"], 2)
+    assert qadtr.sees(by["10x10 square"], 2) and not qadtr.sees(by["circle, 8 px"], 2)
+    assert not any(d.sees(by["transfer from FP surrogate"], 32) for d in (pbat, qadtr, NO_PATCHES))
+    assert no_aqapa.sees(by["8x8 square"], 32) and not no_aqapa.sees(by["8x8 square"], 4)
+    table = seen_table({"PBAT": pbat, "QADT-R": qadtr, "DWQ": NO_PATCHES, "no A-QAPA": no_aqapa}, (32, 4))
+    assert table.loc["10x10 square", "PBAT"] == "unseen" and table.loc["10x10 square", "QADT-R"] == "seen"
+    assert table.loc["8x8 square", "DWQ"] == "unseen" and table.loc["adaptive EOT", "PBAT"] == "adaptive"
+    assert table.loc["8x8 square", "no A-QAPA"].startswith("seen at 32 b")
+    with pytest.raises(ValueError, match="unknown threat source"):
+        Threat("x", source="32-bit")
 
 
-def test_evaluate_threats_rows_worst_case_and_skips(tmp_path, monkeypatch):
+class _Toy(nn.Module):
+    """``logits = sign * scale(bits) * W @ mean_colour``; class 0 likes red, class 1 green and blue."""
+
+    def __init__(self, sign: float = 1.0) -> None:
+        super().__init__()
+        w = torch.zeros(10, 3)
+        w[0], w[1] = torch.tensor([5.0, -5.0, -5.0]), torch.tensor([-5.0, 5.0, 5.0])
+        self.register_buffer("w", sign * w)
+
+    def forward(self, x):
+        scale = 1.0 if getattr(self, "qadtr_bits", 32) == 32 else 2.0  # a different model at each width
+        return scale * x.mean((2, 3)) @ self.w.T
+
+
+def test_the_adaptive_attack_beats_plain_transfer_on_a_known_weak_randomised_model():
+    # Red-ish images of class 0 (margin 0.3 logits); an 8x8 green-blue patch moves the mean enough to flip them.
+    x = torch.zeros(6, 3, 32, 32)
+    x[:, 0], x[:, 1:] = 0.5, 0.22
+    y = torch.zeros(6, dtype=torch.long)
+    target, surrogate = _Toy(), _Toy(sign=-1.0)  # the surrogate's gradient points the wrong way
+    cfg = attack_config(Threat("t"), steps=10, restarts=1, seed=0)
+    transfer = image_patch_attack(surrogate, x, y, cfg).apply(x)
+    adaptive = image_patch_attack(Ensemble([(target, 32), (target, 2)]), x, y, cfg).apply(x)
+    for b in (32, 2):
+        set_bits(target, b)
+        with torch.no_grad():
+            assert (target(x).argmax(1) == 0).all()
+            assert (target(transfer).argmax(1) == 0).all()  # transfer from a misleading surrogate fails
+            assert (target(adaptive).argmax(1) != 0).all()  # EOT over the widths breaks every image
+
+
+def test_evaluate_threats_is_per_image_symmetric_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
     d = synthetic_cifar(8, 12)
     x, y = d.x_test.float() / 255, d.y_test
     multi = _tm(1)
     defenses = {"single": {32: _tm(2), 2: _tm(3)}, "multi": {b: multi for b in (32, 4, 2)}}
-    t = evaluate_threats(defenses, x, y, steps=2, progress=False)
-    cells = t.groupby(["defense", "bits"])
-    for (name, b), cell in cells:
-        assert cell.n.nunique() == 1  # one denominator per cell: its clean-correct images
-        worst = cell[cell.threat.str.startswith("worst")].iloc[0]
-        others = cell[~cell.threat.str.startswith("worst")]
-        assert worst.broken >= others.broken.max() and worst.broken <= others.broken.sum()
-        has_eot = (others.threat.str.startswith("adaptive")).any()
-        assert has_eot == (name == "multi")  # EOT over the bit set only for a model serving several widths
-        assert (others.threat.str.contains("crafted at 32")).any() == (b != 32)
-    assert t.asr.between(0, 100).all()
-    again = evaluate_threats(defenses, x, y, steps=2, progress=False)  # from the cache, same numbers
-    pd.testing.assert_frame_equal(t, again)
+    ev = evaluate_threats(defenses, x, y, surrogate=_tm(9), steps=2, progress=False)
+    pi = ev.per_image
+    assert len(pi) == 12 * 5 * len(THREATS) and not (pi.broken & ~pi.clean_ok).any()
+    adaptive = {t for t in ev.strength.target if t.endswith("ensemble")}
+    assert adaptive == {"single ensemble", "multi ensemble"}  # every defense meets the adaptive threat
+    assert (ev.strength.target == "FP surrogate").sum() == 1  # one common surrogate for every defense
+    dists = {"single": PatchDistribution(sizes=(8,)), "multi": NO_PATCHES}
+    table = asr_table(pi, dists)
+    worst = table[table.kind == "worst case"].set_index(["defense", "bits"]).broken
+    others = table[table.kind != "worst case"].groupby(["defense", "bits"]).broken.max()
+    assert (worst >= others.reindex(worst.index)).all() and table.ci_low.le(table.asr).all()
+    s = summary(table)
+    assert np.isnan(s.loc[("multi", "seen"), 32])  # nothing is seen by a model without patch training
+    again = evaluate_threats(defenses, x, y, surrogate=_tm(9), steps=2, progress=False)
+    pd.testing.assert_frame_equal(pi, again.per_image)
+    with pytest.raises(ValueError, match="surrogate"):
+        evaluate_threats(defenses, x, y, steps=1, progress=False)
 
 
-def _table(rows):
-    return pd.DataFrame([{"defense": d, "bits": b, "threat": th, "seen": th.startswith("seen"), "n": 100,
-                          "broken": a, "asr": float(a)} for d, b, th, a in rows])
-
-
-def test_summary_layout_and_means_by_hand():
+def _outcomes(spec, n=100):
+    """Hand-made per-image outcomes: spec[(defense, bits, threat)] = number of broken images (of n, all clean-correct)."""
     rows = []
-    for d, seen, unseen1, unseen2, worst in [("PBAT", 20, 60, 40, 70), ("DWQ", 50, 55, 45, 80), ("QADT-R", 30, 30, 20, 50)]:
-        for b, shift in ((4, 0), (2, 10)):
-            rows += [(d, b, "seen: 8x8", seen + shift), (d, b, "unseen size", unseen1 + shift),
-                     (d, b, "unseen shape", unseen2 + shift), (d, b, "adaptive: EOT", 99),
-                     (d, b, "worst case (any threat)", worst + shift)]
-    s = summary(_table(rows))
-    assert list(s.index.get_level_values(0).unique()) == ["PBAT", "DWQ", "QADT-R"]
-    assert s.loc[("PBAT", "unseen"), 4] == 50 and s.loc[("PBAT", "unseen"), 2] == 60  # mean of the unseen threats
-    assert s.loc[("PBAT", "seen"), "mean"] == 25 and s.loc[("DWQ", "worst case"), 2] == 90
-    clean = pd.DataFrame([{"defense": d, "bits": b, "clean_acc": a, "n": 100} for d, b, a in [
-        ("QAT (undefended)", 4, 88), ("QAT (undefended)", 2, 84), ("QADT-R", 4, 86), ("QADT-R", 2, 79)]])
-    c = defense_claims(s, clean)
-    # unseen: PBAT 50/60, DWQ 50/60, QADT-R 25/35 -> reductions 25 and 25
-    assert c["C3"]["reduction_unseen_max"] == 25 and c["C3"]["reduction_unseen_mean"] == 25
-    assert c["C3"]["reduction_worst_mean"] == 20  # min(PBAT 70/80, DWQ 80/90) - QADT-R 50/60
-    assert c["C4"] == {"bits_low": 2, "seen_low": 30.0, "unseen_low": 60.0, "gap_mean": 30.0}
-    assert c["C5"]["max_drop"] == 5 and c["C5"]["mean_drop"] == 3.5
+    for (d, b, th), k in spec.items():
+        rows.append(pd.DataFrame({"defense": d, "bits": b, "threat": th, "image": np.arange(n), "clean_ok": True,
+                                  "broken": np.arange(n) < k}))
+    pi = pd.concat(rows, ignore_index=True)
+    strength = pd.DataFrame([{"threat": "8x8 square", "target": "x", "steps": 10, "n_ok": 100, "k_full": 90, "k_half": 88}])
+    return Evaluation(pi, strength, n)
+
+
+def test_claims_by_hand_with_intervals():
+    seen, big, circle = "8x8 square", "10x10 square", "circle, 8 px"
+    asr = {"QAT (undefended)": (50, 70, 60), "PBAT": (20, 60, 50), "DWQ": (40, 50, 40), "QADT-R": (30, 30, 20)}
+    spec = {(d, b, th): a + (10 if b == 2 else 0) for d, v in asr.items() for b in (4, 2)
+            for th, a in zip((seen, big, circle), v)}
+    dists = {"QAT (undefended)": NO_PATCHES, "PBAT": PatchDistribution(sizes=(8,)), "DWQ": NO_PATCHES,
+             "QADT-R": PatchDistribution(sizes=(8, 10), source_bits=(4, 2))}
+    n = 100
+    clean = pd.concat([pd.DataFrame({"defense": d, "bits": b, "image": np.arange(n), "correct": np.arange(n) < a})
+                       for d, b, a in [("multi-width (undefended)", 4, 90), ("multi-width (undefended)", 2, 85),
+                                       ("QADT-R", 4, 88), ("QADT-R", 2, 80)]])
+    c = defense_claims(_outcomes(spec), clean, dists, (4, 2), {"seeds": [0], "profile": "test"}, n_boot=200)
+    # unseen: PBAT 55, DWQ mean(40,50,40)=43.3 (nothing seen), QADT-R circle only = 20 -> 23.3 at both widths
+    assert c["C3"]["value"] == pytest.approx(43.333 - 20, abs=0.01)
+    assert c["C3"]["ci_low"] <= c["C3"]["value"] <= c["C3"]["ci_high"] and set(c["C3"]["by_bits"]) == {"4", "2"}
+    # C4: PBAT gap 55 - 20 = 35; undefended under PBAT's definitions 65 - 50 = 15 -> 20 points
+    assert c["C4"]["value"] == pytest.approx(20) and c["C4"]["pbat_gap"]["value"] == pytest.approx(35)
+    assert c["C4"]["seen_low"]["value"] == pytest.approx(30) and c["C4"]["at_low_bits"]["bits"] == 2
+    assert c["C5"]["value"] == pytest.approx(5) and c["C5"]["mean_drop"]["value"] == pytest.approx(3.5)
+    strength = c["C3"]["attack_strength"][0]
+    assert strength["white_box_asr"] == 0.9 and strength["white_box_asr_half_steps"] == 0.88
 
 
 def test_ablation_claim_by_hand():
-    rows = []
+    circle, seen = "circle, 8 px", "8x8 square"
+    spec = {}
     for d, a in [("QADT-R", 30), ("without A-QAPA", 40), ("without DBWT", 29), ("without GIR", 35)]:
-        rows += [(d, 4, "seen: 8x8", 0), (d, 4, "unseen shape", a), (d, 4, "worst case (any threat)", a)]
-    c = ablation_claim(summary(_table(rows)))
-    assert c == {"C7": {"increase": {"A-QAPA": 10.0, "DBWT": -1.0, "GIR": 5.0}}}
+        spec.update({(d, 4, circle): a, (d, 4, seen): 0})
+    q = PatchDistribution(sizes=(8,), source_bits=(4,))
+    dists = {"QADT-R": q, "without A-QAPA": NO_PATCHES, "without DBWT": q, "without GIR": q}
+    c = ablation_claim(_outcomes(spec), dists, (4,), {"seeds": [0], "profile": "test"}, n_boot=200)
+    inc = c["C7"]["increase"]
+    assert {k: round(v["value"], 6) for k, v in inc.items()} == {"A-QAPA": 10.0, "DBWT": -1.0, "GIR": 5.0}
+    assert all(v["ci_low"] <= v["value"] <= v["ci_high"] for v in inc.values())
 
 
-def test_clean_table_counts_every_width():
+def test_clean_table_counts_every_width_with_wilson_intervals():
     d = synthetic_cifar(8, 10)
     tm = _tm(4)
-    t = clean_table({"m": {32: tm, 2: tm}}, d.x_test.float() / 255, d.y_test)
-    assert list(t.bits) == [32, 2] and (t.n == 10).all() and t.clean_acc.between(0, 100).all()
-
-
-@pytest.mark.parametrize("bad", [{"size": 40}, {"shape": "star"}])
-def test_threat_with_an_impossible_patch_is_a_clear_error(bad, tmp_path, monkeypatch):
-    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
-    d = synthetic_cifar(8, 4)
-    with pytest.raises(ValueError):
-        evaluate_threats({"m": {32: _tm(5)}}, d.x_test.float() / 255, d.y_test, threats=(Threat("bad", **bad),),
-                         steps=1, progress=False)
+    t = clean_table(clean_outcomes({"m": {32: tm, 2: tm}}, d.x_test.float() / 255, d.y_test))
+    assert list(t.bits) == [32, 2] and (t.n == 10).all() and (t.ci_low <= t.clean_acc).all()

@@ -17,6 +17,28 @@ def test_ssim_and_psnr_of_an_image_with_itself():
     assert (ssim(noisy, x) < 0.95).all() and (psnr(noisy, x) < 25).all()
 
 
+@pytest.mark.parametrize("window, sigma", [(11, 1.5), (7, 0.9)])  # torchmetrics sizes its window from sigma
+def test_ssim_and_psnr_agree_with_torchmetrics_on_real_images(window, sigma):
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    from qadtr_core.data import DataError, load_cifar10
+
+    try:
+        x = load_cifar10().test_subset(32)[0]
+    except DataError as e:
+        pytest.skip(f"CIFAR-10 is not available here: {e}")
+    g = torch.Generator().manual_seed(0)
+    patch, mask, place = torch.rand(3, 8, 8, generator=g), make_mask(8), fixed_placement(32, 5, 9)
+    for other in ((x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1),  # noise
+                  blend_patch(x, patch, mask, place, alpha=0.7),  # a translucent patch
+                  x.roll(1, 0)):  # other images
+        ours = ssim(other, x, window=window, sigma=sigma)
+        theirs = tm.structural_similarity_index_measure(other, x, gaussian_kernel=True, sigma=sigma, data_range=1.0,
+                                                         reduction="none")
+        assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+        reference = torch.stack([tm.peak_signal_noise_ratio(o[None], r[None], data_range=1.0) for o, r in zip(other, x)])
+        assert torch.allclose(psnr(other, x), reference, atol=1e-3)
+
+
 def test_opacity_zero_leaves_the_image_and_one_is_the_patch():
     x = torch.rand(2, 3, 32, 32)
     p, m, place = torch.ones(3, 6, 6), make_mask(6), fixed_placement(2, 3, 4)

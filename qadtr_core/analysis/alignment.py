@@ -24,20 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant import bits as at_bits
+from ..utils import bit_label, eval_mode
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bit_widths: Sequence[int]) -> dict[int, torch.Tensor]:
     """d CE(model(x), y) / d x at each bit-width (eval mode), as ``{bits: (N, C, H, W)}``."""
-    was_training = model.training
-    model.eval()
     out = {}
-    for b in bit_widths:
-        xb = x.detach().clone().requires_grad_(True)
-        with at_bits(model, b):
-            out[b], = torch.autograd.grad(F.cross_entropy(model(xb), y, reduction="sum"), xb)
-    model.train(was_training)
+    with eval_mode(model):
+        for b in bit_widths:
+            xb = x.detach().clone().requires_grad_(True)
+            with at_bits(model, b):
+                out[b], = torch.autograd.grad(F.cross_entropy(model(xb), y, reduction="sum"), xb)
     return out
 
 
@@ -110,13 +109,6 @@ def hog_cosine(g1: torch.Tensor, g2: torch.Tensor, region: torch.Tensor | None =
 METRICS = {"cosine": cosine, "edge IoU": edge_iou, "HOG cosine": hog_cosine}
 
 
-def bit_label(key: int | str) -> str:
-    """"fp" for 32, "4b" for 4; names (e.g. "FP", "4b") pass through, lower-cased for FP."""
-    if isinstance(key, str):
-        return "fp" if key.upper() == "FP" else key
-    return "fp" if key == 32 else f"{key}b"
-
-
 def pairwise_alignment(grads: dict, region: torch.Tensor | None = None,
                        pairs: Sequence[tuple] | None = None) -> pd.DataFrame:
     """Tidy per-image table: pair ("fp-4b"), metric, image index, value, for every pair of bit-widths."""
@@ -125,6 +117,28 @@ def pairwise_alignment(grads: dict, region: torch.Tensor | None = None,
     for a, b in pairs:
         for name, fn in METRICS.items():
             values = fn(grads[a], grads[b], region)
+            rows += [{"pair": f"{bit_label(a)}-{bit_label(b)}", "metric": name, "image": i, "value": float(v)}
+                     for i, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def mismatched_alignment(grads: dict, region: torch.Tensor | None = None, pairs: Sequence[tuple] | None = None,
+                         shift: int = 1) -> pd.DataFrame:
+    """The chance baseline of :func:`pairwise_alignment`: the same pairs and metrics, but the second
+    gradient of each pair belongs to another image (the batch rolled by ``shift``).
+
+    Gradient maps of unrelated images share generic structure (smoothness, border effects, the HOG
+    of any natural-looking map), so a similarity is only evidence of alignment above this baseline.
+    """
+    if len(next(iter(grads.values()))) < 2:
+        raise ValueError("the mismatched baseline needs at least two images")
+    rolled = {k: g.roll(shift, 0) for k, g in grads.items()}
+    pairs = pairs or list(itertools.combinations(grads, 2))
+    rows = []
+    for a, b in pairs:
+        for name, fn in METRICS.items():
+            r = None if region is None else region
+            values = fn(grads[a], rolled[b], r)
             rows += [{"pair": f"{bit_label(a)}-{bit_label(b)}", "metric": name, "image": i, "value": float(v)}
                      for i, v in enumerate(values)]
     return pd.DataFrame(rows)

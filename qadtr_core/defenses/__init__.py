@@ -1,27 +1,20 @@
-"""Defenses as training strategies over :func:`qadtr_core.train.train`: PBAT, DWQ and QADT-R."""
+"""Defenses as training strategies over :func:`qadtr_core.train.train`: PBAT, DWQ and QADT-R.
+
+Importing this package registers every defense with :func:`qadtr_core.train.register_strategy`
+(each module registers itself); :func:`strategy_loss` is re-exported from :mod:`qadtr_core.train`.
+"""
 from __future__ import annotations
 
-from ..train import BatchLoss, TrainConfig, standard_loss
-from .dwq import DWQConfig, RandomPrecision, dwq_loss
-from .pbat import PBATConfig, pbat_loss
+from ..train import registered_strategies, strategy_loss
+from .dwq import DWQ, DWQConfig, RandomPrecision, dwq_loss
+from .pbat import PBAT, PBATConfig, pbat_loss
 from .qadtr import QADTR, QADTRConfig, gir_penalty
 
-DEFENSES: tuple[str, ...] = ("standard", "pbat", "dwq", "qadtr")
+
+def defenses() -> tuple[str, ...]:
+    """The registered strategy names (undefended and defenses)."""
+    return registered_strategies()
 
 
-def strategy_loss(config: TrainConfig) -> BatchLoss:
-    """The batch loss of ``config.strategy`` with ``config.strategy_params`` (defaults when None)."""
-    name, params = config.strategy, config.strategy_params
-    if name == "standard":
-        return standard_loss(config.label_smoothing)
-    if name == "pbat":
-        return pbat_loss(params or PBATConfig())
-    if name == "dwq":
-        return dwq_loss(params or DWQConfig())
-    if name == "qadtr":
-        return QADTR(params or QADTRConfig())
-    raise ValueError(f"unknown defense {name!r}; allowed: {', '.join(DEFENSES)}")
-
-
-__all__ = ["DEFENSES", "strategy_loss", "DWQConfig", "RandomPrecision", "dwq_loss", "PBATConfig", "pbat_loss",
-           "QADTR", "QADTRConfig", "gir_penalty"]
+__all__ = ["strategy_loss", "registered_strategies", "defenses", "DWQ", "DWQConfig", "RandomPrecision", "dwq_loss",
+           "PBAT", "PBATConfig", "pbat_loss", "QADTR", "QADTRConfig", "gir_penalty"]

@@ -1,9 +1,12 @@
 """DWQ, Double-Win Quant (Fu et al. 2021): random-precision adversarial training and inference.
 
 Training: every batch runs at a bit-width drawn from ``bit_set`` (one BatchNorm per bit-width) on
-L-inf PGD examples crafted at that same bit-width. Inference: :class:`RandomPrecision` wraps the
-trained model and draws a bit-width per forward pass, the randomness DWQ relies on; adaptive attacks
-must average over it (EOT), not attack one fixed width.
+L-inf adversarial examples crafted at that same bit-width. With ``carry`` (default; the reconstruction
+choice applied alike to PBAT and QADT-R, :mod:`qadtr_core.defenses.carry`) the perturbation of each
+width is carried from batch to batch and refreshed by ``pgd_steps`` projected signed steps ("free"
+adversarial training); without it each batch runs PGD from a random start (DWQ: 7 steps). Inference:
+:class:`RandomPrecision` wraps the trained model and draws a bit-width per forward pass, the
+randomness DWQ relies on; adaptive attacks must average over it (EOT), not attack one fixed width.
 """
 from __future__ import annotations
 
@@ -15,27 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.pgd import PGDConfig, pgd_attack
-from ..quant import check_bits, set_bits
-from ..train import BatchLoss
-
-
-def check_bit_set(bit_set: Sequence[int]) -> tuple[int, ...]:
-    """A non-empty tuple of valid, distinct bit-widths, or ``ValueError``."""
-    if not bit_set:
-        raise ValueError("the bit set is empty; give at least one of 2..8 or 32")
-    if len(set(bit_set)) != len(bit_set):
-        raise ValueError(f"the bit set {tuple(bit_set)} repeats a bit-width")
-    return tuple(check_bits(b) for b in bit_set)
-
-
-def draw_bits(bit_set: Sequence[int], seed: int, step: int, schedule: str = "sample") -> int:
-    """The bit-width of training step ``step``: cycling through ``bit_set`` or drawn uniformly (seeded)."""
-    if schedule == "cycle":
-        return bit_set[step % len(bit_set)]
-    if schedule == "sample":
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return bit_set[int(torch.randint(len(bit_set), (1,), generator=g))]
-    raise ValueError(f"unknown bit schedule {schedule!r}; allowed: 'cycle', 'sample'")
+from ..quant import set_bits
+from ..train import TrainConfig, check_bit_set, draw_bits, register_strategy
+from ..utils import seeded_generator, stream_seed
+from .carry import PerturbationBank
 
 
 @dataclass(frozen=True)
@@ -45,33 +31,62 @@ class DWQConfig:
     Attributes:
         bit_set: bit-widths trained and drawn at inference. (Default: (32, 8, 5, 4, 2), the study's set;
             DWQ itself used 4..16 bits)
-        pgd_steps: PGD steps of the training attack (DWQ: 7). (Default: 7)
+        pgd_steps: signed steps of the training attack per batch (DWQ: 7 from a random start).
+            (Default: 1, with ``carry``)
         eps: L-inf radius. (Default: 8/255)
-        step_size: PGD step. (Default: 2/255)
-        seed: seeds the bit draws and the PGD starts. (Default: 0)
+        step_size: step of the signed steps. (Default: 2/255)
+        carry: carry each width's perturbation across batches ("free" training). (Default: True)
+        seed: seeds the bit draws and the starts. (Default: 0)
     """
 
     bit_set: tuple[int, ...] = (32, 8, 5, 4, 2)
-    pgd_steps: int = 7
+    pgd_steps: int = 1
     eps: float = 8 / 255
     step_size: float = 2 / 255
+    carry: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_bit_set(self.bit_set)
+        if self.pgd_steps < 0 or self.step_size <= 0 or not 0 <= self.eps <= 1:
+            raise ValueError(f"need pgd_steps >= 0, step_size > 0 and 0 <= eps <= 1; got {self.pgd_steps}, "
+                             f"{self.step_size}, {self.eps}")
 
 
-def dwq_loss(config: DWQConfig = DWQConfig()) -> BatchLoss:
-    """The DWQ batch loss: cross-entropy on PGD examples at a randomly drawn bit-width."""
+class DWQ:
+    """The DWQ batch loss: cross-entropy on adversarial examples at a randomly drawn bit-width."""
 
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        set_bits(model, draw_bits(config.bit_set, config.seed, step))
-        adv = pgd_attack(model, x, y, PGDConfig(eps=config.eps, step_size=config.step_size, steps=config.pgd_steps,
-                                                seed=config.seed * 1_000_003 + step))
-        logits = model(adv)
+    def __init__(self, config: DWQConfig = DWQConfig()) -> None:
+        self.config = config
+        self.bank = PerturbationBank()
+
+    def state_dict(self) -> dict:
+        return {"bank": self.bank.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bank.load_state_dict(state["bank"])
+
+    def inner(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        """Adversarial versions of the whole batch at the model's current width."""
+        cfg = self.config
+        if not cfg.carry:
+            return pgd_attack(model, x, y, PGDConfig(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.pgd_steps,
+                                                     seed=stream_seed(cfg.seed, step)))
+        return self.bank.attack(model, x, y, f"{getattr(model, 'qadtr_bits', 32)}b", cfg.eps, cfg.pgd_steps,
+                                cfg.step_size, seeded_generator(cfg.seed, step))
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        set_bits(model, draw_bits(self.config.bit_set, self.config.seed, step))
+        logits = model(self.inner(model, x, y, step))
         return F.cross_entropy(logits, y), logits
 
-    return loss
+
+def dwq_loss(config: DWQConfig = DWQConfig()) -> DWQ:
+    """The DWQ batch loss (see :class:`DWQ`)."""
+    return DWQ(config)
+
+
+register_strategy("dwq", lambda c: DWQ(c.strategy_params or DWQConfig()))
 
 
 class RandomPrecision(nn.Module):
@@ -84,7 +99,7 @@ class RandomPrecision(nn.Module):
         super().__init__()
         self.model = model
         self.bit_set = check_bit_set(bit_set)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # one stream for the whole inference run
         self.last_bits: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

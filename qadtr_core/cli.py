@@ -1,0 +1,119 @@
+"""The ``qadtr`` command line: build the artifact cache, see what is in it, move it between machines.
+
+    qadtr build  --profile P [--device D] [--seeds 0 1 2] [--only CHAPTER] [--models-only]
+                 [--scheduler ADDRESS] [--threads K] [--dry-run]
+    qadtr status --profile P [--seeds 0 1 2]
+    qadtr export --profile P ARCHIVE
+    qadtr import ARCHIVE
+
+``build`` runs the job graph of :mod:`qadtr_core.jobs` (train every model a chapter needs, then execute
+the chapter notebook into a scratch folder, which caches its crafted patches and result tables); with
+``--scheduler`` the graph goes to a Dask cluster. ``status`` lists, per chapter, what is cached, what
+is missing and the estimated GPU cost. It replaces ``python -m qadtr_core.zoo``, ``python -m
+qadtr_core.studies`` and ``python -m qadtr_core.defenses.recipes``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .profiles import PROFILES
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .utils import default_device
+
+    ap = argparse.ArgumentParser(prog="qadtr", description="Build and inspect the QADT-R study's artifact cache.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="prebuild the artifact cache of a profile (models, then chapter notebooks)")
+    b.add_argument("--profile", default="quick", choices=list(PROFILES))
+    b.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N (default: %(default)s)")
+    b.add_argument("--seeds", type=int, nargs="+", default=[0], help="one set of configs per seed (default: 0)")
+    b.add_argument("--only", metavar="CHAPTER", help="only this chapter's jobs (e.g. 02_defenses)")
+    b.add_argument("--models-only", action="store_true", help="train the models, do not execute the notebooks")
+    b.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a Dask scheduler (tcp://host:8786); default: run here, in this process")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch threads per job (default: 1 with --scheduler, else torch's default)")
+    b.add_argument("--retries", type=int, default=1, help="retries of a failed job on a cluster (default: 1)")
+    b.add_argument("--dry-run", action="store_true", help="list the jobs to run, run nothing")
+
+    s = sub.add_parser("status", help="what of a profile is cached, what is missing, estimated GPU cost")
+    s.add_argument("--profile", default="quick", choices=list(PROFILES))
+    s.add_argument("--seeds", type=int, nargs="+", default=[0])
+
+    e = sub.add_parser("export", help="pack a profile's artifacts into an archive (qadtr_core.bundle)")
+    e.add_argument("--profile", default="quick", choices=list(PROFILES))
+    e.add_argument("archive", type=Path)
+    e.add_argument("--root", type=Path, default=None, help="artifact root (default: $QADTR_ARTIFACTS or artifacts/)")
+
+    i = sub.add_parser("import", help="unpack an archive written by `qadtr export` into the artifact cache")
+    i.add_argument("archive", type=Path)
+    i.add_argument("--root", type=Path, default=None)
+    return ap
+
+
+def _build(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import jobs
+
+    graph = jobs.build_graph(args.profile, args.seeds, only=args.only, models_only=args.models_only)
+    todo = [j for j in graph.values() if not jobs.is_done(j)]
+    print(f"{args.profile}: {len(graph)} jobs, {len(graph) - len(todo)} cached, {len(todo)} to run "
+          f"on {args.device}" + (f" via {args.scheduler}" if args.scheduler else " in this process"), flush=True)
+    if args.dry_run:
+        for j in todo:
+            print(f"  {j.kind:8} {j.key}  {j.label}")
+        return 0
+    threads = args.threads or (1 if args.scheduler else torch.get_num_threads())
+    jobs.run_graph(graph, device=args.device, threads=threads, scheduler=args.scheduler, retries=args.retries,
+                   progress=not args.scheduler and sys.stderr.isatty(),
+                   on_done=lambda r: print(f"  done {r['label']} ({r['seconds']:.0f} s)", flush=True))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from . import estimates, jobs
+
+    rows = jobs.status(args.profile, args.seeds)
+    print(f"profile {args.profile}, seeds {args.seeds}")
+    print(f"{'chapter':24} {'models':>6} {'cached':>6} {'notebook':>8} {'train GPU-h (missing/all)':>26} {'attack GPU-h':>12}")
+    for r in rows:
+        nb = "-" if r.notebook_done is None else ("done" if r.notebook_done else "missing")
+        print(f"{r.chapter:24} {r.models:>6} {r.models_cached:>6} {nb:>8} "
+              f"{r.train_hours_missing:>12.2f} / {r.train_hours_total:<11.2f} {r.attack_hours:>12.2f}")
+    total = sum(r.train_hours_missing + (0 if r.notebook_done else r.attack_hours) for r in rows)
+    print(f"estimated GPU-hours still to spend: {total:.1f}")
+    print("Estimates, not measurements: per-step costs from " + estimates.unit_costs("resnet56").source
+          + "; defense step ratios from " + estimates.STRATEGY_RATIO_SOURCE
+          + ". A model shared by chapters is counted in the first; evaluation and attribution are not counted.")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .bundle import export_bundle  # written by the publishing work; imported only when used
+
+    print(export_bundle(args.profile, args.archive, root=args.root))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .bundle import import_bundle
+
+    print(import_bundle(args.archive, root=args.root))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``qadtr`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    return {"build": _build, "status": _status, "export": _export, "import": _import}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

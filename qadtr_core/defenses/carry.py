@@ -1,0 +1,101 @@
+"""Carried inner attacks: adversarial patches and perturbations kept across batches ("free" training).
+
+Crafting a per-image patch from a random start every batch (Rao et al.'s inner loop, 10-25 steps)
+makes a training step cost many forward-backward passes. "Free" adversarial training (Shafahi et al.
+2019) keeps the perturbation of the previous minibatch as the start of the next one, so that a few
+refresh steps per batch accumulate into a strong attack over training; "fast" training (Wong et al.
+2020) shows one signed step per batch suffices when the start is good. We apply the same idea to
+patches (a reconstruction choice, documented in the methods chapter):
+
+- :class:`PatchBank` keeps, per *cell* (a bit-width and patch size), one patch per patched slot of
+  the batch. Each batch draws new random locations (outside the avoided region), starts from the
+  cell's carried patches (uniform noise the first time) and takes ``steps`` signed-gradient steps
+  against the current model in eval mode; the result is stored for the cell's next batch.
+- :class:`PerturbationBank` does the same for DWQ's L-inf pixel perturbation, per bit-width.
+
+The bank is part of the strategy's state (saved with every training checkpoint), so a resumed run
+repeats exactly. ``steps`` is the shared inner-attack budget (``Profile.defense_inner_steps``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..patches import Box, apply_patch, make_mask, random_placement
+from ..utils import eval_mode
+
+
+def _check(steps: int, step_size: float) -> None:
+    if steps < 0 or step_size <= 0:
+        raise ValueError(f"inner steps must be >= 0 and the step size > 0, got {steps} and {step_size}")
+
+
+class PatchBank:
+    """Per-cell patches carried from batch to batch (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.patches: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.patches.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.patches = {k: v.clone() for k, v in state.items()}
+
+    def start(self, cell: str, k: int, channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
+        """The carried patches of ``cell`` (uniform noise when none, or when the slot count changed)."""
+        p = self.patches.get(cell)
+        if p is None or p.shape != (k, channels, size, size):
+            p = torch.rand(k, channels, size, size, generator=generator)
+        return p
+
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cell: str, size: int, steps: int,
+               step_size: float, avoid: Box | None, generator: torch.Generator) -> torch.Tensor:
+        """``x`` patched at fresh random locations with ``cell``'s patches after ``steps`` refresh steps.
+
+        The model runs in eval mode (BatchNorm statistics untouched) at whatever bit-width it is set to.
+        """
+        _check(steps, step_size)
+        place = random_placement(len(x), size, generator, x.shape[-1], avoid)
+        mask = make_mask(size).to(x)
+        p = self.start(cell, len(x), x.shape[1], size, generator).to(x)
+        with eval_mode(model):
+            for _ in range(steps):
+                p.requires_grad_(True)
+                loss = F.cross_entropy(model(apply_patch(x, p, mask, place)), y, reduction="sum")
+                grad, = torch.autograd.grad(loss, p)
+                p = (p.detach() + step_size * grad.sign()).clamp_(0, 1)
+        self.patches[cell] = p.detach()
+        return apply_patch(x, p.detach(), mask, place).detach()
+
+
+class PerturbationBank:
+    """Per-bit-width L-inf perturbations carried from batch to batch (free adversarial training)."""
+
+    def __init__(self) -> None:
+        self.deltas: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.deltas.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.deltas = {k: v.clone() for k, v in state.items()}
+
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cell: str, eps: float, steps: int,
+               step_size: float, generator: torch.Generator) -> torch.Tensor:
+        """``x + delta`` after ``steps`` projected signed steps from ``cell``'s carried ``delta``."""
+        _check(steps, step_size)
+        d = self.deltas.get(cell)
+        if d is None or d.shape != x.shape:
+            d = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+        d = d.to(x)
+        with eval_mode(model):
+            for _ in range(steps):
+                d.requires_grad_(True)
+                loss = F.cross_entropy(model((x + d).clamp(0, 1)), y, reduction="sum")
+                grad, = torch.autograd.grad(loss, d)
+                d = (d.detach() + step_size * grad.sign()).clamp_(-eps, eps)
+        d = ((x + d).clamp(0, 1) - x).detach()
+        self.deltas[cell] = d
+        return (x + d).detach()

@@ -1,0 +1,412 @@
+"""The study as a graph of content-addressed jobs, run in-process or on a Dask cluster.
+
+Two kinds of job:
+
+- **train**: one :class:`~qadtr_core.train.TrainConfig`, keyed by its model cache key
+  (``artifacts.artifact_key("models", config)``); it depends on the job of its ``init`` parent.
+- **notebook**: one chapter notebook executed with papermill into a scratch folder
+  (``<root>/runs/<profile>/seed<seed>/``), which fills the cache of that chapter's crafted patches and
+  result tables; it depends on the train jobs of the models the chapter needs (and the scorecard and
+  the reproducibility chapter on every other chapter). Its key hashes the chapter, the notebook's bytes,
+  the profile, the seed and its models' keys; a marker ``<chapter>.json`` beside the executed notebook
+  records it.
+
+Which models a chapter needs is read from :data:`CHAPTER_MODELS` with the bit-widths of the notebook's
+own parameters cell; the configs come from :func:`~qadtr_core.zoo.fp_config`,
+:func:`~qadtr_core.zoo.qat_config` and :mod:`qadtr_core.defenses.recipes`. Each seed is its own set of
+configs (``--seeds`` fans out).
+
+A job already in the cache is never run or submitted again; two runs of one artifact are prevented by
+the graph (one job per key; on Dask, the job key is the task key) and, across processes, by the
+artifact's file lock (:func:`~qadtr_core.artifacts.file_lock`). Each job pins its torch thread count,
+so that the kernels, and hence the bytes of every checkpoint, are the same wherever it runs.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .artifacts import ENV_VAR as ARTIFACTS_VAR
+from .artifacts import artifact_key, artifact_root, config_hash, write_json
+from .profiles import Profile, get_profile
+from .train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+FAULT_VAR = "QADTR_FAULT_ONCE"  # "<job key>:<marker file>": the job kills its own process once (fault-injection tests)
+
+# What each chapter trains: a function of (profile, seed, the notebook's parameters) -> configs.
+# "baselines:<param>" = the FP model and the QAT models at the widths of the notebook parameter <param>;
+# "defenses:<param>" / "ablations:<param>" = defense_configs / ablation_configs over that bit set.
+CHAPTER_MODELS: dict[str, tuple[str, ...]] = {
+    "00_baselines": ("baselines:qat_bits",),
+    "01_transferability": ("baselines:qat_bits",),
+    "02_defenses": ("defenses:bit_set",),
+    "03_ablations": ("ablations:bit_set",),
+    "04_gradient_alignment": ("baselines:bit_widths",),
+    "05_spatial_sensitivity": ("baselines:bit_widths",),
+    "06_patch_visibility": ("baselines:bit_widths",),
+    "07_scorecard": (),
+    "08_reproduce": (),
+}
+# Chapters that read the other chapters' results: they run after every other chapter of the graph.
+SUMMARY_CHAPTERS = ("07_scorecard", "08_reproduce")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of the build: train a config, or execute a chapter notebook.
+
+    Attributes:
+        key: the cache key (train: the model's artifact key; notebook: hash of chapter, notebook bytes,
+            profile, seed and its models' keys).
+        kind: "train" or "notebook".
+        deps: keys of the jobs that must finish first.
+        label: a short human-readable name.
+        config: the training config (train jobs).
+        chapter, profile, seed: the notebook run (notebook jobs; profile and seed for train jobs too).
+    """
+
+    key: str
+    kind: str
+    deps: tuple[str, ...]
+    label: str
+    config: TrainConfig | None = None
+    chapter: str = ""
+    profile: str = ""
+    seed: int = 0
+    chapters: tuple[str, ...] = field(default=(), compare=False)  # the chapters that need this job
+
+
+def chapters() -> list[str]:
+    """The chapter names (notebook stems), in book order."""
+    return sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def notebook_parameters(chapter: str) -> dict[str, Any]:
+    """The literal defaults of a chapter notebook's ``parameters`` cell."""
+    nb = json.loads((NOTEBOOK_DIR / f"{chapter}.ipynb").read_text())
+    for cell in nb["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = "".join(cell["source"])
+            out = {}
+            for node in ast.parse(src).body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    try:
+                        out[node.targets[0].id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        pass
+            return out
+    return {}
+
+
+def chapter_configs(chapter: str, profile: Profile, seed: int = 0) -> list[TrainConfig]:
+    """The configs of the models ``chapter`` evaluates under ``profile`` and ``seed`` (distinct, in order)."""
+    from .defenses.recipes import ablation_configs, defense_configs
+    from .quant import FULL_PRECISION
+    from .zoo import fp_config, qat_config
+
+    params = notebook_parameters(chapter)
+    out: list[TrainConfig] = []
+    for spec in CHAPTER_MODELS.get(chapter, ()):
+        what, param = spec.split(":")
+        bits = list(params[param])
+        if what == "baselines":
+            out += [fp_config(profile, seed)] + [qat_config(profile, b, seed) for b in bits if b != FULL_PRECISION]
+        else:
+            table = (defense_configs if what == "defenses" else ablation_configs)(profile, bits, seed)
+            out += [cfg for per_bits in table.values() for cfg in per_bits.values()]
+    return list(dict.fromkeys(out))
+
+
+def model_key(config: TrainConfig) -> str:
+    """The cache key of a trained model (the name of its folder under ``<root>/models``)."""
+    return artifact_key("models", config)
+
+
+def _label(config: TrainConfig) -> str:
+    return f"{config.arch} {config.strategy} {config.bits}b seed {config.seed} ({config.profile})"
+
+
+def _add_train_jobs(graph: dict[str, Job], config: TrainConfig, chapter: str) -> str:
+    key = model_key(config)
+    if key in graph:
+        job = graph[key]
+        if chapter and chapter not in job.chapters:
+            graph[key] = Job(**{**job.__dict__, "chapters": (*job.chapters, chapter)})
+        return key
+    deps = (_add_train_jobs(graph, config.init, chapter),) if config.init is not None else ()
+    graph[key] = Job(key, "train", deps, _label(config), config=config, profile=config.profile, seed=config.seed,
+                     chapters=(chapter,) if chapter else ())
+    return key
+
+
+def _notebook_key(chapter: str, profile: str, seed: int, model_keys: Sequence[str]) -> str:
+    nb_hash = hashlib.sha256((NOTEBOOK_DIR / f"{chapter}.ipynb").read_bytes()).hexdigest()
+    return "nb-" + config_hash({"chapter": chapter, "notebook": nb_hash, "profile": profile, "seed": seed,
+                                "models": sorted(model_keys)})
+
+
+def build_graph(profile: Profile | str, seeds: Iterable[int] = (0,), only: str | None = None,
+                models_only: bool = False, configs: Mapping[str, Sequence[TrainConfig]] | None = None) -> dict[str, Job]:
+    """The job graph of ``profile`` over ``seeds``, in an order where every job follows its dependencies.
+
+    ``only`` restricts it to one chapter's jobs; ``models_only`` leaves out the notebook jobs.
+    ``configs`` (name -> configs) replaces the chapters by custom sets of train jobs (tests, ad-hoc builds).
+    """
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    names = chapters()
+    if only is not None and only not in names:
+        raise ValueError(f"unknown chapter {only!r}; allowed: {', '.join(names)}")
+    graph: dict[str, Job] = {}
+    if configs is not None:
+        for name, cfgs in configs.items():
+            for cfg in cfgs:
+                _add_train_jobs(graph, cfg, name)
+        return graph
+    for seed in seeds:
+        notebook_keys: dict[str, str] = {}
+        for chapter in (names if only is None else [only]):
+            keys = [_add_train_jobs(graph, cfg, chapter) for cfg in chapter_configs(chapter, profile, seed)]
+            if models_only:
+                continue
+            deps = tuple(keys)
+            if chapter in SUMMARY_CHAPTERS:  # after every other chapter of this seed in the graph
+                deps += tuple(k for c, k in notebook_keys.items() if c not in SUMMARY_CHAPTERS)
+            key = _notebook_key(chapter, profile.name, seed, keys)
+            graph[key] = Job(key, "notebook", deps, f"{chapter} seed {seed} ({profile.name})", chapter=chapter,
+                             profile=profile.name, seed=seed, chapters=(chapter,))
+            notebook_keys[chapter] = key
+    return graph
+
+
+def run_dir(profile: str, seed: int, root: Path | None = None) -> Path:
+    """The scratch folder of the executed notebooks of ``profile`` and ``seed``."""
+    return Path(root or artifact_root()) / "runs" / profile / f"seed{seed}"
+
+
+def is_done(job: Job, root: Path | None = None) -> bool:
+    """Whether the job's artifact is in the cache (a trained model; a notebook run with the same key)."""
+    root = Path(root or artifact_root())
+    if job.kind == "train":
+        d = root / "models" / job.key
+        return all((d / f).exists() for f in ("model.pt", "model.pt.sha256", "record.json"))
+    marker = run_dir(job.profile, job.seed, root) / f"{job.chapter}.json"
+    try:
+        return json.loads(marker.read_text()).get("key") == job.key
+    except (OSError, ValueError):
+        return False
+
+
+def _fault_once(key: str) -> None:
+    """Fault injection for tests: with ``$QADTR_FAULT_ONCE = "<key>:<marker>"``, the job of ``key`` kills
+    its own process the first time (when the marker file does not exist yet)."""
+    spec = os.environ.get(FAULT_VAR, "")
+    if spec.startswith(key + ":"):
+        marker = Path(spec[len(key) + 1:])
+        if not marker.exists():
+            marker.write_text("killed once\n")
+            os._exit(17)
+
+
+def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = None, data: str | None = None,
+            progress: bool = False) -> dict[str, Any]:
+    """Run one job here (in this process or on a cluster worker) and return a small record of it.
+
+    ``threads`` pins ``torch.set_num_threads`` (and ``OMP_NUM_THREADS`` for a notebook kernel), so that a
+    job computes the same bytes wherever it runs; ``root`` is the artifact root and ``data`` the
+    CIFAR-10 source (default: ``$QADTR_ARTIFACTS`` / ``$QADTR_CIFAR10`` as seen by the worker).
+    """
+    from .data import ENV_VAR as DATA_VAR
+
+    if job.kind not in ("train", "notebook"):
+        raise ValueError(f"unknown job kind {job.kind!r}")
+    _fault_once(job.key)
+    t0 = time.perf_counter()
+    with _settings(threads, {ARTIFACTS_VAR: root, DATA_VAR: data, "OMP_NUM_THREADS": str(int(threads))}):
+        if is_done(job):
+            return {"key": job.key, "label": job.label, "ran": False, "seconds": 0.0}
+        if job.kind == "train":
+            from .data import load_cifar10
+            from .zoo import get_or_train
+
+            get_or_train(job.config, load_cifar10(data), progress=progress, device=device)
+        else:
+            _run_notebook(job, device, progress)
+    return {"key": job.key, "label": job.label, "ran": True, "seconds": time.perf_counter() - t0}
+
+
+@contextlib.contextmanager
+def _settings(threads: int, env: Mapping[str, str | None]) -> Iterator[None]:
+    """Pin torch's thread count and set environment variables (None: leave as is) for a block, then restore."""
+    import torch
+
+    old_threads, old_env = torch.get_num_threads(), {k: os.environ.get(k) for k in env}
+    torch.set_num_threads(int(threads))
+    os.environ.update({k: str(v) for k, v in env.items() if v is not None})
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_notebook(job: Job, device: str, progress: bool) -> None:
+    import papermill
+
+    from .artifacts import file_lock
+
+    out_dir = run_dir(job.profile, job.seed)
+    declared = notebook_parameters(job.chapter)
+    params: dict[str, Any] = {"profile": job.profile}
+    for name, value in (("seed", job.seed), ("device", device), ("progress", progress),
+                        ("static_dir", str(out_dir / "_static"))):
+        if name in declared:  # pass only what the notebook declares (a chapter without `device` runs on the CPU)
+            params[name] = value
+    with file_lock(out_dir):
+        if is_done(job):
+            return
+        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{job.chapter}.ipynb"), str(out_dir / f"{job.chapter}.ipynb"),
+                                   parameters=params, cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        write_json(out_dir / f"{job.chapter}.json", {"key": job.key, "chapter": job.chapter, "profile": job.profile,
+                                                     "seed": job.seed, "parameters": params, "deps": list(job.deps)})
+
+
+def _after(job: Job, kwargs: dict[str, Any], *deps: Any) -> dict[str, Any]:
+    """A job run on a Dask worker once its dependencies' results (``deps``) are in."""
+    return run_job(job, **kwargs)
+
+
+def run_graph(graph: Mapping[str, Job], device: str = "cpu", threads: int = 1, scheduler: str | Any | None = None,
+              root: str | Path | None = None, data: str | None = None, retries: int = 1, progress: bool = False,
+              on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run every job of ``graph`` that is not in the cache yet; returns the records of the jobs run.
+
+    With ``scheduler`` (a Dask scheduler address, or a ``distributed.Client``), jobs are submitted to
+    that cluster, each as the task named by its key, with its dependencies' tasks as inputs,
+    ``retries`` and, on CUDA, the worker resource ``{"GPU": 1}`` (start GPU workers with
+    ``--resources GPU=1``). Without one, they run here, one after the other, as
+    ``get_or_train`` always did. Dask is imported only when a scheduler is given.
+    """
+    root_s = str(Path(root).resolve()) if root is not None else str(artifact_root())
+    todo = [j for j in graph.values() if not is_done(j, Path(root_s))]
+    kwargs = {"device": device, "threads": threads, "root": root_s, "data": data, "progress": progress}
+    if not todo:
+        return []
+    if scheduler is None:
+        out = []
+        for job in todo:
+            log.info("running %s (%s)", job.label, job.key)
+            rec = run_job(job, **kwargs)
+            out.append(rec)
+            if on_done:
+                on_done(rec)
+        return out
+    from distributed import Client, as_completed
+
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    try:
+        resources = {"GPU": 1} if str(device).startswith("cuda") else None
+        pending = {j.key for j in todo}
+        futures: dict[str, Any] = {}
+        for job in todo:  # graph order: dependencies first
+            deps = [futures[d] for d in job.deps if d in pending]
+            futures[job.key] = client.submit(_after, job, kwargs, *deps, key=f"{job.kind}-{job.key}",
+                                             resources=resources, retries=retries, pure=False)
+        out = []
+        for fut in as_completed(list(futures.values())):
+            rec = fut.result()
+            out.append(rec)
+            if on_done:
+                on_done(rec)
+        return out
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+@dataclass(frozen=True)
+class ChapterStatus:
+    """What of one chapter is cached under a profile, and the estimated GPU cost of the rest."""
+
+    chapter: str
+    models: int
+    models_cached: int
+    notebook_done: bool | None
+    train_hours_missing: float
+    train_hours_total: float
+    attack_hours: float
+
+
+def _attack_seconds(chapter: str, profile: Profile, params: Mapping[str, Any]) -> float:
+    """Estimated GPU seconds of a chapter's attacks (the crafting it caches), from measured unit costs."""
+    from . import estimates as est
+
+    a = profile.arch
+    universal = est.universal_patch_seconds(a, profile.patch_steps, profile.patch_batch)
+    if chapter == "01_transferability":
+        sources = 1 + len(params.get("qat_bits", ()))
+        return ((2 * sources + 1) * universal  # two patch sizes per source, plus the convergence curve on FP
+                + sources * est.image_patch_seconds(a, profile.n_attack, profile.image_patch_steps, profile.image_patch_restarts)
+                + sources * est.pgd_seconds(a, profile.n_attack))
+    if chapter in ("02_defenses", "03_ablations"):
+        from .defenses.recipes import ablation_configs, defense_configs
+        from .robustness import THREATS
+
+        bits = list(params.get("bit_set", ()))
+        table = (defense_configs if chapter == "02_defenses" else ablation_configs)(profile, bits, 0)
+        cells = sum(len(per) for per in table.values())
+        # every threat crafts once per (defense, width); the EOT threat runs one forward per width
+        per_image = est.image_patch_seconds(a, profile.n_defense_eval, profile.defense_attack_steps,
+                                            profile.defense_attack_restarts)
+        return cells * (len(THREATS) - 1 + len(bits)) * per_image
+    if chapter in ("04_gradient_alignment", "05_spatial_sensitivity"):
+        return universal  # one FP patch (gradients and attribution maps are not counted)
+    if chapter == "06_patch_visibility":
+        return len(params.get("sizes", ())) * universal
+    return 0.0
+
+
+def status(profile: Profile | str, seeds: Iterable[int] = (0,), root: Path | None = None) -> list[ChapterStatus]:
+    """Per chapter: models needed and cached, notebook run or not, and the estimated GPU-hours (training of
+    the missing models, training of all, attacks) from :mod:`qadtr_core.estimates`. A model shared by
+    several chapters is counted in the first chapter that needs it."""
+    from . import estimates as est
+
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    seeds = list(seeds)
+    graph = build_graph(profile, seeds)
+    counted: set[str] = set()
+    out = []
+    for chapter in chapters():
+        params = notebook_parameters(chapter)
+        trains = [j for j in graph.values() if j.kind == "train" and chapter in j.chapters]
+        nbs = [j for j in graph.values() if j.kind == "notebook" and j.chapter == chapter]
+        missing_h = total_h = 0.0
+        for j in trains:
+            if j.key in counted:
+                continue
+            counted.add(j.key)
+            c = j.config
+            h = est.training_seconds(c.arch, c.bits, c.epochs, c.n_train, c.strategy) / 3600
+            total_h += h
+            if not is_done(j, root):
+                missing_h += h
+        out.append(ChapterStatus(chapter, len(trains), sum(is_done(j, root) for j in trains),
+                                 all(is_done(j, root) for j in nbs) if nbs else None, missing_h, total_h,
+                                 len(seeds) * _attack_seconds(chapter, profile, params) / 3600))
+    return out

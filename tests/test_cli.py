@@ -1,0 +1,152 @@
+"""The `qadtr` command line, the job graph behind `qadtr build`, the paper profile and the seed aggregation."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+
+import pandas as pd
+import pytest
+
+from qadtr_core import cli, jobs
+from qadtr_core.profiles import PROFILES
+
+# Fields a profile may change (protocol.md: "A profile changes budgets, never the definitions"); any other
+# field (present or added later) must be the same in the quick and the paper profile.
+BUDGET_FIELDS = {
+    "name", "arch", "n_train", "fp_epochs", "qat_epochs", "qat_epochs_by_bits", "batch_size", "fp_lr", "qat_lr",
+    "n_eval", "n_calib", "n_attack", "patch_steps", "patch_first_phase", "patch_max_steps", "patch_batch",
+    "n_patch_train", "image_patch_steps",
+    "image_patch_restarts", "n_attribution", "ig_steps", "n_location", "location_stride", "defense_n_train",
+    "defense_epochs", "defense_batch", "defense_lr", "defense_inner_steps", "n_defense_eval",
+    "defense_attack_steps", "defense_attack_restarts",
+}
+
+
+@pytest.fixture(autouse=True)
+def empty_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path / "artifacts"))
+    return tmp_path / "artifacts"
+
+
+def test_paper_profile_differs_from_quick_in_budgets_only():
+    quick, paper = PROFILES["quick"], PROFILES["paper"]
+    fields = {f.name for f in dataclasses.fields(quick)}
+    for name in fields - BUDGET_FIELDS:
+        assert getattr(quick, name) == getattr(paper, name), name
+    # the paper's known budgets (paper.md 3.2, protocol.md)
+    assert (paper.arch, paper.fp_epochs, paper.fp_lr, paper.batch_size, paper.n_train) == ("resnet56", 200, 0.1, 128, 50000)
+    budgets = (paper.n_attack, paper.image_patch_steps, paper.defense_attack_steps, paper.n_patch_train)
+    assert budgets == (1000, 100, 100, 50000)
+    assert paper.defense_epochs == paper.qat_epochs  # a defense gets the budget of the QAT model it replaces
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for sub in ("build", "status", "export", "import"):
+        assert sub in out
+
+
+def test_graph_orders_dependencies_and_fans_out_over_seeds():
+    graph = jobs.build_graph("smoke", [0, 1])
+    order = list(graph)
+    for i, job in enumerate(graph.values()):
+        assert all(order.index(d) < i for d in job.deps), job.label  # every job after its dependencies
+        if job.kind == "train":
+            assert job.key == jobs.model_key(job.config)
+            assert job.deps == ((jobs.model_key(job.config.init),) if job.config.init else ())
+    seeds = {s: {k for k, j in graph.items() if j.kind == "train" and j.seed == s} for s in (0, 1)}
+    assert seeds[0] and seeds[1] and not seeds[0] & seeds[1]  # each seed its own configs
+    notebooks = [j for j in graph.values() if j.kind == "notebook"]
+    assert len(notebooks) == 2 * len(jobs.chapters())
+    score = next(j for j in notebooks if j.chapter == "07_scorecard" and j.seed == 0)
+    others = {j.key for j in notebooks if j.seed == 0 and j.chapter not in jobs.SUMMARY_CHAPTERS}
+    assert others <= set(score.deps)
+
+
+def test_only_restricts_to_one_chapter():
+    graph = jobs.build_graph("smoke", [0], only="00_baselines")
+    trains = [j for j in graph.values() if j.kind == "train"]
+    assert len(trains) == 1 + len(jobs.notebook_parameters("00_baselines")["qat_bits"])
+    assert [j.chapter for j in graph.values() if j.kind == "notebook"] == ["00_baselines"]
+    defenses = jobs.build_graph("smoke", [0], only="02_defenses", models_only=True)
+    assert all(j.kind == "train" for j in defenses.values())
+    assert {j.config.strategy for j in defenses.values()} >= {"standard", "pbat", "dwq", "qadtr"}
+    with pytest.raises(ValueError, match="unknown chapter"):
+        jobs.build_graph("smoke", [0], only="99_nope")
+
+
+def test_build_dry_run_lists_the_jobs(capsys):
+    assert cli.main(["build", "--profile", "smoke", "--device", "cpu", "--only", "00_baselines", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 to run" in out and out.count(" train ") == 5 and out.count(" notebook ") == 1
+
+
+def test_status_estimates_gpu_hours_per_chapter(capsys):
+    assert cli.main(["status", "--profile", "paper"]) == 0
+    out = capsys.readouterr().out
+    for chapter in jobs.chapters():
+        assert chapter in out
+    rows = {r.chapter: r for r in jobs.status("paper")}
+    assert rows["00_baselines"].models_cached == 0 and rows["00_baselines"].train_hours_missing > 2  # FP: 200 x 23.4 s
+    assert rows["02_defenses"].attack_hours > 0 and "H100" in out and "Estimates" in out
+
+
+def test_notebook_job_runs_once(empty_root):
+    from qadtr_core.artifacts import save_table
+
+    # 08_reproduce summarises recorded wall times; give it one (it fails on an empty cache: reported)
+    save_table("00_baselines", "smoke", "t", pd.DataFrame({"a": [1]}), {"seed": 0, "wall_seconds": 1.0})
+    graph = jobs.build_graph("smoke", [0], only="08_reproduce")
+    (job,) = graph.values()
+    assert job.kind == "notebook" and not job.deps
+    ran = jobs.run_graph(graph, root=empty_root)
+    assert [r["key"] for r in ran] == [job.key]
+    assert (jobs.run_dir("smoke", 0, empty_root) / "08_reproduce.ipynb").exists()
+    assert jobs.is_done(job, empty_root) and jobs.run_graph(graph, root=empty_root) == []
+
+
+def test_export_and_import_call_the_bundle(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("qadtr_core.bundle")
+    fake.export_bundle = lambda profile, archive, root=None: calls.append(("export", profile, archive, root)) or archive
+    fake.import_bundle = lambda archive, root=None: calls.append(("import", archive, root)) or []
+    monkeypatch.setitem(sys.modules, "qadtr_core.bundle", fake)
+    cli.main(["export", "--profile", "smoke", str(tmp_path / "a.tar")])
+    cli.main(["import", str(tmp_path / "a.tar")])
+    assert calls == [("export", "smoke", tmp_path / "a.tar", None), ("import", tmp_path / "a.tar", None)]
+
+
+def test_old_zoo_main_delegates_to_the_cli(monkeypatch):
+    from qadtr_core import zoo
+
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
+    zoo.main(["--profile", "smoke", "--dry-run"])
+    assert seen == [["build", "--only", "00_baselines", "--models-only", "--profile", "smoke", "--dry-run"]]
+
+
+def test_aggregate_seeds_gives_t_intervals(empty_root):
+    from qadtr_core.artifacts import save_table
+    from qadtr_core.seeds import aggregate_seeds, seed_tables
+
+    for s in (0, 1, 2):
+        t = pd.DataFrame({"defense": ["A", "A", "B"], "bits": [2, 2, 4], "asr": [10.0 + s, 12.0 + s, 30.0]})
+        save_table("99_test", "smoke", "asr", t, {"seed": s, "n": 3})
+    tables = seed_tables("99_test", "smoke", "asr")
+    assert sorted(tables) == [0, 1, 2]
+    agg = aggregate_seeds(tables, "asr", ["defense", "bits"]).set_index("defense")
+    assert agg.loc["A", "asr"] == pytest.approx(12.0) and agg.loc["A", "n_seeds"] == 3
+    assert agg.loc["A", "ci_low"] < 12.0 < agg.loc["A", "ci_high"]
+    assert agg.loc["B", "ci_low"] == agg.loc["B", "ci_high"] == pytest.approx(30.0)  # no spread, no width
+
+
+def test_default_device():
+    import torch
+
+    from qadtr_core.utils import default_device
+
+    assert default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
