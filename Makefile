@@ -41,11 +41,12 @@ venv: $(STAMP)
 
 notebooks: $(STAMP)
 	@mkdir -p $(EXECUTED)
-	@for nb in $(NOTEBOOKS); do \
+	@commit=$$($(PY) -m qadtr_core.bookconfig commit); \
+	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb (profile $(PROFILE))"; \
 	  extra=(); case $$nb in *07_scorecard*) extra=(-p static_dir $(STATIC) -p scorecard_json $(abspath $(EXECUTED))/scorecard.json);; esac; \
 	  $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb) -p profile $(PROFILE) "$${extra[@]}"; \
-	  $(PY) -m qadtr_core.bookconfig stamp $(EXECUTED)/$$(basename $$nb); \
+	  $(PY) -m qadtr_core.bookconfig stamp --commit $$commit $(EXECUTED)/$$(basename $$nb); \
 	done
 
 # The book from the executed notebooks in book/results (committed ones in a fresh clone): nothing is executed.

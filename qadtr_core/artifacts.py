@@ -159,19 +159,11 @@ def load_tensors(path: Path) -> Any:
 
 
 def git_commit() -> str:
-    """The commit of the working tree this library runs from ("<sha>-dirty" with uncommitted changes to
-    tracked files; "unknown" outside a git checkout)."""
-    import subprocess
+    """The commit this library runs from: one definition for artifacts and the book's stamp
+    (:func:`qadtr_core.bookconfig.source_commit`, torch-free, which ignores the book's own outputs)."""
+    from .bookconfig import source_commit
 
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
-                               text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return sha + ("-dirty" if dirty else "")
+    return source_commit()
 
 
 def provenance() -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Build-time helper: stamps executed notebooks, and writes the book's configuration with a banner.
 
-``python -m qadtr_core.bookconfig stamp book/results/*.ipynb`` (run by ``make notebooks`` after papermill)
+``python -m qadtr_core.bookconfig stamp [--commit SHA] book/results/*.ipynb`` (run by ``make notebooks``
+after papermill, with the commit the build started from: ``python -m qadtr_core.bookconfig commit``)
 records in each executed notebook's metadata, under ``qadtr``, the commit of the checkout, the library
 version and the profile it ran at.
 
@@ -132,11 +133,18 @@ def banner(prov: dict[str, str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args[:1] == ["commit"]:  # the commit a build starts from (make notebooks stamps every notebook with it)
+        print(source_commit())
+        return
     if args[:1] == ["stamp"]:
+        commit = None
+        if "--commit" in args:
+            i = args.index("--commit")
+            commit, args = args[i + 1], args[:i] + args[i + 2:]
         files = [p for a in args[1:] for p in (sorted(Path(a).glob("*.ipynb")) if Path(a).is_dir() else [Path(a)])]
         if not files:
-            raise SystemExit("usage: python -m qadtr_core.bookconfig stamp NOTEBOOK.ipynb|DIR ...")
-        stamp(files)
+            raise SystemExit("usage: python -m qadtr_core.bookconfig stamp [--commit SHA] NOTEBOOK.ipynb|DIR ...")
+        stamp(files, commit)
         return
     if args[:1] == ["check"]:
         prov = executed_provenance(Path(args[1]))

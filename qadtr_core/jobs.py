@@ -53,7 +53,7 @@ CHAPTER_MODELS: dict[str, tuple[str, ...]] = {
     "01_transferability": ("baselines:qat_bits",),
     "02_defenses": ("defenses:bit_set",),
     "03_ablations": ("ablations:bit_set",),
-    "04_gradient_alignment": ("baselines:bit_widths",),
+    "04_gradient_alignment": ("baselines:bit_widths", "seed_baseline:seed_baseline"),
     "05_spatial_sensitivity": ("baselines:bit_widths",),
     "06_patch_visibility": ("baselines:bit_widths",),
     "07_scorecard": (),
@@ -120,6 +120,9 @@ def chapter_configs(chapter: str, profile: Profile, seed: int = 0) -> list[Train
     out: list[TrainConfig] = []
     for spec in CHAPTER_MODELS.get(chapter, ()):
         what, param = spec.split(":")
+        if what == "seed_baseline":  # an independently seeded FP model, the alignment chapter's reference
+            out += [fp_config(profile, seed + 1)] if params.get(param, False) else []
+            continue
         bits = list(params[param])
         if what == "baselines":
             out += [fp_config(profile, seed)] + [qat_config(profile, b, seed) for b in bits if b != FULL_PRECISION]

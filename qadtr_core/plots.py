@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.container import BarContainer
 import torch
 import pandas as pd
 import seaborn as sns
@@ -19,16 +20,32 @@ def _bit_axis(df: pd.DataFrame) -> list[str]:
 def accuracy_by_bits(table: pd.DataFrame, title: str) -> plt.Figure:
     """Clean accuracy (%) per bit-width, one bar colour per method (QAT, PTQ, ...).
 
-    ``table`` needs the columns ``bits``, ``method``, ``accuracy`` (a share) and ``n``.
+    ``table`` needs the columns ``bits``, ``method``, ``accuracy`` (a share) and ``n``; with ``ci_low``
+    and ``ci_high`` (shares) every bar gets its interval as an error bar.
     """
     df = table.copy()
     df["accuracy (%)"] = 100 * df["accuracy"]
     order = _bit_axis(df)
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(6.5, 3.6))
-        sns.barplot(df, x="bit-width", y="accuracy (%)", hue="method", order=order, ax=ax, palette="deep")
+        sns.barplot(df, x="bit-width", y="accuracy (%)", hue="method", order=order, ax=ax, palette="deep", errorbar=None)
+        bar_sets = [c for c in ax.containers if isinstance(c, BarContainer)]
+        if {"ci_low", "ci_high"} <= set(df.columns):  # Wilson 95 % intervals as error bars
+            methods = list(dict.fromkeys(df["method"]))
+            for method, container in zip(methods, bar_sets):
+                sub = df[df["method"] == method].set_index("bit-width")
+                for label, bar in zip(order, container):
+                    if label in sub.index and bar.get_height() > 0:
+                        r = sub.loc[label]
+                        x = bar.get_x() + bar.get_width() / 2
+                        lo, hi = r["accuracy"] - r["ci_low"], r["ci_high"] - r["accuracy"]
+                        if min(lo, hi) < -1e-6:
+                            raise ValueError(f"interval [{r['ci_low']}, {r['ci_high']}] of {method} {label} does not hold its "
+                                             f"accuracy {r['accuracy']}: give accuracy and interval in the same units (shares)")
+                        ax.errorbar(x, 100 * r["accuracy"], yerr=[[100 * max(lo, 0)], [100 * max(hi, 0)]], color="black",
+                                    lw=0.8, capsize=2)  # max: rounding when the rate sits on its bound (0 or 1)
         if df["method"].nunique() <= 4:  # more bars than that and the labels overlap
-            for container in ax.containers:
+            for container in bar_sets:
                 ax.bar_label(container, fmt="%.1f", fontsize=8, padding=2)
         ax.set_ylim(0, 105)
         ax.set_title(title, fontsize=10)

@@ -87,13 +87,16 @@ def verdict_c1(c: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def verdict_c2(c: Mapping[str, Any]) -> tuple[str, str]:
-    """**C2** (pixel attacks transfer poorly), read at the PGD radius whose white-box ASR is closest to
-    50 %: d = the per-image patch's relative transfer minus PGD's (paired interval). *Inconclusive* if
+    """**C2** (pixel attacks transfer poorly), read on the FP and QAT models at the PGD radius whose
+    white-box ASR is closest to 50 %: d = the per-image patch's relative transfer minus PGD's (paired
+    interval; the DWQ model's reading is shown beside it). *Inconclusive* if
     an attack has not converged. *Reproduced* if d > 0 and PGD keeps less than half its white-box ASR
     (both whole intervals); *partly* if d > 0 only; *not reproduced* if d < 0.1 (the whole interval:
     PGD transfers about as well as the patch); else *inconclusive*."""
     ours = (f"relative transfer: PGD (eps {c['eps_255']:g}/255) {_fmt(c['pgd_relative'], digits=2)}, "
             f"per-image patch {_fmt(c['patch_relative'], digits=2)}; difference {_fmt(c, digits=2)}")
+    if "dwq" in c:  # the DWQ figure's own setting, shown beside the QAT reading the rule judges
+        ours += f"; one DWQ model across its widths: difference {_fmt(c['dwq']['difference'], digits=2)}"
     if not converged(c):
         return ours, "inconclusive"
     if c["ci_low"] > 0:

@@ -60,6 +60,8 @@ def test_stamp_records_commit_version_and_profile(tmp_path, monkeypatch):
     assert meta["qadtr"] == {"commit": "abc123", "version": bookconfig.library_version(), "profile": "quick"}
     assert meta["papermill"]["parameters"] == {"profile": "quick"}  # the rest of the notebook is kept
     assert executed_provenance(tmp_path)["commit"] == "abc123"
+    bookconfig.main(["stamp", "--commit", "def456", str(tmp_path / "a.ipynb")])  # the commit a build started from
+    assert executed_provenance(tmp_path)["commit"] == "def456"
 
 
 def test_mixed_commits_profiles_or_unstamped_notebooks_are_refused(tmp_path):
