@@ -51,8 +51,9 @@ GPU_UNIT_COSTS["smallcnn"] = GPU_UNIT_COSTS["resnet20"]
 
 # A defense's training step relative to a plain QAT step. Measured on 2 CPU cores (ResNet-20, batch 128,
 # 4 bits; benchmarks/README.md, "defense training step vs plain QAT"); no GPU ratio has been measured yet.
-STRATEGY_STEP_RATIO: dict[str, float] = {"standard": 1.0, "pbat": 3.0, "dwq": 9.5, "qadtr": 11.6}
-STRATEGY_RATIO_SOURCE = "benchmarks/README.md: qadtr_core.cost on 2 CPU cores, ResNet-20, 4 bits (no GPU ratio measured)"
+STRATEGY_STEP_RATIO: dict[str, float] = {"standard": 1.0, "multiwidth": 1.0, "pbat": 1.33, "dwq": 1.56, "qadtr": 2.02}
+STRATEGY_RATIO_SOURCE = ("benchmarks/README.md: benchmarks/defense_cost.py on 2 idle CPU cores, ResNet-20, batch 128, "
+                         "2026-11-29, mean of two runs (no GPU ratio measured)")
 
 
 def unit_costs(arch: str) -> UnitCosts:
