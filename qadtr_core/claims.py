@@ -27,7 +27,7 @@ import pandas as pd
 from .artifacts import artifact_root, write_json
 from .stats import Interval, bootstrap_mean, paired_bootstrap, wilson
 from .strength import AttackStrength
-from .transfer import Outcomes, rate_of, relative_transfer_interval
+from .transfer import Outcomes, rate_of, relative_transfer_interval, white_box_excess_interval
 
 
 def interval(iv: Interval) -> dict[str, float]:
@@ -89,16 +89,22 @@ def c1_claim(readings: Sequence[PatchReading], low: str, profile: str, seeds: Se
 
 def c2_claim(pgd: Mapping[tuple[str, str], Outcomes], patch: Mapping[tuple[str, str], Outcomes], names: list[str],
              eps: float, eps_curve: pd.DataFrame, strengths: Sequence[AttackStrength], profile: str,
-             seeds: Sequence[int], n_boot: int = 1000) -> dict[str, Any]:
-    """The C2 entry: relative transfer of the per-image patch minus that of PGD at ``eps`` (paired)."""
-    diff = relative_transfer_interval(patch, names, baseline=pgd, n_boot=n_boot)
-    return {**interval(diff), "pgd_relative": interval(relative_transfer_interval(pgd, names, n_boot=n_boot)),
-            "patch_relative": interval(relative_transfer_interval(patch, names, n_boot=n_boot)),
+             seeds: Sequence[int], pgd_floor: Mapping[str, Outcomes] | None = None,
+             patch_floor: Mapping[str, Outcomes] | None = None, n_boot: int = 1000) -> dict[str, Any]:
+    """The C2 entry: relative transfer of the per-image patch minus that of PGD at ``eps`` (paired),
+    each counted above its null attack's floor per target (a random patch; random noise in the ball)."""
+    diff = relative_transfer_interval(patch, names, baseline=pgd, n_boot=n_boot, floors=patch_floor,
+                                      baseline_floors=pgd_floor)
+    return {**interval(diff),
+            "pgd_relative": interval(relative_transfer_interval(pgd, names, n_boot=n_boot, floors=pgd_floor)),
+            "patch_relative": interval(relative_transfer_interval(patch, names, n_boot=n_boot, floors=patch_floor)),
+            "pgd_white_box_excess": interval(white_box_excess_interval(pgd, names, pgd_floor, n_boot)),
+            "patch_white_box_excess": interval(white_box_excess_interval(patch, names, patch_floor, n_boot)),
             "eps_255": eps, "eps_curve": eps_curve.to_dict(orient="records"), "bit_widths": names,
             "n": len(next(iter(pgd.values()))[0]), "seeds": list(seeds), "profile": profile,
             "attack_strength": [s.record() for s in strengths],
-            "measure": "relative transfer (mean off-diagonal / mean white-box ASR among FP and QAT widths): "
-                       "per-image patch minus PGD"}
+            "measure": "relative transfer above each attack's null floor (mean off-diagonal / mean white-box excess ASR "
+                       "among FP and QAT widths): per-image patch minus PGD"}
 
 
 def per_image_mean(table: pd.DataFrame, metric: str) -> np.ndarray:
@@ -109,23 +115,31 @@ def per_image_mean(table: pd.DataFrame, metric: str) -> np.ndarray:
 
 def c6_claim(aligned: pd.DataFrame, null: pd.DataFrame, profile: str, seeds: Sequence[int],
              seed_baseline: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The C6 entry from per-image alignment tables of the bit pairs and of their chance baseline.
+    """The C6 entry from per-image alignment tables of the bit pairs and of their baselines.
 
-    ``value`` is the HOG cosine's excess over chance (mismatched images), averaged over pairs.
+    ``value`` is the HOG cosine's excess (mean over pairs, per image, bootstrap interval) over the
+    stronger baseline: chance (``null``: mismatched images) or, when given, ``seed_baseline`` (two
+    independently seeded FP models on the same images), whichever scores higher.
     """
     out: dict[str, Any] = {}
-    for metric, key in (("cosine", "cosine"), ("HOG cosine", "hog"), ("edge IoU", "edge_iou")):
+    metrics = (("cosine", "cosine"), ("HOG cosine", "hog"), ("edge IoU", "edge_iou"))
+    for metric, key in metrics:
         a, z = per_image_mean(aligned, metric), per_image_mean(null, metric)
         out[key] = interval(bootstrap_mean(a))
         out[f"{key}_null"] = interval(bootstrap_mean(z))
         out[f"{key}_excess"] = interval(bootstrap_mean(a - z))
+    headline, baseline = out["hog_excess"], "chance (mismatched images)"
     if seed_baseline is not None:
         out["seed_baseline"] = {key: interval(bootstrap_mean(per_image_mean(seed_baseline, metric)))
-                                for metric, key in (("cosine", "cosine"), ("HOG cosine", "hog"), ("edge IoU", "edge_iou"))}
+                                for metric, key in metrics}
+        hog_seed = per_image_mean(seed_baseline, "HOG cosine")
+        out["hog_excess_seed"] = interval(bootstrap_mean(per_image_mean(aligned, "HOG cosine") - hog_seed))
+        if out["seed_baseline"]["hog"]["value"] > out["hog_null"]["value"]:
+            headline, baseline = out["hog_excess_seed"], "two independently seeded FP models"
     cos = aligned[aligned.metric == "cosine"].groupby("pair", sort=False)["value"].mean()
-    return {**out["hog_excess"], **out, "cosine_by_pair": {k: float(v) for k, v in cos.items()},
+    return {**headline, **out, "baseline": baseline, "cosine_by_pair": {k: float(v) for k, v in cos.items()},
             "n": int(aligned.image.nunique()), "seeds": list(seeds), "profile": profile,
-            "measure": "per-image metrics of input gradients, mean over bit pairs, against mismatched images",
+            "measure": "per-image metrics of input gradients, mean over bit pairs, against the stronger baseline",
             "paper": {"cosine": [0.05, 0.25], "hog": 0.8, "edge_iou": 0.15}}
 
 

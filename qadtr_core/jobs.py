@@ -47,12 +47,13 @@ FAULT_VAR = "QADTR_FAULT_ONCE"  # "<job key>:<marker file>": the job kills its o
 
 # What each chapter trains: a function of (profile, seed, the notebook's parameters) -> configs.
 # "baselines:<param>" = the FP model and the QAT models at the widths of the notebook parameter <param>;
-# "defenses:<param>" / "ablations:<param>" = defense_configs / ablation_configs over that bit set.
+# "defenses:<param>" / "ablations:<param>" = defense_configs / ablation_configs over that bit set;
+# "surrogate:" = the defense chapters' common transfer surrogate (recipes.surrogate_config).
 CHAPTER_MODELS: dict[str, tuple[str, ...]] = {
     "00_baselines": ("baselines:qat_bits",),
-    "01_transferability": ("baselines:qat_bits",),
-    "02_defenses": ("defenses:bit_set",),
-    "03_ablations": ("ablations:bit_set",),
+    "01_transferability": ("baselines:qat_bits", "dwq:dwq_reading"),
+    "02_defenses": ("defenses:bit_set", "surrogate:"),
+    "03_ablations": ("ablations:bit_set", "surrogate:"),
     "04_gradient_alignment": ("baselines:bit_widths", "seed_baseline:seed_baseline"),
     "05_spatial_sensitivity": ("baselines:bit_widths",),
     "06_patch_visibility": ("baselines:bit_widths",),
@@ -112,7 +113,7 @@ def notebook_parameters(chapter: str) -> dict[str, Any]:
 
 def chapter_configs(chapter: str, profile: Profile, seed: int = 0) -> list[TrainConfig]:
     """The configs of the models ``chapter`` evaluates under ``profile`` and ``seed`` (distinct, in order)."""
-    from .defenses.recipes import ablation_configs, defense_configs
+    from .defenses.recipes import ablation_configs, defense_configs, surrogate_config
     from .quant import FULL_PRECISION
     from .zoo import fp_config, qat_config
 
@@ -122,6 +123,14 @@ def chapter_configs(chapter: str, profile: Profile, seed: int = 0) -> list[Train
         what, param = spec.split(":")
         if what == "seed_baseline":  # an independently seeded FP model, the alignment chapter's reference
             out += [fp_config(profile, seed + 1)] if params.get(param, False) else []
+            continue
+        if what == "surrogate":  # the independently seeded FP model every transfer threat is crafted on
+            out.append(surrogate_config(profile, seed))
+            continue
+        if what == "dwq":  # the transferability chapter's DWQ reading of C2 (the defenses chapter's model)
+            from .defenses.recipes import dwq_config
+
+            out += [dwq_config(profile, (FULL_PRECISION, *params.get("qat_bits", [8, 5, 4, 2])), seed)] if params.get(param) else []
             continue
         bits = list(params[param])
         if what == "baselines":
@@ -367,7 +376,7 @@ def _attack_seconds(chapter: str, profile: Profile, params: Mapping[str, Any]) -
                 + sources * est.image_patch_seconds(a, profile.n_attack, profile.image_patch_steps, profile.image_patch_restarts)
                 + sources * est.pgd_seconds(a, profile.n_attack))
     if chapter in ("02_defenses", "03_ablations"):
-        from .defenses.recipes import ablation_configs, defense_configs
+        from .defenses.recipes import ablation_configs, defense_configs, surrogate_config
         from .robustness import THREATS
 
         bits = list(params.get("bit_set", ()))

@@ -15,14 +15,16 @@ so C1 can be *reproduced* by an unconverged attack, never refuted by one.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Callable
 
 import pandas as pd
 
 from .artifacts import CorruptArtifact, artifact_root, read_json, write_json
-from .stats import across_seeds
+from .stats import across_seeds, wilson
 from .strength import is_converged
 
 log = logging.getLogger(__name__)
@@ -59,26 +61,33 @@ def _fmt(iv: Mapping[str, float], scale: float = 1.0, unit: str = "", digits: in
     return f"{v:.{digits}f}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def _reading_clears(r: Mapping[str, Any], threshold: float, n_readings: int) -> bool:
+    """A reading's transfer ASR is above ``threshold`` at a Bonferroni-corrected 95 % level over the
+    ``n_readings`` readings tried (picking the best of several readings must not inflate the claim)."""
+    n = int(r.get("n") or 0)
+    if n == 0:
+        return False
+    z = NormalDist().inv_cdf(1 - 0.025 / max(1, n_readings))
+    return wilson(round(r["transfer"]["value"] * n), n, z=z).low >= threshold
+
+
 def verdict_c1(c: Mapping[str, Any]) -> tuple[str, str]:
     """**C1** (patch ASR from FP to the lowest-width QAT model > 70 %), over every reading (targeted and
-    untargeted, universal and per-image patches). *Reproduced* if any reading's interval lies at or above
-    70 % (converged or not: an ASR is a lower bound). Otherwise *inconclusive* if no reading converged, or
-    if a reading that has not converged transfers better than the strongest converged one (a stronger
-    attack is still improving). Else judged on the strongest converged reading: *inconclusive* if its
-    interval straddles 70 %; below 70 %, *partly* if it beats its floor by at least 10 points (lower bound
-    of a paired interval: patches transfer, weaker than claimed), else *not reproduced*."""
+    untargeted, universal and per-image patches). *Reproduced* if some reading's interval, Bonferroni-corrected
+    for the number of readings, lies at or above 70 % (converged or not: an ASR is a lower bound on what a
+    stronger attack reaches). Otherwise *inconclusive* unless every reading's attack converged; then judged
+    on the strongest reading: *inconclusive* if its interval straddles 70 %; below 70 %, *partly* if it beats
+    its null floor (the clean floor, or a random patch) by at least 10 points (lower bound of a paired
+    interval: patches transfer, weaker than claimed), else *not reproduced*."""
     readings = c["readings"]
     chosen = next((r for r in readings if r["name"] == c.get("reading")), readings[0])
     ours = (f"{_fmt(c, 100, ' %')} ({c['reading']}, white-box {_fmt(chosen['white_box'], 100, ' %')}); "
             f"best of {len(readings)} readings")
-    if any(above(r["transfer"], 0.70) for r in readings):
+    if any(_reading_clears(r, 0.70, len(readings)) for r in readings):
         return ours, "reproduced"
-    done = [r for r in readings if r["converged"]]
-    if not done:
+    if not all(r["converged"] for r in readings):
         return ours, "inconclusive"
-    strongest = max(done, key=lambda r: r["transfer"]["value"])
-    if any(not r["converged"] and r["transfer"]["value"] > strongest["transfer"]["value"] for r in readings):
-        return ours, "inconclusive"
+    strongest = max(readings, key=lambda r: r["transfer"]["value"])
     if above(strongest["transfer"], 0.70) is None:
         return ours, "inconclusive"
     if strongest["excess_over_floor"]["ci_low"] >= 0.10:
@@ -97,8 +106,11 @@ def verdict_c2(c: Mapping[str, Any]) -> tuple[str, str]:
             f"per-image patch {_fmt(c['patch_relative'], digits=2)}; difference {_fmt(c, digits=2)}")
     if "dwq" in c:  # the DWQ figure's own setting, shown beside the QAT reading the rule judges
         ours += f"; one DWQ model across its widths: difference {_fmt(c['dwq']['difference'], digits=2)}"
-    if not converged(c):
+    if not converged(c) or any(math.isnan(c[k]) for k in ("value", "ci_low", "ci_high")):
         return ours, "inconclusive"
+    for k in ("pgd_white_box_excess", "patch_white_box_excess"):  # an attack that does nothing compares nothing
+        if k in c and not c[k]["ci_low"] > 0:
+            return ours, "inconclusive"
     if c["ci_low"] > 0:
         return ours, "reproduced" if c["pgd_relative"]["ci_high"] < 0.5 else "partly"
     if c["ci_high"] < 0.1:
@@ -163,13 +175,14 @@ def verdict_c5(c: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def verdict_c6(c: Mapping[str, Any]) -> tuple[str, str]:
-    """**C6** (low gradient cosine, high structural similarity), each metric against chance (the same
-    metric between mismatched images). Structure holds if the HOG cosine exceeds chance by at least 0.1
-    (lower bound), fails if by less (upper bound); low cosine holds if the mean cosine is at most 0.25
+    """**C6** (low gradient cosine, high structural similarity), each metric against its baseline: the
+    stronger of chance (the same metric between mismatched images) and two independently seeded FP models
+    on the same images, where measured. Structure holds if the HOG cosine exceeds that baseline by at least
+    0.1 (lower bound), fails if by less (upper bound); low cosine holds if the mean cosine is at most 0.25
     (upper bound), fails if above (lower bound). *Reproduced* if both hold; *not reproduced* if structure
     fails; *partly* if structure holds and low cosine fails; else *inconclusive*."""
     ours = (f"cosine {_fmt(c['cosine'], digits=2)} (chance {c['cosine_null']['value']:.2f}); HOG cosine "
-            f"{_fmt(c['hog'], digits=2)}, chance {c['hog_null']['value']:.2f}, excess {_fmt(c, digits=2)}")
+            f"{_fmt(c['hog'], digits=2)}, over {c.get('baseline', 'chance')} by {_fmt(c, digits=2)}")
     structure = above(c, 0.1)
     low_cos = above({"ci_low": -c["cosine"]["ci_high"], "ci_high": -c["cosine"]["ci_low"]}, -0.25)
     if structure is True and low_cos is True:
@@ -211,30 +224,52 @@ def rule_text(claim: str) -> str:
 
 
 def _aggregate(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """One claim entry from several seeds: the first seed's entry with ``value`` and its interval
-    replaced by the mean over seeds and a t interval across them; ``per_seed`` keeps every entry."""
+    """One claim entry from several seeds: the first seed's entry with ``value`` replaced by the mean over
+    seeds and its interval by the envelope of every seed's interval and the t interval across seeds (never
+    narrower than one seed's); ``per_seed`` keeps every entry, and :func:`judge` rules on each of them."""
     if len(entries) == 1:
         return entries[0]
     seeds = sorted({s for e in entries for s in e.get("seeds", [])})
     first = dict(entries[0])
     if all("value" in e for e in entries):
         iv = across_seeds([e["value"] for e in entries])
-        first.update(value=iv.value, ci_low=iv.low, ci_high=iv.high)
-    first.update(seeds=seeds, per_seed=entries)
+        lows = [e.get("ci_low", math.nan) for e in entries] + [iv.low]
+        highs = [e.get("ci_high", math.nan) for e in entries] + [iv.high]
+        first.update(value=iv.value, ci_low=min(v for v in lows if not math.isnan(v)),
+                     ci_high=max(v for v in highs if not math.isnan(v)))
+    first.update(seeds=seeds, per_seed=entries, n=sum(int(e.get("n") or 0) for e in entries))
     return first
 
 
 def load_claims(profile: str, root: Path | None = None) -> dict[str, dict[str, Any]]:
     """Every claim entry the chapters wrote at ``profile`` (``results/<chapter>/<profile>/claims*.json``),
+    one per seed (a ``claims-seed<k>.json`` file wins over an unseeded ``claims.json`` for the same seeds),
     aggregated over seeds where several exist."""
-    found: dict[str, list[dict[str, Any]]] = {}
+    found: dict[str, dict[tuple, tuple[bool, dict[str, Any]]]] = {}
     for path in sorted((root or artifact_root()).glob(f"results/*/{profile}/claims*.json")):
+        seeded = path.name.startswith("claims-seed")
         try:
-            for cid, entry in read_json(path).items():
-                found.setdefault(cid, []).append(entry)
+            entries = read_json(path)
         except CorruptArtifact as e:
             log.warning("skipping %s: %s", path, e)
-    return {cid: _aggregate(entries) for cid, entries in found.items()}
+            continue
+        for cid, entry in entries.items():
+            key = tuple(entry.get("seeds", []))
+            previous = found.setdefault(cid, {}).get(key)
+            if previous is None or (seeded and not previous[0]):
+                found[cid][key] = (seeded, entry)
+    return {cid: _aggregate([e for _, e in by_seed.values()]) for cid, by_seed in found.items()}
+
+
+def judge(claim: str, c: Mapping[str, Any]) -> tuple[str, str]:
+    """``(ours, verdict)`` of a claim entry; with several seeds, each seed is judged by the rule and the
+    verdict stands only if every seed agrees (else *inconclusive*: the seeds disagree)."""
+    ours, verdict = VERDICTS[claim](c)
+    if "per_seed" in c:
+        each = [VERDICTS[claim](e)[1] for e in c["per_seed"]]
+        verdict = each[0] if len(set(each)) == 1 else "inconclusive"
+        ours += f"; {len(each)} seeds, per-seed verdicts: {', '.join(each)}"
+    return ours, verdict
 
 
 def scorecard(claims: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
@@ -246,7 +281,7 @@ def scorecard(claims: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
         if c is None:
             ours, verdict, profile, n, seeds = "-", "not measured", "-", "-", "-"
         else:
-            ours, verdict = VERDICTS[cid](c)
+            ours, verdict = judge(cid, c)
             profile, n, seeds = c.get("profile", "-"), c.get("n", "-"), ", ".join(map(str, c.get("seeds", [])))
         rows.append({"claim": cid, "statement": text, "paper": paper, "ours": ours, "profile": profile, "n": n,
                      "seeds": seeds, "verdict": verdict, "chapter": chapter})
@@ -261,7 +296,7 @@ def scorecard_record(claims: Mapping[str, dict[str, Any]], profile: str, commit:
         c = claims.get(cid)
         if c is None:
             continue
-        _, verdict = VERDICTS[cid](c)
+        _, verdict = judge(cid, c)
         value = c.get("value")
         if value is None and cid == "C7":  # C7 has one interval per component: report the smallest rise
             comp = min(c["increase"].values(), key=lambda v: v["value"])

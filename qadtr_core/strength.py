@@ -14,6 +14,7 @@ show it before they read any transfer:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -61,26 +62,36 @@ class AttackStrength:
         return is_converged(self.white_box_asr, self.white_box_asr_half_steps)
 
     def record(self) -> dict:
-        """The JSON entry of ``attack_strength`` in the scorecard (plus ``converged``)."""
-        return {**asdict(self), "converged": self.converged}
+        """The JSON entry of ``attack_strength`` in the scorecard (plus ``converged``); an unknown
+        half-steps ASR (NaN: only one checkpoint) is written as None."""
+        out = {**asdict(self), "converged": self.converged}
+        if math.isnan(out["white_box_asr_half_steps"]):
+            out["white_box_asr_half_steps"] = None
+        return out
 
 
-def is_converged(asr: float, asr_half_steps: float, tolerance: float = TOLERANCE) -> bool:
-    """Whether going from half the steps to all of them added less than ``tolerance``."""
+def is_converged(asr: float, asr_half_steps: float | None, tolerance: float = TOLERANCE) -> bool:
+    """Whether going from half the steps to all of them added less than ``tolerance`` (an unknown
+    half-steps ASR, None or NaN, never counts as converged)."""
+    if asr_half_steps is None or math.isnan(asr_half_steps):
+        return False
     return asr - asr_half_steps < tolerance
 
 
 def converge_universal(attack: UniversalPatchAttack, white_box: Callable[[torch.Tensor], Rate],
                        extra: dict[str, Callable[[torch.Tensor], Rate]] | None = None, tolerance: float = TOLERANCE,
-                       progress: bool = False) -> tuple[torch.Tensor, pd.DataFrame, dict[int, torch.Tensor]]:
+                       min_passes: float = 1.0, progress: bool = False
+                       ) -> tuple[torch.Tensor, pd.DataFrame, dict[int, torch.Tensor]]:
     """Run ``attack`` (doubling schedule) until doubling adds less than ``tolerance`` white-box ASR.
 
     ``white_box(patch)`` returns the white-box rate of a patch; ``extra`` names more evaluations
     (e.g. the transfer to the 2-bit model), recorded on the same checkpoints. Returns the final patch,
     the curve (one row per checkpoint and evaluation: steps, rate, k, n, Wilson interval) and the
     patch at every checkpoint (so that any other model can be evaluated on the same curve later).
-    Stops after the first checkpoint where the gain over the previous one is below ``tolerance``,
-    or at the configured ``steps`` (then the last row's ``budget_exhausted`` is True).
+    Stops after the first checkpoint where the gain over the previous one is below ``tolerance`` and
+    the attack has seen at least ``min_passes`` passes over its training images (so that an early
+    plateau, before the patch has met most images, does not pass for convergence), or at the
+    configured ``steps`` (then the last row's ``budget_exhausted`` is True unless the rule was met).
     """
     cfg = attack.config
     ends = cfg.phase_ends()
@@ -97,7 +108,8 @@ def converge_universal(attack: UniversalPatchAttack, white_box: Callable[[torch.
             rows.append({"steps": end, "evaluated on": name, "asr": r.value, "k": r.k, "n": r.n,
                          "ci_low": ci.low, "ci_high": ci.high})
             if name == "white-box":
-                stop = previous is not None and r.value - previous < tolerance
+                seen = end * cfg.batch_size / max(1, len(attack.images))
+                stop = previous is not None and r.value - previous < tolerance and seen >= min_passes
                 previous = r.value
         if stop:
             break
@@ -114,12 +126,12 @@ def _met(curve: pd.DataFrame, tolerance: float) -> bool:
 def universal_strength(name: str, curve: pd.DataFrame, clean_floor: float) -> AttackStrength:
     """The :class:`AttackStrength` of a universal patch from its :func:`converge_universal` curve.
 
-    With one checkpoint only (no doubling measured), the half-steps ASR is taken as 0, so the
+    With one checkpoint only (no doubling measured), the half-steps ASR is unknown (NaN), so the
     attack never counts as converged.
     """
     wb = curve[curve["evaluated on"] == "white-box"].sort_values("steps")
     last = wb.iloc[-1]
-    half = float(wb.iloc[-2].asr) if len(wb) >= 2 else 0.0
+    half = float(wb.iloc[-2].asr) if len(wb) >= 2 else float("nan")
     return AttackStrength(name, float(last.asr), half, clean_floor, int(last.steps), int(last.n),
                           bool(curve.budget_exhausted.iloc[-1]))
 
@@ -145,10 +157,15 @@ def image_patch_curve(found: ImagePatches, valid: torch.Tensor) -> pd.DataFrame:
 
 
 def image_patch_strength(name: str, found: ImagePatches, valid: torch.Tensor, clean_floor: float = 0.0) -> AttackStrength:
-    """White-box strength of a per-image attack, and the same attack at half its steps (all restarts)."""
+    """White-box strength of a per-image attack and the same attack halved: half its steps, or half its
+    restarts, whichever loses more (so a budget still short in either dimension shows)."""
     valid = valid.cpu().bool()
     n = int(valid.sum())
-    n_t = found.success.shape[2] - 1
-    full = int((found.fooled_within(n_t) & valid).sum()) / max(n, 1)
-    half = int((found.fooled_within(n_t // 2) & valid).sum()) / max(n, 1)
+    n_r, n_t = found.success.shape[1], found.success.shape[2] - 1
+
+    def asr(steps: int, restarts: int) -> float:
+        return int((found.fooled_within(steps, restarts) & valid).sum()) / max(n, 1)
+
+    full = asr(n_t, n_r)
+    half = min(asr(n_t // 2, n_r), asr(n_t, max(1, n_r // 2)) if n_r > 1 else full)
     return AttackStrength(name, full, half, clean_floor, n_t, n)

@@ -225,33 +225,63 @@ def transfer_table(adversarial: Mapping[str, torch.Tensor], targets: Mapping[str
     return outcome_table(transfer_outcomes(adversarial, targets, images, labels, target_class), target_class)
 
 
-def relative_transfer(outcomes: Mapping[tuple[str, str], Outcomes], names: list[str], index: np.ndarray | None = None) -> float:
+def _asr(o: Outcomes, index: np.ndarray | None) -> float:
+    hits, valid = (o[0], o[1]) if index is None else (o[0][index], o[1][index])
+    return float((hits & valid).sum() / max(valid.sum(), 1))
+
+
+def relative_transfer(outcomes: Mapping[tuple[str, str], Outcomes], names: list[str], index: np.ndarray | None = None,
+                      floors: Mapping[str, Outcomes] | None = None) -> float:
     """Mean off-diagonal ASR over mean diagonal (white-box) ASR among ``names`` (sources = targets).
 
+    With ``floors`` (target name -> outcomes of a null attack of the same kind on that target, e.g. a
+    random patch), every ASR counts only its excess over the target's floor, so an attack that does
+    nothing cannot look like one that transfers perfectly; NaN when the white-box excess is not positive.
     ``index`` resamples the images (a bootstrap draw); by default all images count once.
     """
-    def asr(o: Outcomes) -> float:
-        hits, valid = (o[0], o[1]) if index is None else (o[0][index], o[1][index])
-        return float((hits & valid).sum() / max(valid.sum(), 1))
+    def excess(a: str, b: str) -> float:
+        return _asr(outcomes[(a, b)], index) - (_asr(floors[b], index) if floors else 0.0)
 
-    diag = [asr(outcomes[(a, a)]) for a in names]
-    off = [asr(outcomes[(a, b)]) for a in names for b in names if a != b]
-    return float(np.mean(off) / max(np.mean(diag), 1e-12))
+    diag = float(np.mean([excess(a, a) for a in names]))
+    off = float(np.mean([excess(a, b) for a in names for b in names if a != b]))
+    return off / diag if diag > 1e-12 else float("nan")
+
+
+def white_box_excess(outcomes: Mapping[tuple[str, str], Outcomes], names: list[str], floors: Mapping[str, Outcomes] | None,
+                     index: np.ndarray | None = None) -> float:
+    """Mean white-box ASR over ``names`` minus the mean floor (how much the attack does at all)."""
+    return float(np.mean([_asr(outcomes[(a, a)], index) - (_asr(floors[a], index) if floors else 0.0) for a in names]))
 
 
 def relative_transfer_interval(outcomes: Mapping[tuple[str, str], Outcomes], names: list[str],
                                baseline: Mapping[tuple[str, str], Outcomes] | None = None, n_boot: int = 1000,
-                               seed: int = 0) -> Interval:
+                               seed: int = 0, floors: Mapping[str, Outcomes] | None = None,
+                               baseline_floors: Mapping[str, Outcomes] | None = None) -> Interval:
     """Bootstrap interval (images resampled) of :func:`relative_transfer`, or of its difference to
-    ``baseline``'s (the same images, the same resamples: a paired interval)."""
+    ``baseline``'s (the same images, the same resamples: a paired interval). Draws where a side's
+    white-box excess vanishes are dropped; if the point estimate itself is undefined, all three are NaN."""
+    def stat(idx: np.ndarray | None) -> float:
+        value = relative_transfer(outcomes, names, idx, floors)
+        return value - relative_transfer(baseline, names, idx, baseline_floors) if baseline else value
+
     n = len(next(iter(outcomes.values()))[0])
-    point = relative_transfer(outcomes, names) - (relative_transfer(baseline, names) if baseline else 0.0)
+    point = stat(None)
+    if np.isnan(point):
+        return Interval(float("nan"), float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        draws.append(relative_transfer(outcomes, names, idx) - (relative_transfer(baseline, names, idx) if baseline else 0.0))
+    draws = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)])
+    draws = draws[~np.isnan(draws)]
     return Interval(point, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975)))
+
+
+def white_box_excess_interval(outcomes: Mapping[tuple[str, str], Outcomes], names: list[str],
+                              floors: Mapping[str, Outcomes] | None, n_boot: int = 1000, seed: int = 0) -> Interval:
+    """Bootstrap interval of :func:`white_box_excess` (images resampled, floors paired)."""
+    n = len(next(iter(outcomes.values()))[0])
+    rng = np.random.default_rng(seed)
+    draws = [white_box_excess(outcomes, names, floors, rng.integers(0, n, n)) for _ in range(n_boot)]
+    return Interval(white_box_excess(outcomes, names, floors), float(np.quantile(draws, 0.025)),
+                    float(np.quantile(draws, 0.975)))
 
 
 def add_relative(table: pd.DataFrame) -> pd.DataFrame:

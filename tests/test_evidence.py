@@ -106,6 +106,13 @@ def test_an_attack_still_improving_is_not_converged_and_says_the_budget_ended():
     assert not s.converged and s.steps == 16 and s.gain_from_doubling == pytest.approx(0.1)
 
 
+def test_a_single_checkpoint_is_never_converged():
+    curve = pd.DataFrame({"steps": [100], "evaluated on": ["white-box"], "asr": [0.01], "k": [5], "n": [500],
+                          "ci_low": [0.0], "ci_high": [0.02], "budget_exhausted": [True]})
+    s = universal_strength("one checkpoint", curve, 0.0)
+    assert not s.converged and s.record()["white_box_asr_half_steps"] is None
+
+
 def test_image_patch_success_record_is_monotone_and_matches_the_best_iterate():
     torch.manual_seed(0)
     from qadtr_core.models import build_model
@@ -155,9 +162,14 @@ def _strength(converged=True, name="attack"):
 
 def test_c1_null_patch_is_never_reproduced_or_partly_and_a_strong_one_is_reproduced():
     floor = _outcomes(0.02, seed=1)
-    null = PatchReading("null patch", white_box=floor, transfer=floor, floor=floor, strength=_strength())
+    null_strength = AttackStrength("null patch", 0.02, 0.02, 0.02, 100, 500)  # converged: doubling adds nothing
+    null = PatchReading("null patch", white_box=floor, transfer=floor, floor=floor, strength=null_strength)
     c = c1_claim([null], "2b", "test", [0])
     assert VERDICTS["C1"](c)[1] == "not reproduced"
+    # untargeted: a random patch already breaks 15 % of images; a "patch" at that floor is not partly
+    noise = _outcomes(0.15, seed=8)
+    untargeted_null = PatchReading("random patch", noise, noise, noise, AttackStrength("random", 0.15, 0.15, 0.0, 10, 500))
+    assert VERDICTS["C1"](c1_claim([untargeted_null], "2b", "test", [0]))[1] == "not reproduced"
     strong = PatchReading("strong", white_box=_outcomes(0.95), transfer=_outcomes(0.85, seed=2), floor=floor, strength=_strength())
     assert VERDICTS["C1"](c1_claim([null, strong], "2b", "test", [0]))[1] == "reproduced"
     weak = PatchReading("weak but real", _outcomes(0.6), _outcomes(0.4, seed=3), floor, _strength())
@@ -184,6 +196,13 @@ def test_c2_rules():
     assert VERDICTS["C2"](strong)[1] == "reproduced"
     null = c2_claim(matrix(0.5, 0.45), matrix(0.5, 0.45), names, 1.0, curve, [_strength()], "test", [0], n_boot=200)
     assert VERDICTS["C2"](null)[1] == "not reproduced"
+    # a patch that does nothing (at its random-patch floor everywhere) must not win C2 against a working PGD
+    floor = {t: _outcomes(0.05, seed=300 + i) for i, t in enumerate(names)}
+    idle = {(a, b): floor[b] for a in names for b in names}
+    pgd_floor = {t: _outcomes(0.01, seed=400 + i) for i, t in enumerate(names)}
+    c = c2_claim(matrix(0.5, 0.2), idle, names, 1.0, curve, [_strength()], "test", [0], pgd_floor=pgd_floor,
+                 patch_floor=floor, n_boot=200)
+    assert VERDICTS["C2"](c)[1] not in ("reproduced", "partly")
     assert VERDICTS["C2"]({**strong, "attack_strength": [_strength(False).record()]})[1] == "inconclusive"
 
 
@@ -195,6 +214,11 @@ def test_c6_null_gradients_fail_and_sign_scrambled_copies_pass():
     strong = {"FP": base, "2b": base.abs() * signs}
     c = c6_claim(pairwise_alignment(strong), mismatched_alignment(strong), "test", [0])
     assert VERDICTS["C6"](c)[1] == "reproduced"
+    # if two independently seeded models agree just as much, the stronger baseline absorbs the structure
+    signs2 = torch.randint(0, 2, base.shape, generator=g) * 2 - 1
+    seeds = pairwise_alignment({"FP": base, "FP'": base.abs() * signs2})
+    c = c6_claim(pairwise_alignment(strong), mismatched_alignment(strong), "test", [0], seed_baseline=seeds)
+    assert c["baseline"].startswith("two independently") and VERDICTS["C6"](c)[1] == "not reproduced"
     # null: two unrelated gradient sets score what mismatched images score
     other = torch.randn(40, 3, 32, 32, generator=g).cumsum(-1).cumsum(-2)
     null = {"FP": base, "2b": other}
@@ -248,3 +272,18 @@ def test_scorecard_reads_every_seed_and_writes_the_committed_layout(tmp_path):
     assert set(c1["attack_strength"][0]) == {"name", "white_box_asr", "white_box_asr_half_steps", "clean_floor", "steps"}
     assert "lower bound" in rule_text("C1")
     assert reading.entry()["converged"]
+
+
+def test_seeds_are_each_judged_and_their_interval_never_shrinks(tmp_path):
+    floor = _outcomes(0.02, seed=1)
+    for seed, rate in ((0, 0.90), (1, 0.30)):  # one seed clears 70 %, the other does not: no verdict
+        entry = c1_claim([PatchReading("p", _outcomes(0.95), _outcomes(rate, seed=seed), floor, _strength())], "2b", "q", [seed])
+        write_json(tmp_path / "results" / "01_transferability" / "q" / f"claims-seed{seed}.json", {"C1": entry})
+    # an unseeded file with the same seed as a seeded one is a duplicate, not a third seed
+    write_json(tmp_path / "results" / "01_transferability" / "q" / "claims.json", {"C1": entry})
+    claims = load_claims("q", root=tmp_path)
+    assert claims["C1"]["seeds"] == [0, 1] and len(claims["C1"]["per_seed"]) == 2
+    row = scorecard(claims).set_index("claim").loc["C1"]
+    assert row.verdict == "inconclusive" and "per-seed verdicts: reproduced" in row.ours
+    widest = max(e["ci_high"] - e["ci_low"] for e in claims["C1"]["per_seed"])
+    assert claims["C1"]["ci_high"] - claims["C1"]["ci_low"] >= widest
