@@ -27,6 +27,7 @@ from .metrics import Rate
 from .stats import wilson
 
 TOLERANCE = 0.02  # doubling the steps must add less than 2 points of white-box ASR
+MIN_PASSES = 1.0  # ... and a universal patch must have met every training image once, on average
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def is_converged(asr: float, asr_half_steps: float | None, tolerance: float = TO
 
 def converge_universal(attack: UniversalPatchAttack, white_box: Callable[[torch.Tensor], Rate],
                        extra: dict[str, Callable[[torch.Tensor], Rate]] | None = None, tolerance: float = TOLERANCE,
-                       min_passes: float = 1.0, progress: bool = False
+                       min_passes: float = MIN_PASSES, progress: bool = False
                        ) -> tuple[torch.Tensor, pd.DataFrame, dict[int, torch.Tensor]]:
     """Run ``attack`` (doubling schedule) until doubling adds less than ``tolerance`` white-box ASR.
 

@@ -91,8 +91,11 @@ def converged_universal_patch(source: Member, source_id: str, x_train: torch.Ten
         return {"patch": patch.cpu(), "curve": curve.to_dict(orient="list"),
                 "checkpoints": {str(k): v for k, v in checkpoints.items()}}
 
+    from .strength import MIN_PASSES, TOLERANCE
+
     key = {"attack": config, "source": source_id, "bits": source[1], "n_train": len(x_train),
-           "eval": fingerprint(x_eval), "placement": [placement.rows.tolist(), placement.cols.tolist()]}
+           "eval": fingerprint(x_eval), "placement": [placement.rows.tolist(), placement.cols.tolist()],
+           "stopping_rule": {"tolerance": TOLERANCE, "min_passes": MIN_PASSES}}
     out = cached_tensors("converged_universal_patches", key, compute)
     return out["patch"], pd.DataFrame(out["curve"]), {int(k): v for k, v in out["checkpoints"].items()}
 
