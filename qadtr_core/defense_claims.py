@@ -5,14 +5,21 @@ Every defense is evaluated on the same images, so a difference between defenses 
 included (:mod:`qadtr_core.stats`; the same resampling as :func:`~qadtr_core.stats.paired_bootstrap`,
 generalised to statistics of many per-image arrays). All values are in percent / points.
 
-- C3: mean over widths of (the better of PBAT and DWQ on unseen threats) minus QADT-R on unseen
-  threats, each defense's "unseen" from its own training distribution; also per width and on the
-  per-image worst case over every threat (adaptive included).
+- C3: mean over widths of (the better of PBAT and DWQ) minus QADT-R, on the threats unseen by **all
+  three** defenses at that width (:func:`common_unseen`: the intersection of their own "unseen" sets),
+  so that every side of the difference averages the same threats (each defense's own unseen mean, a
+  different set of threats per defense, stays in the descriptive tables only); also per width and on
+  the per-image worst case over every threat (adaptive included).
 - C4: PBAT's generalisation gap (unseen minus seen ASR) minus the same gap of the undefended QAT
   models under PBAT's definitions (a 10x10 patch is stronger for every model).
 - C5: clean-accuracy drop of QADT-R against the undefended multi-width model, its starting point.
 - C7: rise of the mean unseen ASR over widths when a component is removed (QADT-R's unseen threats
   for every variant, so that all variants meet the same threats).
+
+Attack convergence is checked per attacked model (:func:`convergence`); each claim's
+``attack_strength`` keeps, per threat, the entry of the model behind that claim whose attack gained the
+most from its second half of steps (the worst case), so that an attack still improving against a
+defended model is not hidden by pooling it with the models it had already broken.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import pandas as pd
 
 from .robustness import Evaluation, threat_kinds
 from .stats import Interval, paired_bootstrap, wilson
+from .strength import is_converged
 from .threats import THREATS, PatchDistribution, Threat
 
 Stat = Callable[[np.ndarray], np.ndarray]  # resample indices (B, n) -> statistic (B,)
@@ -41,9 +49,19 @@ def _ci(i: Interval) -> dict[str, float]:
     return {"value": i.value, "ci_low": i.low, "ci_high": i.high}
 
 
+def common_unseen(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistribution], defenses: Sequence[str],
+                  bits: int, threats: Sequence[Threat] = THREATS) -> list[str]:
+    """The threats evaluated at ``bits`` that are unseen for every one of ``defenses`` (sorted names)."""
+    by_name = {t.name: t for t in threats}
+    present = sorted(set(per_image.threat[per_image.bits == bits]))
+    return [th for th in present if all(distributions[d].kind(by_name[th], int(bits)) == "unseen" for d in defenses)]
+
+
 def rate(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistribution], defense: str, bits: int,
-         kind: str, as_defense: str | None = None, threats: Sequence[Threat] = THREATS) -> Stat:
-    """ASR (%) of ``defense`` at ``bits`` over its threats of ``kind`` ("seen", "unseen", "worst case").
+         kind: str, as_defense: str | None = None, threats: Sequence[Threat] = THREATS,
+         names: Sequence[str] | None = None) -> Stat:
+    """ASR (%) of ``defense`` at ``bits`` over its threats of ``kind`` ("seen", "unseen", "worst case"),
+    or over the threats ``names`` when given (``kind`` then only tells the worst case apart).
 
     Per image, the score is the share of those threats that broke it (worst case: any threat); the ASR
     is its mean over clean-correct images, i.e. the mean of the threats' ASRs.
@@ -51,16 +69,17 @@ def rate(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistribution]
     g = per_image[(per_image.defense == defense) & (per_image.bits == bits)]
     if g.empty:
         raise ValueError(f"no outcomes for defense {defense!r} at {bits} bits")
-    kinds = threat_kinds(g, distributions, threats, {defense: as_defense} if as_defense else None)
     ok = g[g.threat == g.threat.iloc[0]].sort_values("image").clean_ok.to_numpy(bool)
     wide = g.pivot(index="image", columns="threat", values="broken").sort_index()
     if kind == "worst case":
         u = wide.to_numpy(bool).any(1).astype(float)
     else:
-        names = sorted(set(g.threat[kinds == kind]))
+        if names is None:
+            kinds = threat_kinds(g, distributions, threats, {defense: as_defense} if as_defense else None)
+            names = sorted(set(g.threat[kinds == kind]))
         if not names:
             raise ValueError(f"defense {defense!r} has no {kind} threat at {bits} bits")
-        u = wide[names].to_numpy(float).mean(1)
+        u = wide[list(names)].to_numpy(float).mean(1)
     u = u * ok
 
     def stat(idx: np.ndarray) -> np.ndarray:
@@ -73,14 +92,36 @@ def _mean(stats: Sequence[Stat]) -> Stat:
     return lambda idx: np.mean([s(idx) for s in stats], axis=0)
 
 
-def attack_strength(ev: Evaluation) -> list[dict]:
-    """One entry per evaluation attack (threat): white-box ASR of the crafting attack on what it attacked,
-    after all and after half its steps (pooled over every model it was run against)."""
+def convergence(ev: Evaluation) -> pd.DataFrame:
+    """Per crafting attack (threat x attacked model: a defense at one width, its ensemble, the surrogate):
+    white-box ASR after all and after half its steps (fractions), the gap and whether it converged."""
+    st = ev.strength
+    n = st.n_ok.clip(lower=1)
+    out = st.assign(n=st.n_ok, white_box_asr=st.k_full / n, white_box_asr_half_steps=st.k_half / n)
+    out = out.assign(gap=out.white_box_asr - out.white_box_asr_half_steps)
+    out["converged"] = [is_converged(a, h) for a, h in zip(out.white_box_asr, out.white_box_asr_half_steps)]
+    return out[["threat", "target", "defense", "bits", "steps", "n", "white_box_asr", "white_box_asr_half_steps",
+                "gap", "converged"]]
+
+
+def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
+                    exclude: Sequence[str] = ()) -> list[dict]:
+    """One entry per evaluation attack (threat, except ``exclude``): the attacked model of ``defenses``
+    (default: all; the transfer threat's only target, the FP surrogate, always counts) whose attack
+    gained most from its second half of steps, named "<threat> on <target>" (see :func:`convergence`)."""
+    conv = convergence(ev)
     out = []
-    for threat, g in ev.strength.groupby("threat", sort=False):
-        n = max(int(g.n_ok.sum()), 1)
-        out.append({"name": threat, "white_box_asr": g.k_full.sum() / n, "white_box_asr_half_steps": g.k_half.sum() / n,
-                    "clean_floor": 0.0, "steps": int(g.steps.iloc[0]), "n": int(g.n_ok.sum())})
+    for threat, g in conv.groupby("threat", sort=False):
+        if threat in exclude:
+            continue
+        if defenses is not None:
+            g = g[g.defense.isin([*defenses, "FP surrogate"]) & (g.n > 0)]
+        if g.empty:
+            continue
+        r = g.loc[g.gap.idxmax()]
+        out.append({"name": f"{threat} on {r.target}", "white_box_asr": float(r.white_box_asr),
+                    "white_box_asr_half_steps": float(r.white_box_asr_half_steps), "clean_floor": 0.0,
+                    "steps": int(r.steps), "n": int(r.n)})
     return out
 
 
@@ -90,20 +131,24 @@ def defense_claims(ev: Evaluation, clean: pd.DataFrame, distributions: Mapping[s
                    baselines: Sequence[str] = ("PBAT", "DWQ"), n_boot: int = 2000) -> dict[str, dict]:
     """C3, C4 and C5 in the scorecard's layout (``meta``: ``seeds``, ``profile``)."""
     pi, n, bits = ev.per_image, ev.n, list(bit_set)
-    strength = attack_strength(ev)
+    compared = [*baselines, ours]
 
     def red(kind: str, bs: Sequence[int]) -> Stat:
         per = []
         for b in bs:
-            base = [rate(pi, distributions, d, b, kind) for d in baselines]
-            mine = rate(pi, distributions, ours, b, kind)
+            names = common_unseen(pi, distributions, compared, b) if kind == "unseen" else None
+            if kind == "unseen" and not names:
+                raise ValueError(f"no threat is unseen by all of {', '.join(compared)} at {b} bits")
+            base = [rate(pi, distributions, d, b, kind, names=names) for d in baselines]
+            mine = rate(pi, distributions, ours, b, kind, names=names)
             per.append(lambda idx, base=base, mine=mine: np.min([s(idx) for s in base], axis=0) - mine(idx))
         return _mean(per)
 
     c3 = {**_ci(bootstrap(red("unseen", bits), n, n_boot)),
           "by_bits": {str(b): _ci(bootstrap(red("unseen", [b]), n, n_boot)) for b in bits},
           "worst_case": _ci(bootstrap(red("worst case", bits), n, n_boot)),
-          "n": n, "seeds": list(meta["seeds"]), "profile": meta["profile"], "attack_strength": strength}
+          "n": n, "seeds": list(meta["seeds"]), "profile": meta["profile"],
+          "attack_strength": attack_strength(ev, compared)}
 
     def gap(d: str, b: int) -> Stat:
         un = rate(pi, distributions, d, b, "unseen", as_defense="PBAT")
@@ -128,7 +173,8 @@ def defense_claims(ev: Evaluation, clean: pd.DataFrame, distributions: Mapping[s
           "pbat_gap": _ci(bootstrap(pbat_gap, n, n_boot)), "undefended_gap": _ci(bootstrap(undef_gap, n, n_boot)),
           "seen_low": asr_ci("seen"), "unseen_low": asr_ci("unseen"),
           "n": n, "seeds": list(meta["seeds"]), "profile": meta["profile"],
-          "attack_strength": [s for s in strength if s["name"] != "adaptive EOT"]}
+          "attack_strength": attack_strength(ev, ["PBAT", undefended],
+                                             exclude=[t.name for t in THREATS if t.source == "adaptive"])}
 
     def correct(d: str, b: int) -> np.ndarray:
         return clean[(clean.defense == d) & (clean.bits == b)].sort_values("image").correct.to_numpy(float)
@@ -156,4 +202,4 @@ def ablation_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution
         var = _mean([rate(pi, distributions, name, b, "unseen", as_defense=full) for b in bits])
         inc[comp] = _ci(bootstrap(lambda idx, var=var: var(idx) - base(idx), ev.n, n_boot))
     return {"C7": {"increase": inc, "n": ev.n, "seeds": list(meta["seeds"]), "profile": meta["profile"],
-                   "attack_strength": attack_strength(ev)}}
+                   "attack_strength": attack_strength(ev, [full, *removed.values()])}}

@@ -376,7 +376,7 @@ def _attack_seconds(chapter: str, profile: Profile, params: Mapping[str, Any]) -
                 + sources * est.image_patch_seconds(a, profile.n_attack, profile.image_patch_steps, profile.image_patch_restarts)
                 + sources * est.pgd_seconds(a, profile.n_attack))
     if chapter in ("02_defenses", "03_ablations"):
-        from .defenses.recipes import ablation_configs, defense_configs, surrogate_config
+        from .defenses.recipes import ablation_configs, defense_configs
         from .robustness import THREATS
 
         bits = list(params.get("bit_set", ()))

@@ -102,8 +102,9 @@ class Evaluation:
 
     Attributes:
         per_image: one row per (defense, bits, threat, image): ``clean_ok``, ``broken``.
-        strength: one row per crafting attack: the attacked ``target``, ``threat``, ``steps``, ``n_ok``
-            (images the target gets right), ``k_full`` / ``k_half`` (of those, fooled after all / half the steps).
+        strength: one row per crafting attack: the attacked ``target`` (its ``defense`` and ``bits``; bits
+            None for an ensemble), ``threat``, ``steps``, ``n_ok`` (images the target gets right),
+            ``k_full`` / ``k_half`` (of those, fooled after all / half the steps).
         n: evaluation images.
     """
 
@@ -112,11 +113,12 @@ class Evaluation:
     n: int
 
 
-def _strength_row(threat: Threat, target: str, rec: dict[str, torch.Tensor], steps: int) -> dict:
+def _strength_row(threat: Threat, target: str, rec: dict[str, torch.Tensor], steps: int, defense: str,
+                  bits: int | None) -> dict:
     ok, success = rec["ok"].bool(), rec["success"].bool()
     full, half = success[:, -1, steps], success[:, -1, steps // 2]
-    return {"threat": threat.name, "target": target, "steps": steps, "n_ok": int(ok.sum()),
-            "k_full": int((full & ok).sum()), "k_half": int((half & ok).sum())}
+    return {"threat": threat.name, "target": target, "defense": defense, "bits": bits, "steps": steps,
+            "n_ok": int(ok.sum()), "k_full": int((full & ok).sum()), "k_half": int((half & ok).sum())}
 
 
 def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torch.Tensor, y: torch.Tensor,
@@ -125,8 +127,9 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
     """Every threat against every defense at every bit-width, per image (see the module doc).
 
     ``defenses`` maps a name to ``{bits: TrainedModel}``. The transfer threat is crafted once on
-    ``surrogate`` (the undefended FP model; required if a threat has source "transfer"), at its own
-    width. White-box threats attack only the images the evaluated model gets right when clean.
+    ``surrogate`` (an independently seeded undefended FP model, none of the evaluated ones; required if a
+    threat has source "transfer"), at its own width. White-box threats attack only the images the
+    evaluated model gets right when clean.
     """
     rows, strength = [], []
     n = len(x)
@@ -138,7 +141,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
             cfg = attack_config(t, steps, restarts, seed, location_opt)
             transfer[t.name], rec = craft([(surrogate.model, surrogate.config.bits)], [surrogate.record["config_hash"]],
                                           x, y, cfg)
-            strength.append(_strength_row(t, "FP surrogate", rec, steps))
+            strength.append(_strength_row(t, "FP surrogate", rec, steps, "FP surrogate", surrogate.config.bits))
     jobs = sum(len(per) for per in defenses.values()) * len(threats)
     bar = tqdm(total=jobs, disable=not progress, desc="threats", mininterval=2.0)
     for name, per_bits in defenses.items():
@@ -148,7 +151,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
         for t in threats:
             if t.source == "adaptive":
                 adaptive[t.name], rec = craft(members, hashes, x, y, attack_config(t, steps, restarts, seed, location_opt))
-                strength.append(_strength_row(t, f"{name} ensemble", rec, steps))
+                strength.append(_strength_row(t, f"{name} ensemble", rec, steps, name, None))
         for b, tm in per_bits.items():
             with torch.no_grad():
                 clean_ok = (predict(set_bits(tm.model, b), x) == y).cpu()
@@ -161,7 +164,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
                         cfg = attack_config(t, steps, restarts, seed, location_opt)
                         adv, rec = craft([(tm.model, b)], [tm.record["config_hash"]], x[idx.to(x.device)],
                                          y[idx.to(y.device)], cfg)
-                        strength.append(_strength_row(t, f"{name} {b} b", rec, steps))
+                        strength.append(_strength_row(t, f"{name} {b} b", rec, steps, name, b))
                         with torch.no_grad():
                             broken[idx] = (predict(set_bits(tm.model, b), adv) != y[idx.to(y.device)]).cpu()
                     else:

@@ -4,7 +4,8 @@ The notebooks call :func:`defense_study` and :func:`ablation_study`; ``python -m
 runs the same calls ahead of time (on a GPU, say) so that the notebooks find every model and every
 crafted patch in the cache and only evaluate. Both studies use one evaluation: every threat of
 :data:`~qadtr_core.threats.THREATS` on the first ``Profile.n_defense_eval`` test images (transfer from
-the undefended FP model, the one common surrogate), kept per image, and clean accuracy per image on
+one common surrogate, an independently seeded undefended FP model: :func:`~qadtr_core.defenses.recipes.surrogate_config`),
+kept per image, and clean accuracy per image on
 the first ``Profile.n_eval``.
 """
 from __future__ import annotations
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .data import Cifar10, load_cifar10
-from .defenses.recipes import ablation_configs, budget_table, defense_configs, train_all
+from .defenses.recipes import ablation_configs, budget_table, defense_configs, surrogate_config, train_all
 from .profiles import Profile, get_profile
 from .robustness import Evaluation, asr_table, clean_outcomes, clean_table, evaluate_threats
 from .threats import THREATS, PatchDistribution, distribution_of
 from .train import TrainConfig
-from .zoo import TrainedModel, fp_config, get_or_train
+from .zoo import TrainedModel, get_or_train
 
 ATTACK_SEED_OFFSET = 4242  # evaluation attacks never share a seed with the training inner attacks
 
@@ -55,7 +56,7 @@ def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed
     """Train (or load) every model of ``configs`` and evaluate it under every threat and on clean images."""
     data = data or load_cifar10()
     models = train_all(configs, data, progress=progress, device=device)
-    surrogate = get_or_train(fp_config(profile, seed), data, progress=progress, device=device)
+    surrogate = get_or_train(surrogate_config(profile, seed), data, progress=progress, device=device)
     dists = {name: distribution_of(next(iter(per.values())).strategy_params) for name, per in configs.items()}
     x, y = (t.to(device) for t in data.test_subset(profile.n_defense_eval))
     ev = evaluate_threats(models, x, y, surrogate, THREATS, steps=profile.defense_attack_steps,

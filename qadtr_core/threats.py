@@ -4,8 +4,9 @@ A *threat* is one way of crafting untargeted per-image patches (Rao et al.'s att
 shape, whether it may cover the central 10x10, and its source:
 
 - "white-box": crafted against the evaluated model at the evaluated width;
-- "transfer": crafted on one common surrogate, the undefended full-precision model, and applied to
-  every defense alike (so no defense meets a near-white-box "transfer" that another does not);
+- "transfer": crafted on one common surrogate, an undefended full-precision model seeded independently
+  of every evaluated model (not the 32-bit undefended model, not PBAT-32's parent), and applied to every
+  defense alike (so no defense meets a near-white-box "transfer" that another does not);
 - "adaptive": crafted against the defense's expectation over what it serves: its mean log-probability
   over the bit set (a shared-weight model) or over its per-width models as an ensemble (PBAT,
   undefended QAT). It enters the worst case, never the seen/unseen means.

@@ -12,6 +12,7 @@ imported (``import qadtr_core.defenses``), so adding a defense touches only its 
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifacts import CorruptArtifact, load_tensors, save_tensors
+from .artifacts import load_tensors, save_tensors
 from .data import Cifar10, batches
 from .quant import FULL_PRECISION, check_bits, set_bits
 from .utils import seeded_generator
@@ -145,33 +146,83 @@ def standard_loss(label_smoothing: float = 0.0) -> BatchLoss:
     return loss
 
 
+def interleave(bit_set: Sequence[int], shares: Sequence[int]) -> tuple[int, ...]:
+    """A fixed period of bit-widths visiting ``bit_set[i]`` exactly ``shares[i]`` times, spread evenly.
+
+    Smooth weighted round-robin: each slot, every width gains its share and the one with the most credit
+    (ties: the earlier width) is taken and pays the period's length; e.g. shares (1, 2) give (w2, w1, w2).
+    """
+    if len(shares) != len(bit_set) or any(int(s) < 1 for s in shares):
+        raise ValueError(f"need one positive share per width of {tuple(bit_set)}, got {tuple(shares)}")
+    total, credit, out = sum(shares), [0] * len(shares), []
+    for _ in range(total):
+        credit = [c + s for c, s in zip(credit, shares)]
+        i = max(range(len(credit)), key=lambda j: (credit[j], -j))
+        credit[i] -= total
+        out.append(bit_set[i])
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class MultiWidthConfig:
-    """The undefended multi-width model: plain cross-entropy, the bit-width cycling every batch.
+    """The undefended multi-width model: plain cross-entropy, the bit-width changing every batch.
 
     It is the starting point of the shared-weight defenses (DWQ, QADT-R) and the clean-accuracy
     reference of C5: one switchable model (one BatchNorm per width) trained like the per-width QAT
     models, without any attack, so that a defense's effect is not confused with a post-training start.
 
     Attributes:
-        bit_set: the widths served, each visited once per ``len(bit_set)`` batches. (Default: (32, 8, 5, 4, 2))
+        bit_set: the widths served. (Default: (32, 8, 5, 4, 2))
+        shares: steps of each width per period of :func:`interleave` (e.g. its per-width QAT epochs, so
+            that every width gets the steps its QAT model gets); empty = one each (plain cycling). (Default: ())
     """
 
     bit_set: tuple[int, ...] = (32, 8, 5, 4, 2)
+    shares: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_bit_set(self.bit_set)
+        if self.shares:
+            interleave(self.bit_set, self.shares)
+
+    def train_bits(self, step: int) -> int:
+        """The width of training step ``step``: the fixed interleaved period, repeated."""
+        period = interleave(self.bit_set, self.shares) if self.shares else self.bit_set
+        return period[step % len(period)]
 
 
 def multiwidth_loss(config: MultiWidthConfig = MultiWidthConfig(), label_smoothing: float = 0.0) -> BatchLoss:
-    """Cross-entropy at width ``bit_set[step % len(bit_set)]`` (the trainer's step counter)."""
+    """Cross-entropy at width ``config.train_bits(step)`` (the trainer's step counter)."""
     ce = standard_loss(label_smoothing)
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        set_bits(model, draw_bits(config.bit_set, 0, step, "cycle"))
+        set_bits(model, config.train_bits(step))
         return ce(model, x, y, step)
 
     return loss
+
+
+def total_steps(config: TrainConfig, n_train: int | None = None) -> int:
+    """Optimiser steps of ``config`` (``n_train`` caps its ``n_train``: the size of the training set used)."""
+    n = config.n_train if n_train is None else min(config.n_train, n_train)
+    return config.epochs * max(1, n // config.batch_size)
+
+
+def step_bits(config: TrainConfig, step: int) -> int:
+    """The bit-width training step ``step`` of ``config`` runs at: its strategy's ``train_bits(step)``
+    (multi-width, DWQ, QADT-R: the schedule the strategy itself uses), else ``config.bits``."""
+    fn = getattr(config.strategy_params, "train_bits", None)
+    return fn(step) if callable(fn) else config.bits
+
+
+def steps_by_width(config: TrainConfig, n_train: int | None = None) -> dict[int, int]:
+    """Optimiser steps ``config`` takes at each bit-width, counted from its schedule (widths never
+    visited are absent)."""
+    counts: dict[int, int] = {}
+    for step in range(total_steps(config, n_train)):
+        b = step_bits(config, step)
+        counts[b] = counts.get(b, 0) + 1
+    return counts
 
 
 register_strategy("standard", lambda c: standard_loss(c.label_smoothing))
@@ -194,6 +245,40 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple[torch.op
     return opt, sched
 
 
+def _inner_record(loss_fn: BatchLoss) -> dict[str, float]:
+    """The strategy's inner-attack losses since the last call (``inner_record()``; empty when it has none)."""
+    fn = getattr(loss_fn, "inner_record", None)
+    return fn() if callable(fn) else {}
+
+
+def _resume(checkpoint: Path, model: nn.Module, opt: torch.optim.Optimizer,
+            sched: torch.optim.lr_scheduler.LRScheduler, loss_fn: BatchLoss) -> tuple[list[dict[str, float]], int]:
+    """(history, next epoch) from ``checkpoint`` with model, optimiser, scheduler and strategy state all
+    applied, or ([], 0) with none of them changed (a warning says why): never a half-resumed run.
+
+    Everything is loaded into temporary copies first and applied only when every part loaded.
+    """
+    stateful = hasattr(loss_fn, "load_state_dict") and hasattr(loss_fn, "state_dict")
+    try:
+        state = load_tensors(checkpoint)
+        tmp_model = copy.deepcopy(model)
+        tmp_model.load_state_dict(state["model"])
+        copy.deepcopy(opt).load_state_dict(state["optimizer"])  # checks the groups and the state against the model
+        copy.deepcopy(sched).load_state_dict(state["scheduler"])
+        if stateful:
+            copy.deepcopy(loss_fn).load_state_dict(state["strategy"])  # a missing strategy state is an unusable checkpoint
+        history, start = list(state["history"]), int(state["epoch"])
+    except Exception as e:  # noqa: BLE001 (any failure means: start over, with a warning)
+        log.warning("ignoring unusable training checkpoint %s (starting over): %s: %s", checkpoint, type(e).__name__, e)
+        return [], 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if stateful:
+        loss_fn.load_state_dict(state["strategy"])
+    return history, start
+
+
 def train(
     model: nn.Module,
     data: Cifar10,
@@ -202,10 +287,13 @@ def train(
     loss_fn: BatchLoss | None = None,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place under ``cfg``; returns one record per epoch (loss, accuracy, seconds).
+    """Train ``model`` in place under ``cfg``; returns one record per epoch (loss, accuracy, seconds, and
+    ``inner_loss_before`` / ``inner_loss_after`` when the strategy records its inner attack's loss).
 
     With ``checkpoint``, the full training state is saved there after every epoch and a run that
-    finds a valid one resumes from it (a corrupt one is discarded and training starts over).
+    finds a valid one resumes from it, model, optimiser, scheduler and strategy state together; one
+    that cannot be fully loaded (corrupt, or any part unusable) is discarded with a warning and
+    training starts over.
     """
     loss_fn = loss_fn or standard_loss(cfg.label_smoothing)
     n = min(cfg.n_train, len(data.x_train))
@@ -215,16 +303,7 @@ def train(
     history: list[dict[str, float]] = []
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        try:
-            state = load_tensors(checkpoint)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            history, start = list(state["history"]), int(state["epoch"])
-            if hasattr(loss_fn, "load_state_dict") and "strategy" in state:
-                loss_fn.load_state_dict(state["strategy"])
-        except (CorruptArtifact, KeyError, RuntimeError) as e:
-            log.warning("ignoring unusable training checkpoint %s: %s", checkpoint, e)
+        history, start = _resume(Path(checkpoint), model, opt, sched, loss_fn)
     set_bits(model, cfg.bits)
     device = next(model.parameters()).device
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU (cuDNN)
@@ -232,6 +311,7 @@ def train(
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)  # kept: existing checkpoints depend on it
         t0, tot_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
+        _inner_record(loss_fn)  # discard what an interrupted epoch may have left
         bar = tqdm(batches(x, y, cfg.batch_size, gen, train=True), total=steps_per_epoch, disable=not progress,
                    mininterval=2.0,
                    desc=f"{cfg.arch} {cfg.bits}b {cfg.strategy} epoch {epoch + 1}/{cfg.epochs}", leave=False)
@@ -248,7 +328,7 @@ def train(
             seen += len(yb)
             bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         history.append({"epoch": epoch + 1, "loss": tot_loss / seen, "train_acc": correct / seen,
-                        "seconds": time.perf_counter() - t0})
+                        "seconds": time.perf_counter() - t0, **_inner_record(loss_fn)})
         if checkpoint is not None:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "history": history, "epoch": epoch + 1}

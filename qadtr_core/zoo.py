@@ -51,18 +51,28 @@ def qat_config(profile: Profile, bits: int, seed: int = 0) -> TrainConfig:
     return dataclasses.replace(parent, bits=bits, epochs=profile.qat_epochs_for(bits), lr=profile.qat_lr, schedule="cosine", init=parent)
 
 
+def multiwidth_shares(profile: Profile, bit_set: tuple[int, ...]) -> tuple[int, ...]:
+    """Epochs of the multi-width model at each width of ``bit_set``: that width's QAT epochs
+    (``profile.qat_epochs_for``); at 32 bits, whose FP parent is already 32-bit trained, the smallest QAT
+    budget of the set (1 when the set is 32 bits alone), a stated reconstruction choice."""
+    low = [profile.qat_epochs_for(b) for b in bit_set if b != FULL_PRECISION]
+    return tuple(profile.qat_epochs_for(b) if b != FULL_PRECISION else min(low, default=1) for b in bit_set)
+
+
 def multiwidth_config(profile: Profile, bit_set: tuple[int, ...] = (32, 8, 5, 4, 2), seed: int = 0) -> TrainConfig:
     """The undefended multi-width model over ``bit_set``, fine-tuned from the full-precision model.
 
-    Plain cross-entropy, the width cycling every batch, for as many steps as the per-width QAT models
-    of ``bit_set`` take together (same batch, images and learning rate): the starting point of DWQ
-    and QADT-R and the clean-accuracy reference of C5.
+    Plain cross-entropy, same batch, images and learning rate as the per-width QAT models; each width
+    gets exactly the steps its QAT model gets (:func:`multiwidth_shares` epochs' worth), visited in a fixed
+    interleaved order (:func:`~qadtr_core.train.interleave`; e.g. at 2 bits four times as often as at 8
+    bits when QAT gives them 4 and 1 epochs). The starting point of DWQ and QADT-R and the clean-accuracy
+    reference of C5.
     """
     bit_set = check_bit_set(tuple(bit_set))
     parent = fp_config(profile, seed)
-    epochs = sum(profile.qat_epochs_for(b) for b in bit_set if b != FULL_PRECISION) or 1
-    return dataclasses.replace(parent, epochs=epochs, lr=profile.qat_lr, schedule="cosine", init=parent,
-                               strategy="multiwidth", strategy_params=MultiWidthConfig(bit_set))
+    shares = multiwidth_shares(profile, bit_set)
+    return dataclasses.replace(parent, epochs=sum(shares), lr=profile.qat_lr, schedule="cosine", init=parent,
+                               strategy="multiwidth", strategy_params=MultiWidthConfig(bit_set, shares))
 
 
 def get_or_train(

@@ -1,10 +1,13 @@
 """Defenses on a tiny model and data: each trains, components switch off exactly, GIR behaves."""
+import copy
 import dataclasses
+import logging
 
 import pytest
 import torch
 
 from qadtr_core import zoo
+from qadtr_core.artifacts import load_tensors, save_tensors
 from qadtr_core.defenses import (
     DWQ, PBAT, DWQConfig, PBATConfig, QADTR, QADTRConfig, RandomPrecision, dwq_loss, gir_penalty, pbat_loss, strategy_loss,
 )
@@ -14,6 +17,7 @@ from qadtr_core.models import build_model
 from qadtr_core.quant import prepare_bits, set_bits
 from qadtr_core.testing import synthetic_cifar
 from qadtr_core.train import TrainConfig, train
+from qadtr_core.utils import eval_mode
 
 FAST_QADTR = QADTRConfig(inner_steps=1, patch_sizes=(4, 6), gir_images=4)
 
@@ -129,7 +133,7 @@ def test_dwq_updates_only_the_batchnorm_of_the_drawn_bits(carry):
     x, y = _batch()
     before = {k: v.running_mean.clone() for k, v in model.bns[1].bns.items()}
     dwq_loss(DWQConfig(pgd_steps=1, bit_set=(8, 2), carry=carry))(model, x, y, step=0)
-    drawn = str(draw_bits((8, 2), 0, 0))
+    drawn = str(DWQConfig(bit_set=(8, 2)).train_bits(0))
     changed = [k for k, v in model.bns[1].bns.items() if not torch.equal(v.running_mean, before[k])]
     assert changed == [drawn]
 
@@ -276,6 +280,81 @@ def test_gir_lowers_the_cross_width_input_gradient_cosine():
         cosine().backward()
         opt.step()
     assert start > 0.2 and cosine().item() < 0.5 * start
+
+
+def test_qadtr_call_trains_the_gir_term_it_reports():
+    """One QADT-R step with GIR and one without, from the same weights: the difference of their parameter
+    gradients is the GIR term's (non-zero), and a step along it lowers the cross-width cosine more."""
+    x, y = _batch(8)
+    cfg = dataclasses.replace(FAST_QADTR, bit_set=(4, 2), aqapa=False, gir_images=8, gir_weight=1.0)
+    adv = QADTR(cfg).inner(_model(), x, y, 0)  # the patched images both steps train on (same start, same seed)
+
+    def cross_width_cosine(model):  # GIR's own quantity: the batch trains at 4 bits, the other width is 2
+        with eval_mode(model):
+            g1 = input_gradient(set_bits(model, 4), adv, y[:len(adv)], create_graph=False)
+            g2 = input_gradient(set_bits(model, 2), adv, y[:len(adv)], create_graph=False)
+        return gir_penalty(g1, g2).item()
+
+    grads, after = {}, {}
+    for gir in (True, False):
+        model = _model().train()
+        strategy = QADTR(dataclasses.replace(cfg, gir=gir))
+        loss, _ = strategy(model, x, y, step=0)
+        assert strategy.last_terms["bits"] == 4
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads[gir] = [g if g is not None else torch.zeros_like(p)
+                      for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
+        with torch.no_grad():
+            for p, g in zip(params, grads[gir]):
+                p -= 0.05 * g
+        after[gir] = cross_width_cosine(model)
+    gir_grad = torch.cat([(a - b).flatten() for a, b in zip(grads[True], grads[False])])
+    assert torch.isfinite(gir_grad).all() and gir_grad.norm() > 1e-3  # a detached or constant GIR term gives 0
+    assert after[True] < after[False]
+
+
+def test_a_checkpoint_with_a_broken_strategy_state_starts_over(tmp_path, caplog):
+    data = synthetic_cifar(32, 4)
+    cfg = TrainConfig(arch="smallcnn", epochs=2, lr=0.05, bits=4, batch_size=16, n_train=32, schedule="cosine",
+                      strategy="qadtr", strategy_params=FAST_QADTR)
+    ref_strategy, reference = QADTR(FAST_QADTR), _model()
+    train(reference, data, cfg, loss_fn=ref_strategy, progress=False)
+
+    class Dies(QADTR):
+        def __call__(self, model, x, y, step):
+            if step == 2:  # first step of epoch 2: the checkpoint holds epoch 1
+                raise KeyboardInterrupt
+            return super().__call__(model, x, y, step)
+
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), data, cfg, checkpoint=ckpt, loss_fn=Dies(FAST_QADTR), progress=False)
+    state = load_tensors(ckpt)
+    state["strategy"] = {"bank": state["strategy"]["bank"]}  # the A-QAPA averages are lost: unusable
+    save_tensors(ckpt, state)
+    resumed_strategy, resumed = QADTR(FAST_QADTR), _model()
+    with caplog.at_level(logging.WARNING, logger="qadtr_core.train"):
+        hist = train(resumed, data, cfg, checkpoint=ckpt, loss_fn=resumed_strategy, progress=False)
+    assert "starting over" in caplog.text and [h["epoch"] for h in hist] == [1, 2]
+    assert torch.equal(resumed_strategy.avg_loss, ref_strategy.avg_loss)  # not epoch 2 on a fresh strategy
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(INNER))
+def test_the_training_history_records_the_inner_loss_before_and_after_the_inner_steps(name):
+    model, data = _trained_tiny(), synthetic_cifar(64, 4)
+    runs = {}
+    for steps in (2, 0):
+        strategy = INNER[name](steps)
+        params = strategy.config
+        cfg = TrainConfig(arch="smallcnn", epochs=2, lr=0.01, bits=4, batch_size=16, n_train=64, schedule="cosine",
+                          strategy={"PBAT": "pbat", "DWQ": "dwq", "QADT-R": "qadtr"}[name], strategy_params=params)
+        runs[steps] = train(copy.deepcopy(model), data, cfg, loss_fn=strategy, progress=False)
+    for h in runs[2]:  # the carried attack still raises the training loss, every epoch
+        assert h["inner_loss_after"] > h["inner_loss_before"] + 0.01
+    for h in runs[0]:  # a no-op attack raises nothing
+        assert h["inner_loss_after"] == pytest.approx(h["inner_loss_before"])
 
 
 def test_pbat_keeps_the_quantizer_steps_and_batchnorm_its_qat_start_learned(tmp_path, monkeypatch):

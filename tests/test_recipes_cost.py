@@ -5,10 +5,12 @@ import pytest
 
 from qadtr_core.cost import training_cost
 from qadtr_core.defenses.recipes import (
-    ABLATIONS, budget_table, defense_configs, dwq_config, pbat_config, qadtr_config, steps_per_width,
+    ABLATIONS, ablation_configs, budget_table, defense_configs, dwq_config, pbat_config, qadtr_config, steps_per_width,
+    surrogate_config,
 )
+from qadtr_core.jobs import chapter_configs
 from qadtr_core.profiles import get_profile
-from qadtr_core.train import TrainConfig
+from qadtr_core.train import TrainConfig, interleave, steps_by_width, total_steps
 from qadtr_core.zoo import fp_config, multiwidth_config, qat_config
 
 P = get_profile("smoke")
@@ -29,13 +31,56 @@ def test_every_defense_gets_the_same_steps_per_width_and_inner_steps():
     assert table.loc["QADT-R", "steps per width"] == s and table.loc["QADT-R", "start model"] == "multi-width (undefended)"
 
 
+QUICK = get_profile("quick")
+FIVE = (32, 8, 5, 4, 2)
+
+
+def test_budget_table_counts_the_steps_each_strategy_takes_at_each_width():
+    table = budget_table(defense_configs(QUICK, FIVE)).set_index("defense")
+    s = steps_per_width(QUICK)
+    for d in ("PBAT", "DWQ", "QADT-R"):  # counted from each schedule, not total // widths
+        assert [table.loc[d, f"steps at {b} b"] for b in FIVE] == [s] * 5, d
+    dwq = dwq_config(QUICK, FIVE)  # DWQ cycles: 40 at every width (a random draw gives e.g. 43/42/40/40/35)
+    assert steps_by_width(dwq) == {b: s for b in FIVE} and dwq.strategy_params.schedule == "cycle"
+    ab = budget_table(ablation_configs(QUICK, FIVE)).set_index("defense")
+    total = total_steps(qadtr_config(QUICK, FIVE))
+    assert [ab.loc["without DBWT", f"steps at {b} b"] for b in FIVE] == [0, 0, 0, total, 0]  # all at 4 bits
+    assert ab.loc["without DBWT", "steps per width"] == "32 b: 0 / 8 b: 0 / 5 b: 0 / 4 b: 200 / 2 b: 0"
+    # refreshes per carried patch: PBAT's one cell every batch; QADT-R's 5 x 3 cells share the batches
+    assert table.loc["PBAT", "refreshes per carried patch"] == s
+    assert table.loc["QADT-R", "refreshes per carried patch"] == pytest.approx(5 * s / 15)
+    assert ab.loc["without A-QAPA", "refreshes per carried patch"] == total
+
+
+def test_the_multi_width_model_gets_each_width_the_steps_of_its_qat_model():
+    multi = multiwidth_config(QUICK, FIVE)
+    counts = steps_by_width(multi, 50000)
+    for b in (8, 5, 4, 2):  # quick: QAT takes 1 epoch at 8 bits, 4 at 2 bits
+        assert counts[b] == total_steps(qat_config(QUICK, b), 50000), b
+    assert counts[32] == min(counts[b] for b in (8, 5, 4, 2))  # stated choice: the smallest QAT budget
+    table = budget_table(defense_configs(QUICK, FIVE)).set_index("defense")
+    assert [table.loc["multi-width (undefended)", f"steps at {b} b"] for b in FIVE] == [counts[b] for b in FIVE]
+    period = interleave(FIVE, multi.strategy_params.shares)  # deterministic and spread out
+    assert sorted(period.count(b) for b in FIVE) == sorted(multi.strategy_params.shares) and period[0] == 2
+    assert all(period[i] != period[i + 1] for i in range(len(period) - 1))
+
+
+def test_the_transfer_surrogate_is_an_independent_fp_model_built_for_both_chapters():
+    sur = surrogate_config(QUICK, 0)
+    assert sur.init is None and sur.bits == 32 and sur.seed == 1000 and sur != fp_config(QUICK, 0)
+    assert sur not in {c for per in defense_configs(QUICK, FIVE).values() for c in per.values()}
+    assert sur not in {c.init for c in (pbat_config(QUICK, b) for b in FIVE)}
+    for chapter in ("02_defenses", "03_ablations"):
+        assert surrogate_config(P, 0) in chapter_configs(chapter, P, 0)
+
+
 def test_starting_points():
     assert pbat_config(P, 4).init == qat_config(P, 4) and pbat_config(P, 4).bits == 4
     assert pbat_config(P, 32).init == fp_config(P)
     multi = multiwidth_config(P, BITS)
     assert dwq_config(P, BITS).init == multi == qadtr_config(P, BITS).init and multi.init == fp_config(P)
-    # the multi-width model takes the per-width QAT models' steps together
-    assert multi.epochs == sum(P.qat_epochs_for(b) for b in BITS if b != 32) and multi.strategy == "multiwidth"
+    # the multi-width model takes the per-width QAT models' steps together, plus the smallest of them at 32 bits
+    assert multi.epochs == sum(P.qat_epochs_for(b) for b in BITS if b != 32) + 1 and multi.strategy == "multiwidth"
 
 
 def test_ablations_switch_exactly_their_components():

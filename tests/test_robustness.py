@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qadtr_core.attacks.image_patch import image_patch_attack
-from qadtr_core.defense_claims import ablation_claim, defense_claims
+from qadtr_core.defense_claims import ablation_claim, attack_strength, common_unseen, convergence, defense_claims
 from qadtr_core.defenses import PBATConfig, QADTRConfig
 from qadtr_core.models import build_model
 from qadtr_core.quant import prepare_bits, set_bits
@@ -54,34 +54,36 @@ def test_seen_is_defined_per_defense_from_its_training_distribution():
 
 
 class _Toy(nn.Module):
-    """``logits = sign * scale(bits) * W @ mean_colour``; class 0 likes red, class 1 green and blue."""
-
-    def __init__(self, sign: float = 1.0) -> None:
-        super().__init__()
-        w = torch.zeros(10, 3)
-        w[0], w[1] = torch.tensor([5.0, -5.0, -5.0]), torch.tensor([-5.0, 5.0, 5.0])
-        self.register_buffer("w", sign * w)
+    """A two-width toy on the mean colour whose widths disagree: at 32 bits class 0 wins while red exceeds
+    green (``10 (r - g)``), at 2 bits while blue stays below 0.37 (``10 (0.37 - b)``). A patch crafted at
+    one width moves only that width's colours; only one crafted against both flips both."""
 
     def forward(self, x):
-        scale = 1.0 if getattr(self, "qadtr_bits", 32) == 32 else 2.0  # a different model at each width
-        return scale * x.mean((2, 3)) @ self.w.T
+        r, g, b = x.mean((2, 3)).unbind(1)
+        margin = 10 * (r - g) if getattr(self, "qadtr_bits", 32) == 32 else 10 * (0.37 - b)
+        out = torch.zeros(len(x), 10)
+        out[:, 0], out[:, 1] = margin / 2, -margin / 2
+        return out
 
 
 def test_the_adaptive_attack_beats_plain_transfer_on_a_known_weak_randomised_model():
-    # Red-ish images of class 0 (margin 0.3 logits); an 8x8 green-blue patch moves the mean enough to flip them.
+    # Class-0 images (margin 0.5 at 32 bits, 0.7 at 2 bits); a 12x12 patch (14 % of the image) can flip
+    # either width, but a patch crafted at 32 bits leaves blue at its random start: 2 bits stays right.
     x = torch.zeros(6, 3, 32, 32)
-    x[:, 0], x[:, 1:] = 0.5, 0.22
+    x[:, 0], x[:, 1], x[:, 2] = 0.5, 0.45, 0.3
     y = torch.zeros(6, dtype=torch.long)
-    target, surrogate = _Toy(), _Toy(sign=-1.0)  # the surrogate's gradient points the wrong way
-    cfg = attack_config(Threat("t"), steps=10, restarts=1, seed=0)
+    target = _Toy()
+    surrogate = set_bits(_Toy(), 32)  # honest: an independent model that equals the target at full precision
+    cfg = attack_config(Threat("t", size=12, anywhere=True), steps=30, restarts=1, seed=0)
     transfer = image_patch_attack(surrogate, x, y, cfg).apply(x)
     adaptive = image_patch_attack(Ensemble([(target, 32), (target, 2)]), x, y, cfg).apply(x)
-    for b in (32, 2):
-        set_bits(target, b)
-        with torch.no_grad():
-            assert (target(x).argmax(1) == 0).all()
-            assert (target(transfer).argmax(1) == 0).all()  # transfer from a misleading surrogate fails
-            assert (target(adaptive).argmax(1) != 0).all()  # EOT over the widths breaks every image
+    with torch.no_grad():
+        pred = {b: (set_bits(target, b)(x).argmax(1), target(transfer).argmax(1), target(adaptive).argmax(1))
+                for b in (32, 2)}
+    assert all((clean == 0).all() for clean, _, _ in pred.values())
+    assert (pred[32][1] != 0).all()  # the honest surrogate's patches do break the width it matches ...
+    assert (pred[2][1] == 0).all()  # ... but not the other: attacking one width fails on the randomised model
+    assert all((adv != 0).all() for _, _, adv in pred.values())  # EOT over the widths breaks every image at both
 
 
 def test_evaluate_threats_is_per_image_symmetric_and_cached(tmp_path, monkeypatch):
@@ -116,7 +118,8 @@ def _outcomes(spec, n=100):
         rows.append(pd.DataFrame({"defense": d, "bits": b, "threat": th, "image": np.arange(n), "clean_ok": True,
                                   "broken": np.arange(n) < k}))
     pi = pd.concat(rows, ignore_index=True)
-    strength = pd.DataFrame([{"threat": "8x8 square", "target": "x", "steps": 10, "n_ok": 100, "k_full": 90, "k_half": 88}])
+    strength = pd.DataFrame([{"threat": "8x8 square", "target": "QADT-R 4 b", "defense": "QADT-R", "bits": 4, "steps": 10,
+                              "n_ok": 100, "k_full": 90, "k_half": 88}])
     return Evaluation(pi, strength, n)
 
 
@@ -132,8 +135,9 @@ def test_claims_by_hand_with_intervals():
                        for d, b, a in [("multi-width (undefended)", 4, 90), ("multi-width (undefended)", 2, 85),
                                        ("QADT-R", 4, 88), ("QADT-R", 2, 80)]])
     c = defense_claims(_outcomes(spec), clean, dists, (4, 2), {"seeds": [0], "profile": "test"}, n_boot=200)
-    # unseen: PBAT 55, DWQ mean(40,50,40)=43.3 (nothing seen), QADT-R circle only = 20 -> 23.3 at both widths
-    assert c["C3"]["value"] == pytest.approx(43.333 - 20, abs=0.01)
+    # C3 on the threats unseen by all three (the circle only): min(PBAT 50, DWQ 40) - QADT-R 20 = 20 at both
+    # widths (each defense's own unseen mean, PBAT 55, DWQ 43.3, QADT-R 20, would give a biased 23.3)
+    assert c["C3"]["value"] == pytest.approx(20) and c["C3"]["by_bits"]["2"]["value"] == pytest.approx(20)
     assert c["C3"]["ci_low"] <= c["C3"]["value"] <= c["C3"]["ci_high"] and set(c["C3"]["by_bits"]) == {"4", "2"}
     # C4: PBAT gap 55 - 20 = 35; undefended under PBAT's definitions 65 - 50 = 15 -> 20 points
     assert c["C4"]["value"] == pytest.approx(20) and c["C4"]["pbat_gap"]["value"] == pytest.approx(35)
@@ -141,6 +145,50 @@ def test_claims_by_hand_with_intervals():
     assert c["C5"]["value"] == pytest.approx(5) and c["C5"]["mean_drop"]["value"] == pytest.approx(3.5)
     strength = c["C3"]["attack_strength"][0]
     assert strength["white_box_asr"] == 0.9 and strength["white_box_asr_half_steps"] == 0.88
+
+
+def test_c3_is_zero_when_every_defense_has_the_same_per_image_outcomes():
+    rng = np.random.default_rng(0)
+    threats = ["8x8 square", "10x10 square", "circle, 8 px", "8x8 anywhere", "transfer from FP surrogate",
+               "adaptive EOT"]
+    rate = dict(zip(threats, (0.2, 0.6, 0.3, 0.4, 0.1, 0.5)))  # 8x8 and 10x10 squares stronger than the rest
+    outcome = {(b, th): rng.random(100) < rate[th] for b in (4, 2) for th in threats}
+    pi = pd.concat([pd.DataFrame({"defense": d, "bits": b, "threat": th, "image": np.arange(100), "clean_ok": True,
+                                  "broken": outcome[b, th]})
+                    for d in ("QAT (undefended)", "PBAT", "DWQ", "QADT-R") for (b, th) in outcome], ignore_index=True)
+    strength = pd.DataFrame([{"threat": "8x8 square", "target": "x", "defense": "PBAT", "bits": 4, "steps": 10,
+                              "n_ok": 100, "k_full": 90, "k_half": 90}])
+    dists = {"QAT (undefended)": NO_PATCHES, "PBAT": PatchDistribution(sizes=(8,)), "DWQ": NO_PATCHES,
+             "QADT-R": PatchDistribution(sizes=(6, 8, 10), source_bits=(4, 2))}
+    clean = pd.concat([pd.DataFrame({"defense": d, "bits": b, "image": np.arange(100), "correct": True})
+                       for d in ("multi-width (undefended)", "QADT-R") for b in (4, 2)])
+    c3 = defense_claims(Evaluation(pi, strength, 100), clean, dists, (4, 2), {"seeds": [0], "profile": "t"},
+                        n_boot=200)["C3"]
+    # DWQ's own "unseen" holds the strong squares, QADT-R's does not: only the shared set makes this 0
+    assert c3["value"] == pytest.approx(0) and c3["ci_low"] <= 0 <= c3["ci_high"]
+    assert all(v["value"] == pytest.approx(0) and v["ci_low"] <= 0 <= v["ci_high"] for v in c3["by_bits"].values())
+    assert common_unseen(pi, dists, ["PBAT", "DWQ", "QADT-R"], 4) == ["8x8 anywhere", "circle, 8 px",
+                                                                     "transfer from FP surrogate"]
+
+
+def test_attack_convergence_is_per_model_and_claims_keep_the_worst_defended_one():
+    rows = [("8x8 square", "QAT (undefended)", 4, 400, 399, 399), ("8x8 square", "QAT (undefended)", 2, 400, 400, 400),
+            ("8x8 square", "QADT-R", 4, 50, 30, 20), ("8x8 square", "PBAT", 4, 100, 50, 49),
+            ("transfer from FP surrogate", "FP surrogate", 32, 100, 95, 95),
+            ("adaptive EOT", "DWQ", None, 80, 40, 38), ("adaptive EOT", "QADT-R", None, 80, 30, 30)]
+    strength = pd.DataFrame([{"threat": th, "target": f"{d} {b} b" if b else f"{d} ensemble", "defense": d, "bits": b,
+                              "steps": 10, "n_ok": n, "k_full": kf, "k_half": kh} for th, d, b, n, kf, kh in rows])
+    ev = Evaluation(pd.DataFrame(), strength, 100)
+    conv = convergence(ev)
+    assert len(conv) == len(rows) and list(conv.converged) == [True, True, False, True, True, False, True]
+    # pooled over every model the 8x8 attack looked converged, (879 - 868) / 950 = 1.2 points; on QADT-R it gains 20
+    entries = {e["name"]: e for e in attack_strength(ev, ["PBAT", "DWQ", "QADT-R"])}
+    assert set(entries) == {"8x8 square on QADT-R 4 b", "transfer from FP surrogate on FP surrogate 32 b",
+                            "adaptive EOT on DWQ ensemble"}
+    assert entries["8x8 square on QADT-R 4 b"]["white_box_asr"] - entries["8x8 square on QADT-R 4 b"][
+        "white_box_asr_half_steps"] == pytest.approx(0.2)
+    assert [e["name"] for e in attack_strength(ev, ["PBAT", "QAT (undefended)"], exclude=["adaptive EOT"])] == [
+        "8x8 square on PBAT 4 b", "transfer from FP surrogate on FP surrogate 32 b"]
 
 
 def test_ablation_claim_by_hand():

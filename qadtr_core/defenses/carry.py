@@ -15,6 +15,12 @@ patches (a reconstruction choice, documented in the methods chapter):
 
 The bank is part of the strategy's state (saved with every training checkpoint), so a resumed run
 repeats exactly. ``steps`` is the shared inner-attack budget (``Profile.defense_inner_steps``).
+
+Each bank also measures that the carried attack still works: the mean cross-entropy (eval mode, at the
+attacked width) of its images before the refresh steps (the carried patches at their new locations: the
+loss the first step computes anyway) and after them (one extra forward without gradients). The
+trainer reads it once per epoch (:meth:`InnerLossMeter.read`, via the strategy's ``inner_record()``)
+into the training history: ``inner_loss_before`` / ``inner_loss_after``.
 """
 from __future__ import annotations
 
@@ -31,11 +37,34 @@ def _check(steps: int, step_size: float) -> None:
         raise ValueError(f"inner steps must be >= 0 and the step size > 0, got {steps} and {step_size}")
 
 
+class InnerLossMeter:
+    """Sums of the inner attack's per-image cross-entropy before and after its steps, until read."""
+
+    def __init__(self) -> None:
+        self.before, self.after, self.n = 0.0, 0.0, 0
+
+    def add(self, before_sum: float, after_sum: float, n: int) -> None:
+        self.before, self.after, self.n = self.before + before_sum, self.after + after_sum, self.n + n
+
+    def read(self) -> dict[str, float]:
+        """``inner_loss_before`` / ``inner_loss_after`` (means over the attacked images since the last
+        read; empty when none), then start again from zero."""
+        out = {"inner_loss_before": self.before / self.n, "inner_loss_after": self.after / self.n} if self.n else {}
+        self.__init__()
+        return out
+
+
+def _ce_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y, reduction="sum"))
+
+
 class PatchBank:
     """Per-cell patches carried from batch to batch (see the module doc)."""
 
     def __init__(self) -> None:
         self.patches: dict[str, torch.Tensor] = {}
+        self.meter = InnerLossMeter()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.patches.items()}
@@ -60,12 +89,16 @@ class PatchBank:
         place = random_placement(len(x), size, generator, x.shape[-1], avoid)
         mask = make_mask(size).to(x)
         p = self.start(cell, len(x), x.shape[1], size, generator).to(x)
+        before = None
         with eval_mode(model):
             for _ in range(steps):
                 p.requires_grad_(True)
                 loss = F.cross_entropy(model(apply_patch(x, p, mask, place)), y, reduction="sum")
+                before = float(loss.detach()) if before is None else before
                 grad, = torch.autograd.grad(loss, p)
                 p = (p.detach() + step_size * grad.sign()).clamp_(0, 1)
+            after = _ce_sum(model, apply_patch(x, p.detach(), mask, place), y)
+        self.meter.add(after if before is None else before, after, len(x))
         self.patches[cell] = p.detach()
         return apply_patch(x, p.detach(), mask, place).detach()
 
@@ -75,6 +108,7 @@ class PerturbationBank:
 
     def __init__(self) -> None:
         self.deltas: dict[str, torch.Tensor] = {}
+        self.meter = InnerLossMeter()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.deltas.items()}
@@ -90,12 +124,16 @@ class PerturbationBank:
         if d is None or d.shape != x.shape:
             d = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
         d = d.to(x)
+        before = None
         with eval_mode(model):
             for _ in range(steps):
                 d.requires_grad_(True)
                 loss = F.cross_entropy(model((x + d).clamp(0, 1)), y, reduction="sum")
+                before = float(loss.detach()) if before is None else before
                 grad, = torch.autograd.grad(loss, d)
                 d = (d.detach() + step_size * grad.sign()).clamp_(-eps, eps)
-        d = ((x + d).clamp(0, 1) - x).detach()
+            d = ((x + d).clamp(0, 1) - x).detach()
+            after = _ce_sum(model, x + d, y)
+        self.meter.add(after if before is None else before, after, len(x))
         self.deltas[cell] = d
         return (x + d).detach()

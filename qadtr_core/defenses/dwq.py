@@ -1,7 +1,9 @@
 """DWQ, Double-Win Quant (Fu et al. 2021): random-precision adversarial training and inference.
 
-Training: every batch runs at a bit-width drawn from ``bit_set`` (one BatchNorm per bit-width) on
-L-inf adversarial examples crafted at that same bit-width. With ``carry`` (default; the reconstruction
+Training: every batch runs at one bit-width of ``bit_set`` (one BatchNorm per bit-width) on L-inf
+adversarial examples crafted at that same bit-width. DWQ draws the width at random; we cycle through
+the set (``schedule="cycle"``, as QADT-R and the multi-width model do), so that every width gets exactly
+the same number of steps (equal training per width); ``"sample"`` draws it. With ``carry`` (default; the reconstruction
 choice applied alike to PBAT and QADT-R, :mod:`qadtr_core.defenses.carry`) the perturbation of each
 width is carried from batch to batch and refreshed by ``pgd_steps`` projected signed steps ("free"
 adversarial training); without it each batch runs PGD from a random start (DWQ: 7 steps). Inference:
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,7 @@ class DWQConfig:
         eps: L-inf radius. (Default: 8/255)
         step_size: step of the signed steps. (Default: 2/255)
         carry: carry each width's perturbation across batches ("free" training). (Default: True)
+        schedule: "cycle" through ``bit_set`` (equal steps per width) or "sample" it per batch. (Default: "cycle")
         seed: seeds the bit draws and the starts. (Default: 0)
     """
 
@@ -44,13 +48,23 @@ class DWQConfig:
     eps: float = 8 / 255
     step_size: float = 2 / 255
     carry: bool = True
+    schedule: Literal["cycle", "sample"] = "cycle"
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_bit_set(self.bit_set)
+        draw_bits(self.bit_set, self.seed, 0, self.schedule)  # an unknown schedule is a clear error
         if self.pgd_steps < 0 or self.step_size <= 0 or not 0 <= self.eps <= 1:
             raise ValueError(f"need pgd_steps >= 0, step_size > 0 and 0 <= eps <= 1; got {self.pgd_steps}, "
                              f"{self.step_size}, {self.eps}")
+
+    def train_bits(self, step: int) -> int:
+        """The bit-width of training step ``step``."""
+        return draw_bits(self.bit_set, self.seed, step, self.schedule)
+
+    def carried_cells(self) -> int:
+        """One carried perturbation per bit-width."""
+        return len(self.bit_set)
 
 
 class DWQ:
@@ -59,6 +73,10 @@ class DWQ:
     def __init__(self, config: DWQConfig = DWQConfig()) -> None:
         self.config = config
         self.bank = PerturbationBank()
+
+    def inner_record(self) -> dict[str, float]:
+        """Mean inner-attack loss before / after the refresh steps since the last call (per epoch, by the trainer)."""
+        return self.bank.meter.read()
 
     def state_dict(self) -> dict:
         return {"bank": self.bank.state_dict()}
@@ -76,7 +94,7 @@ class DWQ:
                                 cfg.step_size, seeded_generator(cfg.seed, step))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        set_bits(model, draw_bits(self.config.bit_set, self.config.seed, step))
+        set_bits(model, self.config.train_bits(step))
         logits = model(self.inner(model, x, y, step))
         return F.cross_entropy(logits, y), logits
 

@@ -57,6 +57,10 @@ class PBATConfig:
         """8x8 squares outside the centre, crafted at the width the model serves."""
         return PatchDistribution(sizes=(self.patch_size,), anywhere=self.avoid is None, source_bits=None)
 
+    def carried_cells(self) -> int:
+        """Patches are carried in one cell (the model's width, ``patch_size``): refreshed every batch."""
+        return 1
+
 
 def n_patched(fraction: float, batch: int) -> int:
     """How many images of a batch of ``batch`` get a patch (at least one)."""
@@ -78,6 +82,10 @@ class PBAT:
     def __init__(self, config: PBATConfig = PBATConfig()) -> None:
         self.config = config
         self.bank = PatchBank()
+
+    def inner_record(self) -> dict[str, float]:
+        """Mean inner-attack loss before / after the refresh steps since the last call (per epoch, by the trainer)."""
+        return self.bank.meter.read()
 
     def state_dict(self) -> dict:
         return {"bank": self.bank.state_dict()}

@@ -89,6 +89,14 @@ class QADTRConfig:
         if self.inner_steps < 0 or self.gir_images < 0:
             raise ValueError(f"inner_steps and gir_images must be >= 0, got {self.inner_steps}, {self.gir_images}")
 
+    def train_bits(self, step: int) -> int:
+        """The bit-width of training step ``step``: DBWT's schedule, else ``fixed_bits``."""
+        return draw_bits(self.bit_set, self.seed, step, self.schedule) if self.dbwt else self.fixed_bits
+
+    def carried_cells(self) -> int:
+        """Cells whose patches are carried separately: (bit-width, size) pairs with A-QAPA, else one."""
+        return len(self.bit_set) * len(self.patch_sizes) if self.aqapa else 1
+
     def training_patches(self) -> PatchDistribution:
         """A-QAPA: every size of ``patch_sizes`` at every width of the bit set; off: the middle size at 32 bits."""
         if self.aqapa:
@@ -120,6 +128,10 @@ class QADTR:
         self.bank = PatchBank()
         self.last_terms: dict[str, float] = {}
 
+    def inner_record(self) -> dict[str, float]:
+        """Mean inner-attack loss before / after the refresh steps since the last call (per epoch, by the trainer)."""
+        return self.bank.meter.read()
+
     def state_dict(self) -> dict:
         return {"avg_loss": self.avg_loss.clone(), "bank": self.bank.state_dict()}
 
@@ -128,8 +140,7 @@ class QADTR:
         self.bank.load_state_dict(state.get("bank", {}))
 
     def train_bits(self, step: int) -> int:
-        cfg = self.config
-        return draw_bits(cfg.bit_set, cfg.seed, step, cfg.schedule) if cfg.dbwt else cfg.fixed_bits
+        return self.config.train_bits(step)
 
     def patch_cell(self, step: int) -> tuple[int, int, int]:
         """(index, bit-width, size) of the training patches of ``step``."""

@@ -8,10 +8,14 @@ undefended model of equal training:
 - PBAT at bit-width *b* is fine-tuned from the undefended QAT model at *b* (one model per width), for
   ``steps_per_width`` steps.
 - DWQ and QADT-R (and every ablation) serve the whole bit set from one switchable model, so they get
-  ``len(bit_set)`` times as many steps, starting from the undefended multi-width model
-  (:func:`qadtr_core.zoo.multiwidth_config`), whose every width was trained like the QAT models.
+  ``len(bit_set)`` times as many steps, cycling through the widths (equal steps at each), starting from
+  the undefended multi-width model (:func:`qadtr_core.zoo.multiwidth_config`), whose every width got
+  the steps of its QAT model.
 
-:func:`budget_table` records, per defense, the start model, steps per width, inner steps and wall time.
+:func:`budget_table` records, per defense, the start model, the steps it takes at each width (counted
+from its own schedule), inner steps, refreshes per carried patch and wall time; :func:`inner_loss_table`
+shows that the carried inner attack still raises the training loss. :func:`surrogate_config` is the
+common transfer surrogate of the defense chapters.
 """
 from __future__ import annotations
 
@@ -23,12 +27,13 @@ import pandas as pd
 from ..data import Cifar10
 from ..profiles import Profile
 from ..quant import FULL_PRECISION, check_bits
-from ..train import TrainConfig, check_bit_set
-from ..zoo import TrainedModel, get_or_train, multiwidth_config, qat_config
+from ..train import TrainConfig, check_bit_set, steps_by_width, total_steps
+from ..zoo import TrainedModel, fp_config, get_or_train, multiwidth_config, qat_config
 from .dwq import DWQConfig
 from .pbat import PBATConfig
 from .qadtr import QADTRConfig
 
+SURROGATE_SEED_OFFSET = 1000  # the transfer surrogate never shares a seed with an evaluated model
 UNDEFENDED = "QAT (undefended)"
 MULTIWIDTH = "multi-width (undefended)"
 
@@ -123,27 +128,49 @@ def _start(config: TrainConfig) -> str:
     return "FP model" if parent.init is None else f"QAT {parent.bits} b"
 
 
+def _carried_cells(config: TrainConfig) -> int | None:
+    """Carried patch / perturbation cells of one model (None: no inner attack; 0: nothing carried)."""
+    p = config.strategy_params
+    if not hasattr(p, "carried_cells"):
+        return None
+    return p.carried_cells() if p.carry else 0
+
+
 def budget_table(configs: Mapping[str, Mapping[int, TrainConfig]],
                  models: Mapping[str, Mapping[int, TrainedModel]] | None = None, n_train: int = 50000) -> pd.DataFrame:
-    """Per defense: start model, widths served, optimiser steps per width, inner steps and wall time.
+    """Per defense: start model, widths served, optimiser steps at each width, inner steps, refreshes per
+    carried patch and wall time.
 
-    A shared-weight model's steps are divided by the widths it serves; a per-width model lists its own.
-    ``n_train`` caps each config's ``n_train`` (the size of the training set used). Wall time
-    (``train seconds``) is summed over a defense's distinct models and needs ``models``.
+    The steps at each width are *counted* from the schedule each strategy itself follows
+    (:func:`~qadtr_core.train.steps_by_width` over the config's total steps): a per-width model takes all
+    its steps at its width, a shared-weight model splits them as its schedule does (DWQ, QADT-R: cycling;
+    the multi-width model: in proportion to the QAT budgets; QADT-R without DBWT: all at one width, the
+    others 0). "steps per width" is their common value when the served widths all get the same, else
+    the list. "refreshes per carried patch" is the mean number of batches in which one carried patch
+    (DWQ: perturbation) is refreshed, each refresh taking "inner steps" signed steps: a model's steps
+    divided by its carried cells (PBAT: one; DWQ: one per width; QADT-R with A-QAPA: one per (width,
+    size) cell, 15 for 5 widths x 3 sizes; 0 when nothing is carried). ``n_train`` caps each config's
+    ``n_train`` (the size of the training set used). Wall time (``train seconds``) is summed over a
+    defense's distinct models and needs ``models``.
     """
     rows = []
+    widths = list(dict.fromkeys(b for per_bits in configs.values() for b in per_bits))
     for name, per_bits in configs.items():
         distinct = list(dict.fromkeys(per_bits.values()))
-        served = {c: [b for b, cc in per_bits.items() if cc == c] for c in distinct}
-        per_width = []
-        for c in distinct:
-            steps = c.epochs * max(1, min(c.n_train, n_train) // c.batch_size)
-            per_width += [steps // len(served[c])] * len(served[c])
+        counts = {c: steps_by_width(c, n_train) for c in distinct}
+        at = {b: counts[c].get(b, 0) for b, c in per_bits.items()}
         inner, kind = _inner(distinct[0])
+        cells = [(_carried_cells(c), total_steps(c, n_train)) for c in distinct]
+        refresh = (float("nan") if cells[0][0] is None else
+                   sum(t / k if k else 0.0 for k, t in cells) / len(cells))
         row = {"defense": name, "start model": ", ".join(dict.fromkeys(_start(c) for c in distinct)),
                "models": len(distinct), "widths served": len(per_bits),
-               "steps per width": per_width[0] if len(set(per_width)) == 1 else "/".join(map(str, per_width)),
-               "inner steps": inner, "inner attack": kind, "batch": distinct[0].batch_size}
+               "steps per width": (next(iter(at.values())) if len(set(at.values())) == 1
+                                   else " / ".join(f"{b} b: {k}" for b, k in at.items())),
+               **{f"steps at {b} b": at.get(b, float("nan")) for b in widths},
+               "total steps": sum(total_steps(c, n_train) for c in distinct),
+               "inner steps": inner, "inner attack": kind, "refreshes per carried patch": refresh,
+               "batch": distinct[0].batch_size}
         if models is not None:
             hashes = {}
             for b, tm in models[name].items():
@@ -151,6 +178,35 @@ def budget_table(configs: Mapping[str, Mapping[int, TrainConfig]],
             row["train seconds"] = sum(hashes.values())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def inner_loss_table(models: Mapping[str, Mapping[int, TrainedModel]]) -> pd.DataFrame:
+    """Per defense, model and epoch: the mean inner-attack loss (cross-entropy of the attacked images, eval
+    mode, at the attacked width) before and after the refresh steps, and the rise, from the training
+    history (:mod:`qadtr_core.defenses.carry`). A positive rise means the carried attack still raises the
+    training loss. Models without an inner attack are left out; a model trained before the loss was
+    recorded shows NaN."""
+    rows = []
+    for name, per_bits in models.items():
+        seen: dict[str, list[int]] = {}
+        for b, tm in per_bits.items():
+            if _carried_cells(tm.config) is not None:
+                seen.setdefault(tm.record["config_hash"], []).append(b)
+        for h, bs in seen.items():
+            tm = per_bits[bs[0]]
+            model = f"{bs[0]} b" if len(bs) == 1 else "shared"
+            for e in tm.record.get("history", []):
+                before, after = e.get("inner_loss_before", float("nan")), e.get("inner_loss_after", float("nan"))
+                rows.append({"defense": name, "model": model, "epoch": e.get("epoch"), "loss before": before,
+                             "loss after": after, "rise": after - before})
+    return pd.DataFrame(rows, columns=["defense", "model", "epoch", "loss before", "loss after", "rise"])
+
+
+def surrogate_config(profile: Profile, seed: int = 0) -> TrainConfig:
+    """The common transfer surrogate of every defense: an undefended FP model seeded independently
+    (``seed + SURROGATE_SEED_OFFSET``), so that it is neither the 32-bit undefended model nor PBAT-32's
+    parent (for which "transfer" would be white-box)."""
+    return fp_config(profile, seed + SURROGATE_SEED_OFFSET)
 
 
 def train_all(configs: dict[str, dict[int, TrainConfig]], data: Cifar10 | None = None, progress: bool = True,
