@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--only", metavar="CHAPTER", help="only this chapter's jobs (e.g. 02_defenses)")
     b.add_argument("--models-only", action="store_true", help="train the models, do not execute the notebooks")
     b.add_argument("--scheduler", metavar="ADDRESS",
-                   help="a Dask scheduler (tcp://host:8786); default: run here, in this process")
+                   help="a Dask scheduler (tcp://host:8786), or local[:N] for a local cluster of N worker "
+                        "processes (default 2); default: run here, in this process")
     b.add_argument("--threads", type=int, default=None,
                    help="torch threads per job (default: 1 with --scheduler, else torch's default)")
     b.add_argument("--retries", type=int, default=1, help="retries of a failed job on a cluster (default: 1)")

@@ -330,6 +330,15 @@ def run_graph(graph: Mapping[str, Job], device: str = "cpu", threads: int = 1, s
         return out
     from distributed import Client, as_completed
 
+    cluster = None
+    if isinstance(scheduler, str) and scheduler.startswith("local"):
+        # "local" or "local:N": a throw-away LocalCluster of N single-threaded worker processes on this
+        # machine (default 2), e.g. to check that a cluster build equals the in-process one.
+        from distributed import LocalCluster
+
+        n = int(scheduler.split(":", 1)[1]) if ":" in scheduler else 2
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        scheduler = cluster.scheduler_address
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
         resources = {"GPU": 1} if str(device).startswith("cuda") else None
@@ -349,6 +358,8 @@ def run_graph(graph: Mapping[str, Job], device: str = "cpu", threads: int = 1, s
     finally:
         if client is not scheduler:
             client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 @dataclass(frozen=True)
