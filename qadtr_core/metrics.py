@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .utils import eval_mode
+
 
 @dataclass(frozen=True)
 class Rate:
@@ -35,11 +37,8 @@ def check_target(target: int | None, num_classes: int) -> None:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Predicted labels of ``x`` (images in [0, 1]) at the model's current bit-width, in eval mode."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out
+    with eval_mode(model):
+        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> Rate:

@@ -12,7 +12,6 @@ attack config, the attacked models' hashes, the widths and the images.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from .patches import Placement, apply_patch, central_box, make_mask
 from .quant import FULL_PRECISION, set_bits
 from .stats import wilson
 from .threats import THREATS, WORST, PatchDistribution, Threat
-from .utils import Member
+from .utils import Member, fingerprint
 from .zoo import TrainedModel
 
 
@@ -65,12 +64,6 @@ def attack_config(threat: Threat, steps: int, restarts: int, seed: int, location
     """The per-image patch attack of ``threat`` (step 0.05, as in Rao et al.'s evaluation)."""
     return ImagePatchConfig(size=threat.size, shape=threat.shape, steps=steps, restarts=restarts, step_size=0.05,
                             avoid=None if threat.anywhere else central_box(10), seed=seed, location_opt=location_opt)
-
-
-def fingerprint(x: torch.Tensor) -> str:
-    """A short hash of images in [0, 1] as 8-bit pixels (the same on every device)."""
-    pixels = (x.detach() * 255).round().to(torch.uint8).cpu().numpy().tobytes()
-    return hashlib.sha256(pixels).hexdigest()[:16]
 
 
 def craft(members: Sequence[Member], hashes: Sequence[str], x: torch.Tensor, y: torch.Tensor,

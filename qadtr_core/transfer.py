@@ -8,7 +8,7 @@ is a tidy table (one row per source-target pair) and, from it, the source x targ
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
@@ -17,15 +17,15 @@ from torch import nn
 import numpy as np
 
 from .artifacts import cached_tensors
+from .attacks.image_patch import ImagePatchConfig, ImagePatches, image_patch_attack
 from .attacks.universal_patch import UniversalPatchAttack, UniversalPatchConfig
-from .metrics import predict
+from .data import to_float
+from .metrics import Rate, predict
 from .patches import Placement, apply_patch, make_mask, random_placement
 from .quant import bits as at_bits
 from .stats import Interval, wilson
-from .utils import Member
-
-if TYPE_CHECKING:
-    from .attacks.image_patch import ImagePatchConfig, ImagePatches
+from .strength import MIN_PASSES, TOLERANCE, converge_universal
+from .utils import Member, fingerprint
 
 # Per-image outcomes of one (source, target) cell: (hits, valid), boolean arrays over the images.
 # The rate is hits[valid].mean(); keeping the images lets every difference get a paired interval.
@@ -74,9 +74,6 @@ def converged_universal_patch(source: Member, source_id: str, x_train: torch.Ten
     its white-box strength curve (steps, asr, k, n, ci_low, ci_high, budget_exhausted) and the patch at
     every checkpoint, so that transfer along the curve can be evaluated on any target later.
     """
-    from .metrics import Rate
-    from .strength import converge_universal
-    from .utils import fingerprint
 
     mask = make_mask(config.size, config.shape)
 
@@ -90,8 +87,6 @@ def converged_universal_patch(source: Member, source_id: str, x_train: torch.Ten
         patch, curve, checkpoints = converge_universal(attack, white_box, progress=progress)
         return {"patch": patch.cpu(), "curve": curve.to_dict(orient="list"),
                 "checkpoints": {str(k): v for k, v in checkpoints.items()}}
-
-    from .strength import MIN_PASSES, TOLERANCE
 
     key = {"attack": config, "source": source_id, "bits": source[1], "n_train": len(x_train),
            "eval": fingerprint(x_eval), "placement": [placement.rows.tolist(), placement.cols.tolist()],
@@ -113,8 +108,6 @@ def fp_universal_patch(profile: Any, fp: Any, data: Any, size: int = 6, target: 
     """The converged universal patch of the FP model (a :class:`~qadtr_core.zoo.TrainedModel`) and its
     evaluation placements: the one patch the transferability, alignment, attribution and visibility
     chapters share (read from the cache when an earlier chapter crafted it)."""
-    from .data import to_float
-
     cfg = fp_universal_config(profile, size, target, seed)
     x_eval, y_eval = (t.to(device) for t in data.test_subset(profile.n_attack))
     x_train = to_float(data.x_train[: profile.n_patch_train]).to(device)
@@ -126,10 +119,8 @@ def fp_universal_patch(profile: Any, fp: Any, data: Any, size: int = 6, target: 
 
 
 def image_patches_per_source(sources: Mapping[str, Member], source_ids: Mapping[str, str], images: torch.Tensor,
-                             labels: torch.Tensor, config: "ImagePatchConfig") -> dict[str, "ImagePatches"]:
+                             labels: torch.Tensor, config: ImagePatchConfig) -> dict[str, ImagePatches]:
     """Per-image patches (with their per-step success record) crafted at each source, cached."""
-    from .attacks.image_patch import ImagePatches, image_patch_attack
-    from .utils import fingerprint
 
     out = {}
     for name, (model, b) in sources.items():

@@ -160,6 +160,20 @@ def test_defended_models_come_from_the_zoo_with_every_bit_ready(tmp_path, monkey
         assert tm.model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
 
 
+def _killed_after_one_epoch(tmp_path, data, cfg):
+    """Train QADT-R under ``cfg`` until it is killed at the first step of epoch 2; the checkpoint it leaves."""
+    class Dies(QADTR):
+        def __call__(self, model, x, y, step):
+            if step == 2:  # first step of epoch 2: the checkpoint holds epoch 1
+                raise KeyboardInterrupt
+            return super().__call__(model, x, y, step)
+
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), data, cfg, checkpoint=ckpt, loss_fn=Dies(FAST_QADTR), progress=False)
+    return ckpt
+
+
 def test_qadtr_state_is_checkpointed_and_resumed(tmp_path):
     data = synthetic_cifar(32, 4)
     cfg = TrainConfig(arch="smallcnn", epochs=2, lr=0.05, bits=4, batch_size=16, n_train=32, schedule="cosine",
@@ -168,15 +182,7 @@ def test_qadtr_state_is_checkpointed_and_resumed(tmp_path):
     reference = _model()
     train(reference, data, cfg, loss_fn=ref_strategy, progress=False)
 
-    class Dies(QADTR):
-        def __call__(self, model, x, y, step):
-            if step == 2:  # first step of epoch 2
-                raise KeyboardInterrupt
-            return super().__call__(model, x, y, step)
-
-    ckpt = tmp_path / "state.pt"
-    with pytest.raises(KeyboardInterrupt):
-        train(_model(), data, cfg, checkpoint=ckpt, loss_fn=Dies(FAST_QADTR), progress=False)
+    ckpt = _killed_after_one_epoch(tmp_path, data, cfg)
     resumed_strategy = QADTR(FAST_QADTR)
     resumed = _model()
     train(resumed, data, cfg, checkpoint=ckpt, loss_fn=resumed_strategy, progress=False)
@@ -320,15 +326,7 @@ def test_a_checkpoint_with_a_broken_strategy_state_starts_over(tmp_path, caplog)
     ref_strategy, reference = QADTR(FAST_QADTR), _model()
     train(reference, data, cfg, loss_fn=ref_strategy, progress=False)
 
-    class Dies(QADTR):
-        def __call__(self, model, x, y, step):
-            if step == 2:  # first step of epoch 2: the checkpoint holds epoch 1
-                raise KeyboardInterrupt
-            return super().__call__(model, x, y, step)
-
-    ckpt = tmp_path / "state.pt"
-    with pytest.raises(KeyboardInterrupt):
-        train(_model(), data, cfg, checkpoint=ckpt, loss_fn=Dies(FAST_QADTR), progress=False)
+    ckpt = _killed_after_one_epoch(tmp_path, data, cfg)
     state = load_tensors(ckpt)
     state["strategy"] = {"bank": state["strategy"]["bank"]}  # the A-QAPA averages are lost: unusable
     save_tensors(ckpt, state)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..metrics import predict, targeted_asr
 from ..patches import apply_patch, fixed_placement
+from ..utils import eval_mode
 
 Method = Literal["occlusion", "saliency", "integrated_gradients", "gradcam"]
 METHODS: tuple[str, ...] = ("occlusion", "saliency", "integrated_gradients", "gradcam")
@@ -40,25 +41,23 @@ def attribution_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, met
                     stride: int = 4, ig_steps: int = 32, internal_batch_size: int = 64,
                     layer: nn.Module | None = None) -> torch.Tensor:
     """Non-negative attribution maps ``(N, 1, H, W)`` of ``target`` at the model's current bit-width."""
-    was_training = model.training
-    model.eval()
-    c = x.shape[1]
-    x = x.detach().clone().requires_grad_(method != "occlusion")  # captum would switch it on with a warning
-    if method == "occlusion":
-        attr = Occlusion(model).attribute(x, target=target, sliding_window_shapes=(c, window, window),
-                                          strides=(c, stride, stride), baselines=0.0)
-        out = attr.clamp_min(0).sum(1, keepdim=True)
-    elif method == "saliency":
-        out = Saliency(model).attribute(x, target=target, abs=True).sum(1, keepdim=True)
-    elif method == "integrated_gradients":
-        attr = IntegratedGradients(model).attribute(x, target=target, n_steps=ig_steps, internal_batch_size=internal_batch_size)
-        out = attr.clamp_min(0).sum(1, keepdim=True)
-    elif method == "gradcam":
-        cam = LayerGradCam(model, layer or last_block(model)).attribute(x, target=target)
-        out = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear").clamp_min(0)
-    else:
-        raise ValueError(f"unknown attribution method {method!r}; allowed: {', '.join(METHODS)}")
-    model.train(was_training)
+    with eval_mode(model):
+        c = x.shape[1]
+        x = x.detach().clone().requires_grad_(method != "occlusion")  # captum would switch it on with a warning
+        if method == "occlusion":
+            attr = Occlusion(model).attribute(x, target=target, sliding_window_shapes=(c, window, window),
+                                              strides=(c, stride, stride), baselines=0.0)
+            out = attr.clamp_min(0).sum(1, keepdim=True)
+        elif method == "saliency":
+            out = Saliency(model).attribute(x, target=target, abs=True).sum(1, keepdim=True)
+        elif method == "integrated_gradients":
+            attr = IntegratedGradients(model).attribute(x, target=target, n_steps=ig_steps, internal_batch_size=internal_batch_size)
+            out = attr.clamp_min(0).sum(1, keepdim=True)
+        elif method == "gradcam":
+            cam = LayerGradCam(model, layer or last_block(model)).attribute(x, target=target)
+            out = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear").clamp_min(0)
+        else:
+            raise ValueError(f"unknown attribution method {method!r}; allowed: {', '.join(METHODS)}")
     return out.detach()
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from captum.robust import PGD
 from torch import nn
+from ..utils import eval_mode
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,11 @@ def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, con
     """Untargeted L-inf PGD adversarial examples of ``images`` against ``model`` at its current bit-width."""
     if not torch.isfinite(images).all():
         raise ValueError("images must be finite")
-    was_training = model.training
-    model.eval()
     pgd = PGD(model, loss_func=_ce_per_image, lower_bound=0.0, upper_bound=1.0)
     torch.manual_seed(config.seed)  # captum draws its random start from the global generator
-    with warnings.catch_warnings():  # captum notes that it switches on input gradients itself
+    with eval_mode(model), warnings.catch_warnings():  # captum notes that it switches on input gradients itself
         warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
         out = [pgd.perturb(images[i:i + batch_size], radius=config.eps, step_size=config.step_size,
                            step_num=config.steps, target=labels[i:i + batch_size], random_start=config.random_start)
                for i in range(0, len(images), batch_size)]
-    model.train(was_training)
     return torch.cat(out).detach()

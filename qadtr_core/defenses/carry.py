@@ -59,22 +59,43 @@ def _ce_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(F.cross_entropy(model(x), y, reduction="sum"))
 
 
-class PatchBank:
-    """Per-cell patches carried from batch to batch (see the module doc)."""
+class _Bank:
+    """What a carried inner attack keeps: one tensor per cell (``carried``) and its loss meter."""
 
     def __init__(self) -> None:
-        self.patches: dict[str, torch.Tensor] = {}
+        self.carried: dict[str, torch.Tensor] = {}
         self.meter = InnerLossMeter()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.patches.items()}
+        return {k: v.detach().cpu().clone() for k, v in self.carried.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.patches = {k: v.clone() for k, v in state.items()}
+        self.carried = {k: v.clone() for k, v in state.items()}
+
+
+class CarriedStrategy:
+    """A batch loss whose inner attack is carried in ``self.bank``: the bank is its checkpointed state and
+    its meter gives the trainer the inner attack's loss gain once per epoch."""
+
+    bank: _Bank
+
+    def inner_record(self) -> dict[str, float]:
+        """Mean inner-attack loss before / after the refresh steps since the last call (per epoch, by the trainer)."""
+        return self.bank.meter.read()
+
+    def state_dict(self) -> dict:
+        return {"bank": self.bank.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bank.load_state_dict(state["bank"])
+
+
+class PatchBank(_Bank):
+    """Per-cell patches carried from batch to batch (see the module doc)."""
 
     def start(self, cell: str, k: int, channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
         """The carried patches of ``cell`` (uniform noise when none, or when the slot count changed)."""
-        p = self.patches.get(cell)
+        p = self.carried.get(cell)
         if p is None or p.shape != (k, channels, size, size):
             p = torch.rand(k, channels, size, size, generator=generator)
         return p
@@ -99,28 +120,18 @@ class PatchBank:
                 p = (p.detach() + step_size * grad.sign()).clamp_(0, 1)
             after = _ce_sum(model, apply_patch(x, p.detach(), mask, place), y)
         self.meter.add(after if before is None else before, after, len(x))
-        self.patches[cell] = p.detach()
+        self.carried[cell] = p.detach()
         return apply_patch(x, p.detach(), mask, place).detach()
 
 
-class PerturbationBank:
+class PerturbationBank(_Bank):
     """Per-bit-width L-inf perturbations carried from batch to batch (free adversarial training)."""
-
-    def __init__(self) -> None:
-        self.deltas: dict[str, torch.Tensor] = {}
-        self.meter = InnerLossMeter()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.deltas.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.deltas = {k: v.clone() for k, v in state.items()}
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cell: str, eps: float, steps: int,
                step_size: float, generator: torch.Generator) -> torch.Tensor:
         """``x + delta`` after ``steps`` projected signed steps from ``cell``'s carried ``delta``."""
         _check(steps, step_size)
-        d = self.deltas.get(cell)
+        d = self.carried.get(cell)
         if d is None or d.shape != x.shape:
             d = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
         d = d.to(x)
@@ -135,5 +146,5 @@ class PerturbationBank:
             d = ((x + d).clamp(0, 1) - x).detach()
             after = _ce_sum(model, x + d, y)
         self.meter.add(after if before is None else before, after, len(x))
-        self.deltas[cell] = d
+        self.carried[cell] = d
         return (x + d).detach()

@@ -24,7 +24,7 @@ from ..attacks.pgd import PGDConfig, pgd_attack
 from ..quant import set_bits
 from ..train import TrainConfig, check_bit_set, draw_bits, register_strategy
 from ..utils import seeded_generator, stream_seed
-from .carry import PerturbationBank
+from .carry import CarriedStrategy, PerturbationBank
 
 
 @dataclass(frozen=True)
@@ -67,22 +67,12 @@ class DWQConfig:
         return len(self.bit_set)
 
 
-class DWQ:
+class DWQ(CarriedStrategy):
     """The DWQ batch loss: cross-entropy on adversarial examples at a randomly drawn bit-width."""
 
     def __init__(self, config: DWQConfig = DWQConfig()) -> None:
         self.config = config
         self.bank = PerturbationBank()
-
-    def inner_record(self) -> dict[str, float]:
-        """Mean inner-attack loss before / after the refresh steps since the last call (per epoch, by the trainer)."""
-        return self.bank.meter.read()
-
-    def state_dict(self) -> dict:
-        return {"bank": self.bank.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.bank.load_state_dict(state["bank"])
 
     def inner(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         """Adversarial versions of the whole batch at the model's current width."""

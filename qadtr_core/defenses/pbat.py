@@ -21,7 +21,7 @@ from ..quant import get_bits
 from ..threats import PatchDistribution
 from ..train import TrainConfig, register_strategy
 from ..utils import seeded_generator
-from .carry import PatchBank
+from .carry import CarriedStrategy, PatchBank
 
 
 @dataclass(frozen=True)
@@ -76,22 +76,12 @@ def mixed_loss(logits: torch.Tensor, y: torch.Tensor, k: int, fraction: float) -
     return ce
 
 
-class PBAT:
+class PBAT(CarriedStrategy):
     """The PBAT batch loss (a trainer ``loss_fn`` with state: the carried patches)."""
 
     def __init__(self, config: PBATConfig = PBATConfig()) -> None:
         self.config = config
         self.bank = PatchBank()
-
-    def inner_record(self) -> dict[str, float]:
-        """Mean inner-attack loss before / after the refresh steps since the last call (per epoch, by the trainer)."""
-        return self.bank.meter.read()
-
-    def state_dict(self) -> dict:
-        return {"bank": self.bank.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.bank.load_state_dict(state["bank"])
 
     def inner(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         """The patched versions of the first ``adv_fraction`` of the batch, at the model's current width."""
@@ -99,7 +89,7 @@ class PBAT:
         k = n_patched(cfg.adv_fraction, len(x))
         cell = f"{get_bits(model)}b_{cfg.patch_size}px"
         if not cfg.carry:
-            self.bank.patches.pop(cell, None)
+            self.bank.carried.pop(cell, None)
         return self.bank.attack(model, x[:k], y[:k], cell, cfg.patch_size, cfg.inner_steps, cfg.inner_step_size,
                                 cfg.avoid, seeded_generator(cfg.seed, step))
 

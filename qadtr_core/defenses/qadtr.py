@@ -32,7 +32,7 @@ from ..quant import FULL_PRECISION, bits as at_bits, check_bits, set_bits
 from ..threats import PatchDistribution
 from ..train import TrainConfig, check_bit_set, draw_bits, register_strategy
 from ..utils import eval_mode, seeded_generator
-from .carry import PatchBank
+from .carry import CarriedStrategy, PatchBank
 from .pbat import mixed_loss, n_patched
 
 
@@ -118,7 +118,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, create_gr
     return grad
 
 
-class QADTR:
+class QADTR(CarriedStrategy):
     """The QADT-R batch loss; call it as the trainer's ``loss_fn``. ``last_terms`` holds the loss terms."""
 
     def __init__(self, config: QADTRConfig = QADTRConfig()) -> None:
@@ -127,10 +127,6 @@ class QADTR:
         self.avg_loss = torch.zeros(len(self.cells))
         self.bank = PatchBank()
         self.last_terms: dict[str, float] = {}
-
-    def inner_record(self) -> dict[str, float]:
-        """Mean inner-attack loss before / after the refresh steps since the last call (per epoch, by the trainer)."""
-        return self.bank.meter.read()
 
     def state_dict(self) -> dict:
         return {"avg_loss": self.avg_loss.clone(), "bank": self.bank.state_dict()}
@@ -160,7 +156,7 @@ class QADTR:
         k = n_patched(cfg.adv_fraction, len(x))
         key = f"{patch_bits}b_{size}px"
         if not cfg.carry:
-            self.bank.patches.pop(key, None)
+            self.bank.carried.pop(key, None)
         with at_bits(model, patch_bits):
             return self.bank.attack(model, x[:k], y[:k], key, size, cfg.inner_steps, cfg.inner_step_size, cfg.avoid,
                                     seeded_generator(cfg.seed, step))
