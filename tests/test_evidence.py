@@ -78,20 +78,22 @@ def test_doubling_schedule_anneals_at_every_phase_end():
 
 
 def test_converge_universal_stops_once_doubling_adds_nothing():
+    # A 24 px patch covers enough of the image for pure red to move the colour model to class 0.
     x, y = _images(48)
-    place = random_placement(len(x), 6, torch.Generator().manual_seed(1))
-    mask = make_mask(6)
+    place = random_placement(len(x), 24, torch.Generator().manual_seed(1))
+    mask = make_mask(24)
     model = ChannelMeanModel()
 
     def white_box(patch):
         return targeted_asr(model(apply_patch(x, patch, mask, place)).argmax(1), y, 0)
 
-    cfg = UniversalPatchConfig(size=6, target=0, steps=256, first_phase=4, batch_size=16, optimizer="sign", step_size=0.1)
+    cfg = UniversalPatchConfig(size=24, target=0, steps=256, first_phase=4, batch_size=16, optimizer="sign", step_size=0.1)
     attack = UniversalPatchAttack([(model, 32)], x, y, cfg)
     patch, curve, _ = converge_universal(attack, white_box)
     assert attack.step < 256  # stopped early: the colour model is beaten within a few steps
     wb = curve[curve["evaluated on"] == "white-box"].asr.tolist()
     assert wb[-1] - wb[-2] < 0.02 and not curve.budget_exhausted.iloc[-1]
+    assert wb[-1] >= 0.9 and patch[0].mean() > 0.9  # it stopped because it won (a red patch), not because it idled
     assert universal_strength("red", curve, 0.0).converged
 
 
