@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,9 @@ def executed_profile(results_dir: Path) -> str:
 
 def source_commit(repo: Path | None = None) -> str:
     """The commit of the checkout (``<sha>-dirty`` with uncommitted changes to tracked files, ``unknown``
-    outside git). Changes under ``book/results`` and ``_build`` do not count: they are the outputs that a
-    book build writes, so a rebuild over committed results still names a clean commit."""
+    outside git, unless ``$QADTR_COMMIT`` names it: a copy of a checkout without its history, such as a
+    GPU build machine's). Changes under ``book/results`` and ``_build`` do not count: they are the outputs
+    that a book build writes, so a rebuild over committed results still names a clean commit."""
     repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10,
@@ -58,7 +60,7 @@ def source_commit(repo: Path | None = None) -> str:
                                 ":(exclude)book/results", ":(exclude)_build"],
                                cwd=repo, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("QADTR_COMMIT") or "unknown"
     return sha + ("-dirty" if dirty else "")
 
 

@@ -1,7 +1,7 @@
 """The ``qadtr`` command line: build the artifact cache, see what is in it, move it between machines.
 
     qadtr build  --profile P [--device D] [--seeds 0 1 2] [--only CHAPTER] [--models-only]
-                 [--scheduler ADDRESS] [--threads K] [--dry-run]
+                 [--scheduler ADDRESS | --workers N] [--book DIR] [--threads K] [--dry-run]
     qadtr status --profile P [--seeds 0 1 2]
     qadtr export --profile P ARCHIVE
     qadtr import ARCHIVE
@@ -37,9 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--scheduler", metavar="ADDRESS",
                    help="a Dask scheduler (tcp://host:8786), or local[:N] for a local cluster of N worker "
                         "processes (default 2); default: run here, in this process")
+    b.add_argument("--workers", type=int, default=1,
+                   help="without --scheduler: run up to this many jobs at once, each in its own process "
+                        "(several small jobs share one GPU); default: %(default)s")
     b.add_argument("--threads", type=int, default=None,
                    help="torch threads per job (default: 1 with --scheduler, else torch's default)")
     b.add_argument("--retries", type=int, default=1, help="retries of a failed job on a cluster (default: 1)")
+    b.add_argument("--book", metavar="DIR", type=Path, default=None,
+                   help="execute the chapters into DIR as the book's results (as `make notebooks` does, e.g. "
+                        "book/results; figures into DIR/../_static), every chapter, cached or not")
     b.add_argument("--dry-run", action="store_true", help="list the jobs to run, run nothing")
 
     s = sub.add_parser("status", help="what of a profile is cached, what is missing, estimated GPU cost")
@@ -62,6 +68,9 @@ def _build(args: argparse.Namespace) -> int:
 
     from . import jobs
 
+    if args.book is not None and (args.models_only or len(args.seeds) > 1):
+        raise SystemExit(f"--book {args.book} executes the chapters of one seed: drop --models-only and give one seed "
+                         f"(got --seeds {' '.join(map(str, args.seeds))})")
     graph = jobs.build_graph(args.profile, args.seeds, only=args.only, models_only=args.models_only)
     todo = [j for j in graph.values() if not jobs.is_done(j)]
     print(f"{args.profile}: {len(graph)} jobs, {len(graph) - len(todo)} cached, {len(todo)} to run "
@@ -72,7 +81,8 @@ def _build(args: argparse.Namespace) -> int:
         return 0
     threads = args.threads or (1 if args.scheduler else torch.get_num_threads())
     jobs.run_graph(graph, device=args.device, threads=threads, scheduler=args.scheduler, retries=args.retries,
-                   progress=not args.scheduler and sys.stderr.isatty(),
+                   workers=args.workers, book=args.book,
+                   progress=not args.scheduler and args.workers == 1 and sys.stderr.isatty(),
                    on_done=lambda r: print(f"  done {r['label']} ({r['seconds']:.0f} s)", flush=True))
     return 0
 

@@ -232,12 +232,15 @@ def _fault_once(key: str) -> None:
 
 
 def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = None, data: str | None = None,
-            progress: bool = False) -> dict[str, Any]:
+            progress: bool = False, book: str | None = None) -> dict[str, Any]:
     """Run one job here (in this process or on a cluster worker) and return a small record of it.
 
     ``threads`` pins ``torch.set_num_threads`` (and ``OMP_NUM_THREADS`` for a notebook kernel), so that a
     job computes the same bytes wherever it runs; ``root`` is the artifact root and ``data`` the
     CIFAR-10 source (default: ``$QADTR_ARTIFACTS`` / ``$QADTR_CIFAR10`` as seen by the worker).
+    ``book`` (a folder, e.g. ``book/results``): a notebook job executes into it as ``make notebooks``
+    does (figures into ``<book>/../_static``, the scorecard's JSON beside the notebooks, the commit stamped),
+    and runs even where the scratch run is cached, so that every notebook of the book comes from this build.
     """
     from .data import ENV_VAR as DATA_VAR
 
@@ -246,13 +249,15 @@ def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = 
     _fault_once(job.key)
     t0 = time.perf_counter()
     with _settings(threads, {ARTIFACTS_VAR: root, DATA_VAR: data, "OMP_NUM_THREADS": str(int(threads))}):
-        if is_done(job):
+        if is_done(job) and (job.kind == "train" or book is None):
             return {"key": job.key, "label": job.label, "ran": False, "seconds": 0.0}
         if job.kind == "train":
             from .data import load_cifar10
             from .zoo import get_or_train
 
             get_or_train(job.config, load_cifar10(data), progress=progress, device=device)
+        elif book is not None:
+            _run_book_notebook(job, device, Path(book))
         else:
             _run_notebook(job, device, progress)
     return {"key": job.key, "label": job.label, "ran": True, "seconds": time.perf_counter() - t0}
@@ -298,6 +303,26 @@ def _run_notebook(job: Job, device: str, progress: bool) -> None:
                                                      "seed": job.seed, "parameters": params, "deps": list(job.deps)})
 
 
+def _run_book_notebook(job: Job, device: str, book: Path) -> None:
+    """Execute a chapter into the book folder with ``make notebooks``'s parameters (plus the device)."""
+    import papermill
+
+    from .bookconfig import source_commit, stamp
+
+    declared = notebook_parameters(job.chapter)
+    params: dict[str, Any] = {"profile": job.profile}
+    book = book.resolve()
+    for name, value in (("seed", job.seed), ("device", device), ("progress", False),
+                        ("static_dir", str(book.parent / "_static")), ("scorecard_json", str(book / "scorecard.json"))):
+        if name in declared:
+            params[name] = value
+    book.mkdir(parents=True, exist_ok=True)
+    out = book / f"{job.chapter}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{job.chapter}.ipynb"), str(out), parameters=params,
+                               cwd=str(NOTEBOOK_DIR), progress_bar=False)
+    stamp([out], source_commit())
+
+
 def _after(job: Job, kwargs: dict[str, Any], *deps: Any) -> dict[str, Any]:
     """A job run on a Dask worker once its dependencies' results (``deps``) are in."""
     return run_job(job, **kwargs)
@@ -305,8 +330,14 @@ def _after(job: Job, kwargs: dict[str, Any], *deps: Any) -> dict[str, Any]:
 
 def run_graph(graph: Mapping[str, Job], device: str = "cpu", threads: int = 1, scheduler: str | Any | None = None,
               root: str | Path | None = None, data: str | None = None, retries: int = 1, progress: bool = False,
-              on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+              on_done: Callable[[dict[str, Any]], None] | None = None, workers: int = 1,
+              book: str | Path | None = None) -> list[dict[str, Any]]:
     """Run every job of ``graph`` that is not in the cache yet; returns the records of the jobs run.
+
+    ``workers`` > 1 (without a scheduler) runs up to that many jobs at once, each in its own process on
+    ``device``, a job starting once its dependencies are done: several small-model jobs then share one
+    GPU, whose kernels they are too small to fill alone. No Dask is needed for this. ``book``: the
+    notebook jobs execute into that folder as the book's results (see :func:`run_job`), all of them.
 
     With ``scheduler`` (a Dask scheduler address, or a ``distributed.Client``), jobs are submitted to
     that cluster, each as the task named by its key, with its dependencies' tasks as inputs,
@@ -314,11 +345,16 @@ def run_graph(graph: Mapping[str, Job], device: str = "cpu", threads: int = 1, s
     ``--resources GPU=1``). Without one, they run here, one after the other, as
     ``get_or_train`` always did. Dask is imported only when a scheduler is given.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     root_s = str(Path(root).resolve()) if root is not None else str(artifact_root())
-    todo = [j for j in graph.values() if not is_done(j, Path(root_s))]
-    kwargs = {"device": device, "threads": threads, "root": root_s, "data": data, "progress": progress}
+    todo = [j for j in graph.values() if not is_done(j, Path(root_s)) or (book is not None and j.kind == "notebook")]
+    kwargs = {"device": device, "threads": threads, "root": root_s, "data": data, "progress": progress,
+              "book": str(Path(book).resolve()) if book is not None else None}
     if not todo:
         return []
+    if scheduler is None and workers > 1:
+        return _run_pool(graph, todo, kwargs, workers, on_done)
     if scheduler is None:
         out = []
         for job in todo:
@@ -360,6 +396,34 @@ def run_graph(graph: Mapping[str, Job], device: str = "cpu", threads: int = 1, s
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _run_pool(graph: Mapping[str, Job], todo: Sequence[Job], kwargs: dict[str, Any], workers: int,
+              on_done: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    """:func:`run_graph` on a pool of ``workers`` fresh processes (spawned: CUDA cannot be forked)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    waiting = {j.key: j for j in todo}
+    running: dict[Any, str] = {}
+    out: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while waiting or running:
+            ready = [j for j in waiting.values() if all(d not in waiting and d not in running.values() for d in j.deps)]
+            for job in ready[: max(0, workers - len(running))]:
+                log.info("running %s (%s)", job.label, job.key)
+                running[pool.submit(run_job, job, **kwargs)] = job.key
+                del waiting[job.key]
+            if not running:
+                raise RuntimeError(f"jobs whose dependencies can never finish: {sorted(waiting)}")
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                del running[fut]
+                rec = fut.result()  # a failed job fails the build, as in the in-process run
+                out.append(rec)
+                if on_done:
+                    on_done(rec)
+    return out
 
 
 @dataclass(frozen=True)

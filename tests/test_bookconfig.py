@@ -113,3 +113,14 @@ def test_committed_results_come_from_one_profile_and_one_commit():
         (committed / Path(name).name).write_bytes(blob)
     prov = executed_provenance(committed)
     assert prov["commit"] not in ("unknown", "") and not prov["commit"].endswith("-dirty"), prov
+
+
+def test_source_commit_outside_git_reads_the_setting(tmp_path, monkeypatch):
+    """A copy without git history (a GPU build machine) names its commit through $QADTR_COMMIT; a git
+    checkout ignores the setting, so a stale value can never relabel real history."""
+    monkeypatch.delenv("QADTR_COMMIT", raising=False)
+    assert bookconfig.source_commit(tmp_path) == "unknown"
+    monkeypatch.setenv("QADTR_COMMIT", "abc123")
+    assert bookconfig.source_commit(tmp_path) == "abc123"
+    repo = Path(bookconfig.__file__).resolve().parents[1]
+    assert bookconfig.source_commit(repo).split("-")[0] != "abc123"

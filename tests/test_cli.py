@@ -150,3 +150,40 @@ def test_default_device():
     from qadtr_core.utils import default_device
 
     assert default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_worker_pool_builds_the_same_bytes_in_dependency_order(tmp_path):
+    """``workers=2``: two seeds' parent/child chains in a process pool give the in-process checkpoints,
+    and no child starts before its parent is done (it fine-tunes the parent's weights)."""
+    import numpy as np
+
+    from qadtr_core.testing import synthetic_cifar
+    from qadtr_core.train import TrainConfig
+
+    d = synthetic_cifar(n_train=128, n_test=16, seed=0)
+    data = tmp_path / "tiny.npz"
+    nhwc = lambda x: x.permute(0, 2, 3, 1).numpy()  # noqa: E731
+    np.savez(data, x_train=nhwc(d.x_train), y_train=d.y_train.numpy(), x_test=nhwc(d.x_test), y_test=d.y_test.numpy())
+    configs = {}
+    for seed in (0, 1):
+        parent = TrainConfig(arch="smallcnn", epochs=1, lr=0.05, batch_size=64, n_train=128, seed=seed, profile="test")
+        configs[f"s{seed}"] = [parent, dataclasses.replace(parent, bits=4, lr=0.01, schedule="cosine", init=parent)]
+    graph = jobs.build_graph("smoke", configs=configs)
+    order: list[str] = []
+    ran = jobs.run_graph(graph, threads=1, root=tmp_path / "pool", data=str(data), workers=2,
+                         on_done=lambda r: order.append(r["key"]))
+    assert len(ran) == 4
+    for job in graph.values():
+        for dep in job.deps:
+            assert order.index(dep) < order.index(job.key)
+    jobs.run_graph(graph, threads=1, root=tmp_path / "serial", data=str(data))
+    read = lambda root: {p.parent.name: p.read_bytes() for p in (root / "models").glob("*/model.pt")}  # noqa: E731
+    assert read(tmp_path / "pool") == read(tmp_path / "serial") and len(read(tmp_path / "serial")) == 4
+    with pytest.raises(ValueError, match="workers"):
+        jobs.run_graph(graph, root=tmp_path / "none", data=str(data), workers=0, threads=1)
+
+
+def test_book_build_refuses_models_only_and_several_seeds(capsys):
+    for extra in (["--models-only"], ["--seeds", "0", "1"]):
+        with pytest.raises(SystemExit, match="--book"):
+            cli.main(["build", "--profile", "smoke", "--book", "book/results", "--dry-run", *extra])
