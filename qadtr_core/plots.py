@@ -135,7 +135,7 @@ def image_grid(images: dict[str, torch.Tensor], captions: dict[str, str] | None 
     """Show ``(C,H,W)`` images in [0, 1] in one row, with optional captions under each."""
     fig, axes = plt.subplots(1, len(images), figsize=(scale * len(images), scale + 0.6), squeeze=False)
     for ax, (name, img) in zip(axes[0], images.items()):
-        ax.imshow(img.detach().permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        ax.imshow(img.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
         ax.set_title(name, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -157,12 +157,12 @@ def map_grid(maps: dict[str, dict[str, torch.Tensor]], title: str, image: torch.
     fig, axes = plt.subplots(len(rows), len(cols) + extra, figsize=(1.7 * (len(cols) + extra), 1.7 * len(rows) + 0.5), squeeze=False)
     for i, r in enumerate(rows):
         if extra:
-            axes[i, 0].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            axes[i, 0].imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
             axes[i, 0].set_ylabel(r, fontsize=8)
         for j, c in enumerate(cols):
             m = maps[r][c]
             ax = axes[i, j + extra]
-            ax.imshow((m / m.max().clamp_min(1e-12)).numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow((m / m.max().clamp_min(1e-12)).detach().cpu().numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
             if i == 0:
                 ax.set_title(c, fontsize=8)
             if j + extra == 0:
