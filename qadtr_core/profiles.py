@@ -104,15 +104,15 @@ PROFILES: dict[str, Profile] = {
                      n_attack=1000, patch_steps=500, patch_batch=64, n_patch_train=50000,
                      # the 10x10 targeted patch still gained 4 points from 1,000 to 2,000 steps (2026-11-29): 4,000
                      patch_first_phase=250, patch_max_steps=4000,
-                     # per-image patch: 40 steps x 2 restarts had not converged (halving either lost > 2 points,
-                     # 2026-11-29); the protocol's 100 steps, with 4 restarts so that halving them can be read
-                     image_patch_steps=100, image_patch_restarts=4,
+                     # per-image patch: cut to what 2 CPU cores afford beside the rest (40 steps x 2 restarts had
+                     # not converged on 2026-11-29, so this one will not either: the chapter shows its curve)
+                     image_patch_steps=20, image_patch_restarts=2,
                      n_attribution=64, ig_steps=32, n_location=200, location_stride=3,
-                     # defenses: 200 steps per width served, 1 carried inner step; threats on all 1,000 images with
-                     # the protocol's 100-step attack (one restart: its half-steps reading shows convergence). These
-                     # budgets need a GPU for the heavy parts (`qadtr build --device cuda`): see the README's times
+                     # defenses: 200 steps per width served (trained on a GPU, 2026-11-29), 1 carried inner step;
+                     # threats on 200 images with a 10-step attack: what 2 CPU cores afford for 2 x 5 x 8 defense
+                     # cells and their EOT threats; the paper profile has the protocol's 1,000 images and 100 steps
                      defense_n_train=25600, defense_epochs=1, defense_batch=128, defense_lr=0.01, defense_inner_steps=1,
-                     n_defense_eval=1000, defense_attack_steps=100, defense_attack_restarts=1),
+                     n_defense_eval=200, defense_attack_steps=10, defense_attack_restarts=1),
     # The paper's budgets as far as they are known. Sources: TriQDef (arXiv 2508.12132, the same authors'
     # follow-up; paper.md 3.2) and protocol.md; "reconstruction" = not stated anywhere, our choice.
     # Budgets only: every definition (patch sizes, placements, step size 0.05, bit set) is the quick profile's.
