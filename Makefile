@@ -72,14 +72,17 @@ book-smoke: $(STAMP)
 	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
 
 # The committed results (book/results, book/_static) rendered in a copy, as the publish workflow renders
-# them: one profile and one commit throughout (bookconfig check), no execution. Skipped while none is committed.
+# them (the files of HEAD, not the working tree): one profile and one commit throughout (bookconfig check),
+# no execution. Skipped while none is committed.
 COMMITTED_BOOK := _build/committed-book
 committed-book: $(STAMP)
-	@if git ls-files book/results | grep -q '\.ipynb$$'; then \
-	  $(PY) -m qadtr_core.bookconfig check book/results && \
-	  rm -rf $(COMMITTED_BOOK) && mkdir -p $(COMMITTED_BOOK)/book && \
+	rm -rf $(COMMITTED_BOOK)
+	@git rev-parse --git-dir >/dev/null || { echo "committed-book: not a git checkout, so no committed results to check"; exit 1; }
+	@if [ -n "$$(git ls-files 'book/results/*.ipynb')" ]; then \
+	  mkdir -p $(COMMITTED_BOOK)/book && \
+	  git archive HEAD book/results book/_static | tar -x -C $(COMMITTED_BOOK) && \
+	  $(PY) -m qadtr_core.bookconfig check $(COMMITTED_BOOK)/book/results && \
 	  cp _config.yml _toc.yml $(COMMITTED_BOOK)/ && cp book/*.md book/*.bib book/*.png $(COMMITTED_BOOK)/book/ && \
-	  cp -r book/results book/_static $(COMMITTED_BOOK)/book/ && \
 	  cd $(COMMITTED_BOOK) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
 	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going; \
 	else echo "no results committed under book/results: nothing to render"; fi

@@ -50,14 +50,14 @@ def executed_profile(results_dir: Path) -> str:
 def source_commit(repo: Path | None = None) -> str:
     """The commit of the checkout (``<sha>-dirty`` with uncommitted changes to tracked files, ``unknown``
     outside git, unless ``$QADTR_COMMIT`` names it: a copy of a checkout without its history, such as a
-    GPU build machine's). Changes under ``book/results`` and ``_build`` do not count: they are the outputs
-    that a book build writes, so a rebuild over committed results still names a clean commit."""
+    GPU build machine's). Changes under ``book/results``, ``book/_static`` and ``_build`` do not count: they
+    are the outputs that a book build writes, so a rebuild over committed results still names a clean commit."""
     repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10,
                              check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)book/results", ":(exclude)_build"],
+                                ":(exclude)book/results", ":(exclude)book/_static", ":(exclude)_build"],
                                cwd=repo, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("QADTR_COMMIT") or "unknown"

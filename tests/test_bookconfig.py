@@ -123,7 +123,8 @@ def test_source_commit_outside_git_reads_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("QADTR_COMMIT", "abc123")
     assert bookconfig.source_commit(tmp_path) == "abc123"
     repo = Path(bookconfig.__file__).resolve().parents[1]
-    assert bookconfig.source_commit(repo).split("-")[0] != "abc123"
+    if (repo / ".git").exists():  # in a git checkout (not a copy without history) the setting is ignored
+        assert bookconfig.source_commit(repo).split("-")[0] != "abc123"
 
 
 def test_the_scorecard_json_must_match_the_notebooks(tmp_path):
