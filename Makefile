@@ -28,7 +28,7 @@ endif
 export QADTR_ARTIFACTS ?= $(CURDIR)/artifacts
 export QADTR_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: venv book notebooks html test unit nbval book-smoke browser chromium bench clean lint export import
+.PHONY: venv book notebooks html test unit nbval book-smoke committed-book browser chromium bench clean lint export import
 
 # (Re)build .venv when it is missing or when requirements.txt / pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -71,6 +71,22 @@ book-smoke: $(STAMP)
 	cd $(SMOKE_BOOK) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
 	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
 
+# The committed results (book/results, book/_static) rendered in a copy, as the publish workflow renders
+# them (the files of HEAD, not the working tree): one profile and one commit throughout (bookconfig check),
+# no execution. Skipped while none is committed.
+COMMITTED_BOOK := _build/committed-book
+committed-book: $(STAMP)
+	rm -rf $(COMMITTED_BOOK)
+	@git rev-parse --git-dir >/dev/null || { echo "committed-book: not a git checkout, so no committed results to check"; exit 1; }
+	@if [ -n "$$(git ls-files 'book/results/*.ipynb')" ]; then \
+	  mkdir -p $(COMMITTED_BOOK)/book && \
+	  git archive HEAD book/results book/_static | tar -x -C $(COMMITTED_BOOK) && \
+	  $(PY) -m qadtr_core.bookconfig check $(COMMITTED_BOOK)/book/results && \
+	  cp _config.yml _toc.yml $(COMMITTED_BOOK)/ && cp book/*.md book/*.bib book/*.png $(COMMITTED_BOOK)/book/ && \
+	  cd $(COMMITTED_BOOK) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
+	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going; \
+	else echo "no results committed under book/results: nothing to render"; fi
+
 # Chromium for the browser test, when none is on PATH: Debian's package (needs apt and root, as on CI),
 # else Playwright's own build, linked as $(VENV)/bin/chromium.
 chromium: $(STAMP)
@@ -84,11 +100,14 @@ chromium: $(STAMP)
 
 browser: $(STAMP) chromium
 	PATH="$(abspath $(VENV))/bin:$$PATH" QADTR_BOOK_HTML=$(SMOKE_BOOK)/_build/html $(PY) -m pytest tests/browser
+	@if [ -f $(COMMITTED_BOOK)/_build/html/index.html ]; then \
+	  PATH="$(abspath $(VENV))/bin:$$PATH" QADTR_BOOK_HTML=$(COMMITTED_BOOK)/_build/html \
+	    QADTR_TEST_ARTIFACTS=test-artifacts/committed $(PY) -m pytest tests/browser; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: lint unit nbval book-smoke browser
+test: lint unit nbval book-smoke committed-book browser
 
 # The artifact cache of a profile as one checksummed archive (a cache built on a GPU serves a CPU machine):
 #   make export PROFILE=quick ARCHIVE=qadtr-quick.tar.gz   then, elsewhere,   make import ARCHIVE=qadtr-quick.tar.gz

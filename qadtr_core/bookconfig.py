@@ -50,14 +50,14 @@ def executed_profile(results_dir: Path) -> str:
 def source_commit(repo: Path | None = None) -> str:
     """The commit of the checkout (``<sha>-dirty`` with uncommitted changes to tracked files, ``unknown``
     outside git, unless ``$QADTR_COMMIT`` names it: a copy of a checkout without its history, such as a
-    GPU build machine's). Changes under ``book/results`` and ``_build`` do not count: they are the outputs
-    that a book build writes, so a rebuild over committed results still names a clean commit."""
+    GPU build machine's). Changes under ``book/results``, ``book/_static`` and ``_build`` do not count: they
+    are the outputs that a book build writes, so a rebuild over committed results still names a clean commit."""
     repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10,
                              check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)book/results", ":(exclude)_build"],
+                                ":(exclude)book/results", ":(exclude)book/_static", ":(exclude)_build"],
                                cwd=repo, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("QADTR_COMMIT") or "unknown"
@@ -107,6 +107,20 @@ def executed_provenance(results_dir: Path) -> dict[str, str]:
     return found
 
 
+def check_results(results_dir: Path) -> dict[str, str]:
+    """:func:`executed_provenance`, and the scorecard's JSON beside the notebooks (if any) from the same
+    profile and commit: the checks ``make test`` runs on the committed results."""
+    prov = executed_provenance(results_dir)
+    card = Path(results_dir) / "scorecard.json"
+    if card.exists():
+        doc = json.loads(card.read_text())
+        for field in ("profile", "commit"):
+            if doc.get(field) != prov[field]:
+                raise SystemExit(f"{card} records {field} {doc.get(field)!r}, the executed notebooks {prov[field]!r}: "
+                                 f"rerun the scorecard chapter with the others")
+    return prov
+
+
 def tuck_parameters(results_dir: Path) -> None:
     """Collapse each executed notebook's parameter cell and drop the one papermill injected.
 
@@ -149,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         stamp(files, commit)
         return
     if args[:1] == ["check"]:
-        prov = executed_provenance(Path(args[1]))
+        prov = check_results(Path(args[1]))
         log.info("%s: profile %s, commit %s, qadtr %s", args[1], prov["profile"], prov["commit"], prov["version"])
         return
     if len(args) != 2:

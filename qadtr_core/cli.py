@@ -68,11 +68,14 @@ def _build(args: argparse.Namespace) -> int:
 
     from . import jobs
 
+    if args.scheduler and args.workers != 1:
+        raise SystemExit(f"--workers {args.workers} runs jobs in local processes; with --scheduler {args.scheduler} the "
+                         f"cluster's workers run them: give one of the two")
     if args.book is not None and (args.models_only or len(args.seeds) > 1):
         raise SystemExit(f"--book {args.book} executes the chapters of one seed: drop --models-only and give one seed "
                          f"(got --seeds {' '.join(map(str, args.seeds))})")
     graph = jobs.build_graph(args.profile, args.seeds, only=args.only, models_only=args.models_only)
-    todo = [j for j in graph.values() if not jobs.is_done(j)]
+    todo = [j for j in graph.values() if not jobs.is_done(j) or (args.book is not None and j.kind == "notebook")]
     print(f"{args.profile}: {len(graph)} jobs, {len(graph) - len(todo)} cached, {len(todo)} to run "
           f"on {args.device}" + (f" via {args.scheduler}" if args.scheduler else " in this process"), flush=True)
     if args.dry_run:

@@ -232,7 +232,7 @@ def _fault_once(key: str) -> None:
 
 
 def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = None, data: str | None = None,
-            progress: bool = False, book: str | None = None) -> dict[str, Any]:
+            progress: bool = False, book: str | None = None, commit: str | None = None) -> dict[str, Any]:
     """Run one job here (in this process or on a cluster worker) and return a small record of it.
 
     ``threads`` pins ``torch.set_num_threads`` (and ``OMP_NUM_THREADS`` for a notebook kernel), so that a
@@ -240,7 +240,8 @@ def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = 
     CIFAR-10 source (default: ``$QADTR_ARTIFACTS`` / ``$QADTR_CIFAR10`` as seen by the worker).
     ``book`` (a folder, e.g. ``book/results``): a notebook job executes into it as ``make notebooks``
     does (figures into ``<book>/../_static``, the scorecard's JSON beside the notebooks, the commit stamped),
-    and runs even where the scratch run is cached, so that every notebook of the book comes from this build.
+    and runs even where the scratch run is cached, so that every notebook of the book comes from this build;
+    ``commit`` is the stamp (default: the checkout's commit now; :func:`run_graph` reads it once per build).
     """
     from .data import ENV_VAR as DATA_VAR
 
@@ -257,7 +258,7 @@ def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = 
 
             get_or_train(job.config, load_cifar10(data), progress=progress, device=device)
         elif book is not None:
-            _run_book_notebook(job, device, Path(book))
+            _run_book_notebook(job, device, Path(book), commit)
         else:
             _run_notebook(job, device, progress)
     return {"key": job.key, "label": job.label, "ran": True, "seconds": time.perf_counter() - t0}
@@ -303,7 +304,7 @@ def _run_notebook(job: Job, device: str, progress: bool) -> None:
                                                      "seed": job.seed, "parameters": params, "deps": list(job.deps)})
 
 
-def _run_book_notebook(job: Job, device: str, book: Path) -> None:
+def _run_book_notebook(job: Job, device: str, book: Path, commit: str | None = None) -> None:
     """Execute a chapter into the book folder with ``make notebooks``'s parameters (plus the device)."""
     import papermill
 
@@ -320,7 +321,7 @@ def _run_book_notebook(job: Job, device: str, book: Path) -> None:
     out = book / f"{job.chapter}.ipynb"
     papermill.execute_notebook(str(NOTEBOOK_DIR / f"{job.chapter}.ipynb"), str(out), parameters=params,
                                cwd=str(NOTEBOOK_DIR), progress_bar=False)
-    stamp([out], source_commit())
+    stamp([out], commit or source_commit())
 
 
 def _after(job: Job, kwargs: dict[str, Any], *deps: Any) -> dict[str, Any]:
@@ -350,7 +351,11 @@ def run_graph(graph: Mapping[str, Job], device: str = "cpu", threads: int = 1, s
     root_s = str(Path(root).resolve()) if root is not None else str(artifact_root())
     todo = [j for j in graph.values() if not is_done(j, Path(root_s)) or (book is not None and j.kind == "notebook")]
     kwargs = {"device": device, "threads": threads, "root": root_s, "data": data, "progress": progress,
-              "book": str(Path(book).resolve()) if book is not None else None}
+              "book": str(Path(book).resolve()) if book is not None else None, "commit": None}
+    if book is not None:  # the commit the build starts from, as `make notebooks` reads it once before its loop
+        from .bookconfig import source_commit
+
+        kwargs["commit"] = source_commit()
     if not todo:
         return []
     if scheduler is None and workers > 1:
@@ -407,6 +412,7 @@ def _run_pool(graph: Mapping[str, Job], todo: Sequence[Job], kwargs: dict[str, A
     waiting = {j.key: j for j in todo}
     running: dict[Any, str] = {}
     out: list[dict[str, Any]] = []
+    failed: BaseException | None = None
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         while waiting or running:
             ready = [j for j in waiting.values() if all(d not in waiting and d not in running.values() for d in j.deps)]
@@ -414,15 +420,24 @@ def _run_pool(graph: Mapping[str, Job], todo: Sequence[Job], kwargs: dict[str, A
                 log.info("running %s (%s)", job.label, job.key)
                 running[pool.submit(run_job, job, **kwargs)] = job.key
                 del waiting[job.key]
+            if not running and not waiting:
+                break
             if not running:
                 raise RuntimeError(f"jobs whose dependencies can never finish: {sorted(waiting)}")
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in done:
                 del running[fut]
-                rec = fut.result()  # a failed job fails the build, as in the in-process run
-                out.append(rec)
+                if fut.exception() is not None:
+                    # a failed job fails the build, as in the in-process run: start nothing new, let the
+                    # running jobs finish (their artifacts are kept), then raise the first failure
+                    failed = failed or fut.exception()
+                    waiting.clear()
+                    continue
+                out.append(fut.result())
                 if on_done:
-                    on_done(rec)
+                    on_done(out[-1])
+    if failed is not None:
+        raise failed
     return out
 
 

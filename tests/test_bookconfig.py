@@ -123,4 +123,19 @@ def test_source_commit_outside_git_reads_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("QADTR_COMMIT", "abc123")
     assert bookconfig.source_commit(tmp_path) == "abc123"
     repo = Path(bookconfig.__file__).resolve().parents[1]
-    assert bookconfig.source_commit(repo).split("-")[0] != "abc123"
+    if (repo / ".git").exists():  # in a git checkout (not a copy without history) the setting is ignored
+        assert bookconfig.source_commit(repo).split("-")[0] != "abc123"
+
+
+def test_the_scorecard_json_must_match_the_notebooks(tmp_path):
+    _stamped(tmp_path / "a.ipynb", "quick", "c1")
+    assert bookconfig.check_results(tmp_path)["commit"] == "c1"  # no scorecard.json: the notebooks alone
+    card = tmp_path / "scorecard.json"
+    card.write_text(json.dumps({"profile": "quick", "commit": "c1", "claims": {}}))
+    assert bookconfig.check_results(tmp_path)["profile"] == "quick"
+    card.write_text(json.dumps({"profile": "quick", "commit": "c0", "claims": {}}))
+    with pytest.raises(SystemExit, match="records commit 'c0'"):
+        bookconfig.check_results(tmp_path)
+    card.write_text(json.dumps({"profile": "smoke", "commit": "c1", "claims": {}}))
+    with pytest.raises(SystemExit, match="records profile 'smoke'"):
+        bookconfig.main(["check", str(tmp_path)])

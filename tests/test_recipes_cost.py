@@ -40,12 +40,12 @@ def test_budget_table_counts_the_steps_each_strategy_takes_at_each_width():
     s = steps_per_width(QUICK)
     for d in ("PBAT", "DWQ", "QADT-R"):  # counted from each schedule, not total // widths
         assert [table.loc[d, f"steps at {b} b"] for b in FIVE] == [s] * 5, d
-    dwq = dwq_config(QUICK, FIVE)  # DWQ cycles: 40 at every width (a random draw gives e.g. 43/42/40/40/35)
+    dwq = dwq_config(QUICK, FIVE)  # DWQ cycles: s at every width (a random draw would not give equal shares)
     assert steps_by_width(dwq) == {b: s for b in FIVE} and dwq.strategy_params.schedule == "cycle"
     ab = budget_table(ablation_configs(QUICK, FIVE)).set_index("defense")
     total = total_steps(qadtr_config(QUICK, FIVE))
     assert [ab.loc["without DBWT", f"steps at {b} b"] for b in FIVE] == [0, 0, 0, total, 0]  # all at 4 bits
-    assert ab.loc["without DBWT", "steps per width"] == "32 b: 0 / 8 b: 0 / 5 b: 0 / 4 b: 200 / 2 b: 0"
+    assert ab.loc["without DBWT", "steps per width"] == f"32 b: 0 / 8 b: 0 / 5 b: 0 / 4 b: {total} / 2 b: 0"
     # refreshes per carried patch: PBAT's one cell every batch; QADT-R's 5 x 3 cells share the batches
     assert table.loc["PBAT", "refreshes per carried patch"] == s
     assert table.loc["QADT-R", "refreshes per carried patch"] == pytest.approx(5 * s / 15)
