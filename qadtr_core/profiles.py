@@ -1,4 +1,5 @@
-"""Compute budgets: ``smoke`` (CI, minutes), ``quick`` (2 CPU cores, at most 3 hours cold), ``paper`` (a GPU).
+"""Compute budgets: ``smoke`` (CI, minutes), ``quick`` (2 CPU cores for the chapters, about 75 minutes, with
+the models trained on a GPU; see the README's times), ``paper`` (a GPU).
 
 A profile changes budgets (epochs, images, steps), never the definitions of ``protocol.md``.
 """
