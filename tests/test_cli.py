@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import types
 
@@ -187,3 +188,23 @@ def test_book_build_refuses_models_only_and_several_seeds(capsys):
     for extra in (["--models-only"], ["--seeds", "0", "1"]):
         with pytest.raises(SystemExit, match="--book"):
             cli.main(["build", "--profile", "smoke", "--book", "book/results", "--dry-run", *extra])
+
+
+def test_book_build_executes_cached_chapters_into_the_book_with_one_commit(empty_root, tmp_path, monkeypatch):
+    """``book=``: a chapter whose scratch run is cached still executes, into the book folder, with the
+    book's static folder and the commit the build started from (even if HEAD moves meanwhile)."""
+    from qadtr_core import bookconfig
+    from qadtr_core.artifacts import save_table
+
+    save_table("00_baselines", "smoke", "t", pd.DataFrame({"a": [1]}), {"seed": 0, "wall_seconds": 1.0})
+    graph = jobs.build_graph("smoke", [0], only="08_reproduce")
+    (job,) = graph.values()
+    jobs.run_graph(graph, root=empty_root)
+    assert jobs.is_done(job, empty_root)  # the scratch run is cached ...
+    commits = iter(["c-start", "c-later"])
+    monkeypatch.setattr(bookconfig, "source_commit", lambda *a: next(commits))
+    book = tmp_path / "book" / "results"
+    ran = jobs.run_graph(graph, root=empty_root, book=book)  # ... and the book run executes it all the same
+    assert [r["ran"] for r in ran] == [True]
+    stamp = json.loads((book / "08_reproduce.ipynb").read_text())["metadata"]["qadtr"]
+    assert stamp["commit"] == "c-start" and stamp["profile"] == "smoke"
