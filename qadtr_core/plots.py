@@ -4,6 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.container import BarContainer
 import torch
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -230,18 +231,30 @@ def table_heatmap(table: pd.DataFrame, title: str, label: str = "ASR (%)", vmax:
 
 
 def answer_figure(threats: pd.DataFrame, profile: str) -> plt.Figure:
-    """Worst-case patch ASR (%) against bit-width, one line per defense (from a defense threat table)."""
+    """Worst-case patch ASR (%) against bit-width, one line per defense (from a defense threat table), with
+    each point's Wilson 95 % interval (``ci_low``/``ci_high``, percent) as an error bar when the table has them."""
     worst = threats[threats["threat"].str.startswith("worst")].copy()
     order = _bit_axis(worst)
     n = int(worst["n"].max())
+    defenses = list(dict.fromkeys(worst["defense"]))
+    dodge = 0.3
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        sns.pointplot(worst, x="bit-width", y="asr", hue="defense", order=order, ax=ax, palette="deep", markers="o")
+        sns.pointplot(worst, x="bit-width", y="asr", hue="defense", order=order, ax=ax, palette="deep", markers="o",
+                      dodge=dodge, errorbar=None)
+        if {"ci_low", "ci_high"} <= set(worst.columns):
+            colours = dict(zip(defenses, sns.color_palette("deep", len(defenses))))
+            offsets = np.linspace(-dodge / 2, dodge / 2, len(defenses)) if len(defenses) > 1 else [0.0]
+            for d, off in zip(defenses, offsets):  # the same offsets as seaborn's dodge, so bars sit on the points
+                sub = worst[worst["defense"] == d].set_index("bit-width").reindex(order)
+                xs = np.arange(len(order)) + off
+                ax.errorbar(xs, sub["asr"], yerr=[sub["asr"] - sub["ci_low"], sub["ci_high"] - sub["asr"]], fmt="none",
+                            ecolor=colours[d], elinewidth=1, capsize=2)
         ax.set_ylim(0, 100)
         ax.set_ylabel("worst-case patch ASR (%)")
         ax.set_xlabel("bit-width (FP = 32 bits)")
-        ax.set_title(f"Per-image patches, worst case over all threats tried, by bit-width and defense; "
-                     f"n up to {n} ({profile} profile)", fontsize=8)
+        ax.set_title(f"Per-image patches, worst case over all threats tried, by bit-width and defense, with 95 % "
+                     f"intervals; n up to {n} ({profile} profile)", fontsize=8)
         ax.legend(title=None, fontsize=8)
     fig.tight_layout()
     plt.close(fig)

@@ -289,3 +289,25 @@ def test_seeds_are_each_judged_and_their_interval_never_shrinks(tmp_path):
     assert row.verdict == "inconclusive" and "per-seed verdicts: reproduced" in row.ours
     widest = max(e["ci_high"] - e["ci_low"] for e in claims["C1"]["per_seed"])
     assert claims["C1"]["ci_high"] - claims["C1"]["ci_low"] >= widest
+
+
+def test_the_answer_figure_draws_each_points_interval():
+    """The book's headline figure: every worst-case point carries its Wilson interval as an error bar,
+    centred on the point (a figure that dropped the intervals, or misplaced them, fails)."""
+    from matplotlib.collections import LineCollection
+
+    from qadtr_core.plots import answer_figure
+
+    rows = []
+    for d, base in (("PBAT", 60.0), ("QADT-R", 40.0)):
+        for b in (32, 8, 2):
+            rows.append({"defense": d, "bits": b, "threat": "worst case (any threat)", "n": 100,
+                         "asr": base + b / 8, "ci_low": base + b / 8 - 5, "ci_high": base + b / 8 + 7})
+    fig = answer_figure(pd.DataFrame(rows), "test")
+    segments = [seg for c in fig.axes[0].collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    spans = sorted((round(s[:, 1].min(), 6), round(s[:, 1].max(), 6)) for s in segments if len(s) == 2 and s[0, 0] == s[1, 0])
+    want = sorted((r["ci_low"], r["ci_high"]) for r in rows)
+    assert spans == want
+    for s in segments:  # each bar's x is one of the plotted points' x
+        pts = [tuple(np.round(p, 6)) for line in fig.axes[0].lines for p in line.get_xydata()]
+        assert any(abs(s[0, 0] - px) < 1e-6 for px, _ in pts)
