@@ -75,7 +75,7 @@ def _build(args: argparse.Namespace) -> int:
         raise SystemExit(f"--book {args.book} executes the chapters of one seed: drop --models-only and give one seed "
                          f"(got --seeds {' '.join(map(str, args.seeds))})")
     graph = jobs.build_graph(args.profile, args.seeds, only=args.only, models_only=args.models_only)
-    todo = [j for j in graph.values() if not jobs.is_done(j) or (args.book is not None and j.kind == "notebook")]
+    todo = jobs.to_run(graph, book=args.book)
     print(f"{args.profile}: {len(graph)} jobs, {len(graph) - len(todo)} cached, {len(todo)} to run "
           f"on {args.device}" + (f" via {args.scheduler}" if args.scheduler else " in this process"), flush=True)
     if args.dry_run:

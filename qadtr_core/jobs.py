@@ -283,18 +283,26 @@ def _settings(threads: int, env: Mapping[str, str | None]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _parameters(job: Job, **values: Any) -> dict[str, Any]:
+    """The papermill parameters of a notebook job: its profile, and of ``values`` only what the notebook
+    declares (a chapter without ``device`` runs on the CPU)."""
+    declared = notebook_parameters(job.chapter)
+    return {"profile": job.profile, **{k: v for k, v in values.items() if k in declared}}
+
+
+def to_run(graph: Mapping[str, Job], root: Path | None = None, book: str | Path | None = None) -> list[Job]:
+    """The jobs of ``graph`` a build runs: those not in the cache, and with ``book`` every notebook job
+    (the book's notebooks all come from this build)."""
+    return [j for j in graph.values() if not is_done(j, root) or (book is not None and j.kind == "notebook")]
+
+
 def _run_notebook(job: Job, device: str, progress: bool) -> None:
     import papermill
 
     from .artifacts import file_lock
 
     out_dir = run_dir(job.profile, job.seed)
-    declared = notebook_parameters(job.chapter)
-    params: dict[str, Any] = {"profile": job.profile}
-    for name, value in (("seed", job.seed), ("device", device), ("progress", progress),
-                        ("static_dir", str(out_dir / "_static"))):
-        if name in declared:  # pass only what the notebook declares (a chapter without `device` runs on the CPU)
-            params[name] = value
+    params = _parameters(job, seed=job.seed, device=device, progress=progress, static_dir=str(out_dir / "_static"))
     with file_lock(out_dir):
         if is_done(job):
             return
@@ -310,13 +318,9 @@ def _run_book_notebook(job: Job, device: str, book: Path, commit: str | None = N
 
     from .bookconfig import source_commit, stamp
 
-    declared = notebook_parameters(job.chapter)
-    params: dict[str, Any] = {"profile": job.profile}
     book = book.resolve()
-    for name, value in (("seed", job.seed), ("device", device), ("progress", False),
-                        ("static_dir", str(book.parent / "_static")), ("scorecard_json", str(book / "scorecard.json"))):
-        if name in declared:
-            params[name] = value
+    params = _parameters(job, seed=job.seed, device=device, progress=False, static_dir=str(book.parent / "_static"),
+                         scorecard_json=str(book / "scorecard.json"))
     book.mkdir(parents=True, exist_ok=True)
     out = book / f"{job.chapter}.ipynb"
     papermill.execute_notebook(str(NOTEBOOK_DIR / f"{job.chapter}.ipynb"), str(out), parameters=params,
@@ -349,7 +353,7 @@ def run_graph(graph: Mapping[str, Job], device: str = "cpu", threads: int = 1, s
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root_s = str(Path(root).resolve()) if root is not None else str(artifact_root())
-    todo = [j for j in graph.values() if not is_done(j, Path(root_s)) or (book is not None and j.kind == "notebook")]
+    todo = to_run(graph, Path(root_s), book)
     kwargs = {"device": device, "threads": threads, "root": root_s, "data": data, "progress": progress,
               "book": str(Path(book).resolve()) if book is not None else None, "commit": None}
     if book is not None:  # the commit the build starts from, as `make notebooks` reads it once before its loop
