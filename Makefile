@@ -28,7 +28,14 @@ endif
 export QADTR_ARTIFACTS ?= $(CURDIR)/artifacts
 export QADTR_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: venv book notebooks html test unit nbval book-smoke committed-book browser chromium bench clean lint export import
+.PHONY: venv book notebooks html test unit nbval book-smoke committed-book browser chromium bench clean lint export import \
+	models-bundle
+
+# The quick profile's trained models, shipped with the repository (qadtr_core.models_bundle): `make notebooks`
+# (and so `make book`) imports it first when the cache lacks one of its models; `make models-bundle` rewrites it
+# from the cache (the models of the current configs only, weights in float16).
+MODELS_BUNDLE ?= bundle/quick-models.tar
+BUNDLE_SEEDS ?= 0
 
 # (Re)build .venv when it is missing or when requirements.txt / pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -41,6 +48,7 @@ venv: $(STAMP)
 
 notebooks: $(STAMP)
 	@mkdir -p $(EXECUTED)
+	@if [ -f $(MODELS_BUNDLE) ]; then $(PY) -m qadtr_core.cli import --missing-only --profile $(PROFILE) $(MODELS_BUNDLE); fi
 	@commit=$$($(PY) -m qadtr_core.bookconfig commit); \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb (profile $(PROFILE))"; \
@@ -113,10 +121,16 @@ test: lint unit nbval book-smoke committed-book browser
 #   make export PROFILE=quick ARCHIVE=qadtr-quick.tar.gz   then, elsewhere,   make import ARCHIVE=qadtr-quick.tar.gz
 ARCHIVE ?= qadtr-$(PROFILE)-artifacts.tar.gz
 export: $(STAMP)
-	$(PY) -m qadtr_core.bundle export $(PROFILE) $(ARCHIVE)
+	$(PY) -m qadtr_core.cli export --profile $(PROFILE) $(ARCHIVE)
 
 import: $(STAMP)
-	$(PY) -m qadtr_core.bundle import $(ARCHIVE)
+	$(PY) -m qadtr_core.cli import $(ARCHIVE)
+
+# Rewrite the committed models bundle from the cache, then re-import it, so that the chapters executed here
+# run on the float16-rounded weights a user of the bundle gets.
+models-bundle: $(STAMP)
+	$(PY) -m qadtr_core.cli export --profile quick --models-only --seeds $(BUNDLE_SEEDS) $(MODELS_BUNDLE)
+	$(PY) -m qadtr_core.cli import $(MODELS_BUNDLE)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

@@ -2,7 +2,8 @@
 
 A cache built on a GPU can serve a CPU machine, and a reader can skip training:
 ``export_bundle("quick", Path("quick.tar.gz"))`` packs, ``import_bundle(Path("quick.tar.gz"))`` unpacks
-(``qadtr export`` / ``qadtr import`` and ``make export`` / ``make import`` call these two functions).
+(``qadtr export`` / ``qadtr import`` and ``make export`` / ``make import`` call these two functions; the
+models bundle the repository ships is :mod:`qadtr_core.models_bundle`).
 
 What belongs to a profile (the cache layout is ``<root>/<kind>/<key>/...``, see :mod:`qadtr_core.artifacts`):
 
@@ -35,7 +36,7 @@ import tempfile
 import time
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -153,13 +154,23 @@ def export_bundle(profile: str, archive: Path, root: Path | None = None) -> Path
         raise BundleError(f"{archive}: nothing to export, the artifact cache at {root} holds no models or results "
                           f"of profile {profile!r}")
     files = [f for e in entries for f in _entry_files(root, e)]
-    contents = {f: (root / f).read_bytes() for f in files}
+    write_archive(archive, profile, entries, {f: (root / f).read_bytes() for f in files},
+                  {f: (root / f).stat().st_mtime for f in files})
+    log.info("exported %d entries (%d files) of profile %s to %s", len(entries), len(files), profile, archive)
+    return archive
+
+
+def write_archive(archive: Path, profile: str, entries: list[str], contents: dict[str, bytes],
+                  mtimes: dict[str, float] | None = None, **manifest_fields: Any) -> dict[str, Any]:
+    """Write ``contents`` (path relative to the cache root -> bytes) as a bundle of ``entries``, its manifest
+    first (with ``manifest_fields`` added), atomically; returns the manifest."""
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "profile": profile, "commit": git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cache_versions": {"default": DEFAULT_CACHE_VERSION, **CACHE_VERSIONS},
         "entries": entries,
         "files": {f: {"sha256": _sha256(b), "size": len(b)} for f, b in contents.items()},
+        **manifest_fields,
     }
     archive.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".tmp")
@@ -169,13 +180,30 @@ def export_bundle(profile: str, archive: Path, root: Path | None = None) -> Path
         with tarfile.open(tmp, _tar_mode(archive, write=True), format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), now)
             for f, b in contents.items():
-                _add_bytes(tar, f, b, (root / f).stat().st_mtime)
+                _add_bytes(tar, f, b, (mtimes or {}).get(f, now))
         os.replace(tmp, archive)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    log.info("exported %d entries (%d files) of profile %s to %s", len(entries), len(files), profile, archive)
-    return archive
+    return manifest
+
+
+def read_manifest(archive: Path) -> dict[str, Any]:
+    """The manifest of ``archive`` (its first member), checked, without reading the rest; raises
+    :class:`BundleError` for a missing or unreadable archive or an invalid manifest."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise BundleError(f"{archive}: no such archive")
+    try:
+        with tarfile.open(archive, _tar_mode(archive, write=False)) as tar:
+            member = tar.next()
+            if member is None or member.name != MANIFEST or not member.isfile():
+                raise ValueError(f"the first member is not {MANIFEST}")
+            manifest = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+        _check_manifest(manifest)
+    except (*_UNREADABLE, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BundleError(f"{archive}: refused: {e}") from e
+    return manifest
 
 
 def _safe_name(name: str) -> bool:
@@ -244,7 +272,8 @@ def _same_tree(a: Path, b: Path) -> bool:
     return fa.keys() == fb.keys() and all(fa[k].read_bytes() == fb[k].read_bytes() for k in fa)
 
 
-def import_bundle(archive: Path, root: Path | None = None) -> dict[str, Any]:
+def import_bundle(archive: Path, root: Path | None = None,
+                  prepare: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Verify and unpack an archive written by :func:`export_bundle` into the artifact cache.
 
     Nothing in the cache changes unless every file of the archive matches the manifest. Artifact
@@ -253,7 +282,10 @@ def import_bundle(archive: Path, root: Path | None = None) -> dict[str, Any]:
     chapter and profile are kept. Returns the manifest's summary: ``profile``, ``commit``, ``created``,
     ``entries``, plus ``files`` (count), ``bytes``, ``added``, ``replaced`` and ``unchanged`` (entries).
     Raises :class:`BundleError` (the cache untouched) for a missing, truncated, corrupt, tampered or
-    partial archive.
+    partial archive. ``prepare(staging, manifest)``, when given, runs on the verified files (extracted
+    under ``staging``) before anything moves into the cache; it may rewrite them, or raise
+    :class:`BundleError` to refuse the archive (the models bundle restores compact weights this way,
+    :mod:`qadtr_core.models_bundle`).
     """
     root = Path(root) if root is not None else artifact_root()
     archive = Path(archive)
@@ -267,6 +299,11 @@ def import_bundle(archive: Path, root: Path | None = None) -> dict[str, Any]:
         except (*_UNREADABLE, ValueError, KeyError, TypeError, AttributeError) as e:
             kind = "truncated or corrupt archive" if isinstance(e, _UNREADABLE) else "refused"
             raise BundleError(f"{archive}: {kind}: {e}; the artifact cache at {root} was not changed") from e
+        if prepare is None and manifest.get("kind") == "models":
+            raise BundleError(f"{archive}: a models bundle with compact weights: import it with `qadtr import` "
+                              f"(qadtr_core.models_bundle.import_models); the artifact cache at {root} was not changed")
+        if prepare is not None:
+            prepare(staging / "new", manifest)
         current = {"default": DEFAULT_CACHE_VERSION, **CACHE_VERSIONS}
         if manifest.get("cache_versions") != current:
             warnings.warn(f"{archive} was built with cache versions {manifest.get('cache_versions')}, this library uses "
@@ -303,31 +340,3 @@ def import_bundle(archive: Path, root: Path | None = None) -> dict[str, Any]:
     log.info("imported %s (profile %s, commit %s) into %s: %d added, %d replaced, %d unchanged", archive,
              summary["profile"], summary["commit"], root, len(added), len(replaced), len(unchanged))
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m qadtr_core.bundle export PROFILE ARCHIVE`` or ``... import ARCHIVE`` (used by ``make export/import``)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m qadtr_core.bundle", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export", help="pack the artifact cache of a profile into one archive")
-    ex.add_argument("profile")
-    ex.add_argument("archive", type=Path)
-    im = sub.add_parser("import", help="verify an archive and unpack it into the artifact cache")
-    im.add_argument("archive", type=Path)
-    for p in (ex, im):
-        p.add_argument("--root", type=Path, default=None, help="the artifact cache (default: $QADTR_ARTIFACTS or ./artifacts)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.command == "export":
-            export_bundle(args.profile, args.archive, args.root)
-        else:
-            import_bundle(args.archive, args.root)
-    except BundleError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-if __name__ == "__main__":
-    main()

@@ -3,14 +3,15 @@
     qadtr build  --profile P [--device D] [--seeds 0 1 2] [--only CHAPTER] [--models-only]
                  [--scheduler ADDRESS | --workers N] [--book DIR] [--threads K] [--dry-run]
     qadtr status --profile P [--seeds 0 1 2]
-    qadtr export --profile P ARCHIVE
-    qadtr import ARCHIVE
+    qadtr export --profile P [--models-only [--seeds 0 1]] ARCHIVE
+    qadtr import [--missing-only --profile P] ARCHIVE
 
 ``build`` runs the job graph of :mod:`qadtr_core.jobs` (train every model a chapter needs, then execute
 the chapter notebook into a scratch folder, which caches its crafted patches and result tables); with
 ``--scheduler`` the graph goes to a Dask cluster. ``status`` lists, per chapter, what is cached, what
-is missing and the estimated GPU cost. It replaces ``python -m qadtr_core.zoo``, ``python -m
-qadtr_core.studies`` and ``python -m qadtr_core.defenses.recipes``.
+is missing and the estimated GPU cost. ``export --models-only`` writes the models bundle the repository
+ships (:mod:`qadtr_core.models_bundle`); ``import`` takes either kind of archive. A bad argument, a
+refused archive or a failed build prints one line and exits with status 2 (``--debug``: the traceback).
 """
 from __future__ import annotations
 
@@ -56,10 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--profile", default="quick", choices=list(PROFILES))
     e.add_argument("archive", type=Path)
     e.add_argument("--root", type=Path, default=None, help="artifact root (default: $QADTR_ARTIFACTS or artifacts/)")
+    e.add_argument("--models-only", action="store_true",
+                   help="only the trained models of the profile's job graph, weights in float16 (the models bundle)")
+    e.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --models-only: the seeds' models (default: 0)")
 
     i = sub.add_parser("import", help="unpack an archive written by `qadtr export` into the artifact cache")
     i.add_argument("archive", type=Path)
     i.add_argument("--root", type=Path, default=None)
+    i.add_argument("--missing-only", action="store_true",
+                   help="a models bundle: import it only when it is --profile's and the cache lacks one of its models")
+    i.add_argument("--profile", default="quick", choices=list(PROFILES), help="with --missing-only (default: %(default)s)")
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return ap
 
 
@@ -109,24 +118,61 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .bundle import export_bundle  # written by the publishing work; imported only when used
+    if args.models_only:
+        from .models_bundle import export_models
+
+        s = export_models(args.profile, args.archive, args.seeds, root=args.root)
+        print(f"{s['archive']}: {len(s['models'])} models of profile {args.profile} (seeds "
+              f"{' '.join(map(str, args.seeds))}), {s['bytes'] / 2**20:.1f} MiB; {len(s['missing'])} of its job graph "
+              f"not trained yet")
+        return 0
+    from .bundle import export_bundle
 
     print(export_bundle(args.profile, args.archive, root=args.root))
     return 0
 
 
-def _import(args: argparse.Namespace) -> int:
-    from .bundle import import_bundle
+def import_summary(archive: Path, s: dict) -> str:
+    """One line for a reader: what an import did (``import_bundle``'s summary)."""
+    return (f"{archive}: profile {s['profile']}, commit {s['commit']}, {s['files']} files "
+            f"({s['bytes'] / 2**20:.1f} MiB): {len(s['added'])} entries added, {len(s['replaced'])} replaced, "
+            f"{len(s['unchanged'])} unchanged")
 
-    print(import_bundle(args.archive, root=args.root))
+
+def _import(args: argparse.Namespace) -> int:
+    from .bundle import import_bundle, read_manifest
+
+    if args.missing_only:
+        from .models_bundle import ensure_models
+
+        s = ensure_models(args.archive, args.profile, root=args.root)
+        print(f"{args.archive}: nothing to import (the cache has its models, or it is not the {args.profile} bundle)"
+              if s is None else import_summary(args.archive, s))
+        return 0
+    if read_manifest(args.archive).get("kind") == "models":
+        from .models_bundle import import_models
+
+        s = import_models(args.archive, root=args.root)
+    else:
+        s = import_bundle(args.archive, root=args.root)
+    print(import_summary(args.archive, s))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``qadtr`` console script."""
+    """Entry point of the ``qadtr`` console script: a known error (a refused archive, a bad value) prints
+    one line and returns 2; ``--debug`` raises it with its traceback."""
+    from .bundle import BundleError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    return {"build": _build, "status": _status, "export": _export, "import": _import}[args.command](args)
+    try:
+        return {"build": _build, "status": _status, "export": _export, "import": _import}[args.command](args)
+    except (BundleError, ValueError, FileNotFoundError) as e:
+        if args.debug:
+            raise
+        print(f"qadtr {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -202,19 +202,3 @@ def baseline_models(profile: Profile, qat_bits: list[int], ptq_bits: list[int] =
     for b in ptq_bits:
         out[f"PTQ {b}b"] = (post_training_quantize(fp, b, data, profile.n_calib), b)
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m qadtr_core.zoo [--profile P] [--device D] [--seeds ...]``: the baseline models ahead of time.
-
-    Kept for old scripts; the same as ``qadtr build --only 00_baselines --models-only`` (see :mod:`qadtr_core.cli`).
-    """
-    import sys
-
-    from .cli import main as cli_main
-
-    cli_main(["build", "--only", "00_baselines", "--models-only", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    main()

@@ -114,20 +114,14 @@ def test_export_and_import_call_the_bundle(monkeypatch, tmp_path):
     calls = []
     fake = types.ModuleType("qadtr_core.bundle")
     fake.export_bundle = lambda profile, archive, root=None: calls.append(("export", profile, archive, root)) or archive
-    fake.import_bundle = lambda archive, root=None: calls.append(("import", archive, root)) or []
+    summary = {"profile": "smoke", "commit": "abc", "files": 3, "bytes": 10, "added": ["a"], "replaced": [], "unchanged": []}
+    fake.import_bundle = lambda archive, root=None: calls.append(("import", archive, root)) or summary
+    fake.read_manifest = lambda archive: {"profile": "smoke"}
+    fake.BundleError = RuntimeError
     monkeypatch.setitem(sys.modules, "qadtr_core.bundle", fake)
     cli.main(["export", "--profile", "smoke", str(tmp_path / "a.tar")])
     cli.main(["import", str(tmp_path / "a.tar")])
     assert calls == [("export", "smoke", tmp_path / "a.tar", None), ("import", tmp_path / "a.tar", None)]
-
-
-def test_old_zoo_main_delegates_to_the_cli(monkeypatch):
-    from qadtr_core import zoo
-
-    seen = []
-    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
-    zoo.main(["--profile", "smoke", "--dry-run"])
-    assert seen == [["build", "--only", "00_baselines", "--models-only", "--profile", "smoke", "--dry-run"]]
 
 
 def test_aggregate_seeds_gives_t_intervals(empty_root):

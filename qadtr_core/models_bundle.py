@@ -1,0 +1,157 @@
+"""The models bundle: every trained model of a profile as one small checksummed archive in the repository.
+
+A fresh clone cannot re-execute a chapter without the models behind it, and the quick profile's models
+take hours on 2 CPU cores. So the repository ships them: ``bundle/quick-models.tar`` (``make
+models-bundle`` writes it, ``make book`` imports it when the cache lacks one of its models).
+
+- **What it holds**: the models of the profile's job graph (:func:`qadtr_core.jobs.build_graph` over the
+  bundle's seeds) that the cache has, each as ``models/<key>/model.pt`` and its ``record.json``; no attack
+  caches, no result tables, no training states. A model whose config changed has a new key, so rebuilding
+  the bundle *replaces* it (the bundle is written whole from the current graph; a key the graph no longer
+  has is never carried over).
+- **Compact weights**: every floating-point tensor with two or more dimensions (convolution and linear
+  weights, which are 99 % of the bytes) is stored as float16; BatchNorm statistics, biases and quantizer
+  steps stay float32. Import restores float32 tensors (float16 values exactly, no further rounding), writes
+  them with :func:`~qadtr_core.artifacts.save_tensors` (a new checksum sidecar) and notes in the model's
+  record that its weights came from a float16 bundle. The rounding changes a ResNet-20's predictions on a
+  handful of images in a thousand; the book is executed on the restored weights, so it shows what a user
+  of the bundle gets (the builder of the bundle re-imports it into their own cache before executing).
+- **Refused with a one-line error, the cache untouched** (:class:`~qadtr_core.bundle.BundleError`): a corrupt,
+  truncated or tampered archive (checked file by file against the manifest by :mod:`qadtr_core.bundle`),
+  and a *stale* one: built with other cache versions, or holding a model whose key is not in the current
+  graph of its profile (its config changed since; rebuild the bundle).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import CACHE_VERSIONS, DEFAULT_CACHE_VERSION, artifact_root, load_tensors, save_tensors
+from .bundle import BundleError, import_bundle, read_manifest, write_archive
+
+log = logging.getLogger(__name__)
+
+KIND = "models"
+WEIGHTS = "float16"
+MAX_BYTES = 25 * 2**20  # the bundle must leave room in a 64 MiB working tree (data included) for the GPU machine
+DEFAULT_ARCHIVE = Path("bundle") / "quick-models.tar"
+
+
+def compact_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every floating tensor of two or more dimensions as float16 (see the module doc)."""
+    return {k: v.to(torch.float16) if v.is_floating_point() and v.dim() >= 2 else v for k, v in state.items()}
+
+
+def restore_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The float32 state dict of a :func:`compact_state` one (float16 tensors widened exactly)."""
+    return {k: v.to(torch.float32) if v.dtype == torch.float16 else v for k, v in state.items()}
+
+
+def _complete(d: Path) -> bool:
+    return (d / "model.pt").is_file() and (d / "record.json").is_file()
+
+
+def graph_model_keys(profile: str, seeds: Iterable[int]) -> list[str]:
+    """The model keys of ``profile``'s job graph over ``seeds`` (every model a chapter trains), in order."""
+    from .jobs import build_graph
+
+    return [k for k, j in build_graph(profile, tuple(seeds), models_only=True).items() if j.kind == "train"]
+
+
+def export_models(profile: str, archive: Path, seeds: Iterable[int] = (0,), root: Path | None = None,
+                  max_bytes: int = MAX_BYTES) -> dict[str, Any]:
+    """Write the models bundle of ``profile`` (the graph's models over ``seeds`` that the cache holds).
+
+    Returns a summary: ``archive``, ``models`` (keys packed), ``missing`` (keys of the graph not trained yet),
+    ``bytes``. Raises :class:`BundleError` when the cache holds none of them or the archive would exceed
+    ``max_bytes`` (nothing is written then).
+    """
+    root = Path(root) if root is not None else artifact_root()
+    archive, seeds = Path(archive), tuple(sorted(set(int(s) for s in seeds)))
+    keys = graph_model_keys(profile, seeds)
+    have = [k for k in keys if _complete(root / "models" / k)]
+    if not have:
+        raise BundleError(f"{archive}: nothing to export, the artifact cache at {root} holds none of the {len(keys)} "
+                          f"models of profile {profile!r} (seeds {list(seeds)})")
+    contents: dict[str, bytes] = {}
+    for k in have:
+        buf = io.BytesIO()  # load_tensors checks the checksum: a corrupt model is never packed
+        torch.save(compact_state(load_tensors(root / "models" / k / "model.pt")), buf)
+        contents[f"models/{k}/model.pt"] = buf.getvalue()
+        contents[f"models/{k}/record.json"] = (root / "models" / k / "record.json").read_bytes()
+    size = sum(len(b) for b in contents.values())
+    if size > max_bytes:
+        raise BundleError(f"{archive}: {len(have)} models take {size / 2**20:.1f} MiB, over the cap of "
+                          f"{max_bytes / 2**20:.1f} MiB; nothing was written")
+    write_archive(archive, profile, [f"models/{k}" for k in have], contents, kind=KIND, weights=WEIGHTS,
+                  seeds=list(seeds))
+    missing = [k for k in keys if k not in have]
+    log.info("models bundle %s: %d models of profile %s (%.1f MiB), %d of the graph not trained yet",
+             archive, len(have), profile, archive.stat().st_size / 2**20, len(missing))
+    return {"archive": str(archive), "models": have, "missing": missing, "bytes": archive.stat().st_size}
+
+
+def stale_reason(manifest: dict[str, Any]) -> str | None:
+    """Why a models bundle no longer matches this library (other cache versions, or models whose configs
+    changed), or None when it is current."""
+    current = {"default": DEFAULT_CACHE_VERSION, **CACHE_VERSIONS}
+    if manifest.get("cache_versions") != current:
+        return f"built with cache versions {manifest.get('cache_versions')}, this library uses {current}"
+    keys = set(graph_model_keys(manifest["profile"], manifest.get("seeds", [0])))
+    old = [e.split("/", 1)[1] for e in manifest["entries"] if e.split("/", 1)[1] not in keys]
+    if old:
+        return (f"{len(old)} of its {len(manifest['entries'])} models are not in the current configs of profile "
+                f"{manifest['profile']!r} (e.g. {old[0]}): rebuild it with `make models-bundle`")
+    return None
+
+
+def _restore(staging: Path, manifest: dict[str, Any], archive: Path) -> None:
+    """Widen the compact weights under ``staging`` to float32 checkpoints with sidecars; note it in each record."""
+    for entry in manifest["entries"]:
+        d = staging / entry
+        state = torch.load(io.BytesIO((d / "model.pt").read_bytes()), map_location="cpu", weights_only=True)
+        save_tensors(d / "model.pt", restore_state(state))
+        record = json.loads((d / "record.json").read_text())
+        record["weights_from_bundle"] = {"dtype": manifest.get("weights"), "bundle": archive.name,
+                                         "bundle_commit": manifest.get("commit")}
+        (d / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def import_models(archive: Path, root: Path | None = None) -> dict[str, Any]:
+    """Verify a models bundle, refuse it when stale, and unpack its models into the cache (float32).
+
+    Returns :func:`~qadtr_core.bundle.import_bundle`'s summary. Raises :class:`BundleError`, the cache
+    untouched, for a corrupt or stale bundle (see the module doc).
+    """
+    archive = Path(archive)
+    manifest = read_manifest(archive)
+    if manifest.get("kind") != KIND:
+        raise BundleError(f"{archive}: not a models bundle (no kind {KIND!r} in its manifest)")
+    if (why := stale_reason(manifest)) is not None:
+        raise BundleError(f"{archive}: stale models bundle: {why}; the artifact cache was not changed")
+    return import_bundle(archive, root, prepare=lambda staging, m: _restore(staging, m, archive))
+
+
+def missing_models(manifest: dict[str, Any], root: Path | None = None) -> list[str]:
+    """The models of a bundle's manifest that the cache lacks (no checkpoint or no record)."""
+    root = Path(root) if root is not None else artifact_root()
+    return [e for e in manifest["entries"] if not _complete(root / e)]
+
+
+def ensure_models(archive: Path, profile: str, root: Path | None = None) -> dict[str, Any] | None:
+    """Import ``archive`` when it is ``profile``'s models bundle and the cache lacks one of its models
+    (what ``make book`` runs first). Returns the import summary, or None when there was nothing to do."""
+    manifest = read_manifest(archive)
+    if manifest.get("profile") != profile or manifest.get("kind") != KIND:
+        log.info("%s holds the models of profile %s, not %s: nothing imported", archive, manifest.get("profile"), profile)
+        return None
+    if not missing_models(manifest, root):
+        log.info("%s: the cache holds all %d of its models", archive, len(manifest["entries"]))
+        return None
+    return import_models(archive, root)

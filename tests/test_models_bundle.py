@@ -1,0 +1,152 @@
+"""The models bundle: the graph's models in float16, restored to float32; stale or corrupt bundles refused."""
+import dataclasses
+import json
+import tarfile
+
+import pytest
+import torch
+
+from qadtr_core import cli, models_bundle, zoo
+from qadtr_core.bundle import BundleError, import_bundle
+from qadtr_core.models_bundle import (compact_state, ensure_models, export_models, import_models, restore_state,
+                                      stale_reason)
+from qadtr_core.testing import synthetic_cifar
+from qadtr_core.train import TrainConfig
+
+TINY = TrainConfig(arch="smallcnn", epochs=1, lr=0.05, batch_size=32, n_train=64, profile="test")
+OTHER = dataclasses.replace(TINY, seed=5)
+
+
+@pytest.fixture
+def built(tmp_path, monkeypatch):
+    """A cache with two trained models; the "test" graph holds both unless a test changes it."""
+    root = tmp_path / "artifacts"
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(root))
+    data = synthetic_cifar(64, 16)
+    a, b = zoo.get_or_train(TINY, data, progress=False), zoo.get_or_train(OTHER, data, progress=False)
+    graph = [a.record["config_hash"], b.record["config_hash"]]
+    monkeypatch.setattr(models_bundle, "graph_model_keys", lambda profile, seeds: list(graph))
+    return root, data, a, b, graph
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_compact_state_halves_the_weights_and_keeps_small_tensors_exact():
+    state = {"conv.weight": torch.randn(8, 3, 3, 3), "bn.running_var": torch.rand(8) * 3, "steps": torch.tensor(0.0123),
+             "bn.num_batches_tracked": torch.tensor(7)}
+    small = compact_state(state)
+    assert small["conv.weight"].dtype == torch.float16 and small["bn.running_var"].dtype == torch.float32
+    back = restore_state(small)
+    assert all(back[k].dtype == v.dtype for k, v in state.items())
+    assert torch.equal(back["bn.running_var"], state["bn.running_var"]) and torch.equal(back["steps"], state["steps"])
+    err = (back["conv.weight"] - state["conv.weight"]).abs().max()
+    assert 0 < err <= 1e-3 * state["conv.weight"].abs().max()  # rounded, but only to float16's precision
+
+
+def test_round_trip_restores_float32_models_that_predict_as_before_and_are_not_retrained(built, tmp_path, monkeypatch):
+    root, data, a, _, graph = built
+    s = export_models("test", tmp_path / "m.tar", root=root)
+    assert s["models"] == graph and s["missing"] == []
+    with tarfile.open(tmp_path / "m.tar") as tar:
+        names = tar.getnames()
+    assert all(n == "MANIFEST.json" or n.endswith(("/model.pt", "/record.json")) for n in names)
+    fresh = tmp_path / "fresh"
+    summary = import_models(tmp_path / "m.tar", fresh)
+    assert sorted(summary["added"]) == sorted(f"models/{k}" for k in graph)
+    record = json.loads((fresh / "models" / graph[0] / "record.json").read_text())
+    assert record["weights_from_bundle"]["dtype"] == "float16"
+    monkeypatch.setattr(zoo, "train", lambda *a, **k: pytest.fail("a bundled model was retrained"))
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(fresh))
+    again = zoo.get_or_train(TINY, data, progress=False)
+    assert all(v.dtype == torch.float32 for v in again.model.state_dict().values() if v.is_floating_point())
+    x = data.test_subset(16)[0]
+    with torch.no_grad():
+        assert torch.allclose(again.model(x), a.model.eval()(x), atol=2e-2)
+    assert import_models(tmp_path / "m.tar", fresh)["added"] == []  # a second import changes nothing
+
+
+def test_a_model_whose_config_changed_is_replaced_not_kept_beside(built, tmp_path, monkeypatch):
+    root, _, a, b, graph = built
+    monkeypatch.setattr(models_bundle, "graph_model_keys", lambda profile, seeds: [graph[0]])  # OTHER's config changed
+    s = export_models("test", tmp_path / "m.tar", root=root)
+    with tarfile.open(tmp_path / "m.tar") as tar:
+        assert not [n for n in tar.getnames() if graph[1] in n] and s["models"] == [graph[0]]
+
+
+def test_a_stale_bundle_is_refused_and_the_cache_untouched(built, tmp_path, monkeypatch, capsys):
+    root, _, _, _, graph = built
+    export_models("test", tmp_path / "m.tar", root=root)
+    monkeypatch.setattr(models_bundle, "graph_model_keys", lambda profile, seeds: [graph[0]])
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep")
+    before = _files(target)
+    with pytest.raises(BundleError, match=r"stale models bundle: 1 of its 2 models are not in the current configs"):
+        import_models(tmp_path / "m.tar", target)
+    assert _files(target) == before
+    assert cli.main(["import", str(tmp_path / "m.tar"), "--root", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "stale" in err and "Traceback" not in err
+    with pytest.raises(BundleError):
+        cli.main(["import", str(tmp_path / "m.tar"), "--root", str(target), "--debug"])
+
+
+def test_a_bundle_of_other_cache_versions_is_stale(built, tmp_path):
+    root, *_ = built
+    export_models("test", tmp_path / "m.tar", root=root)
+    manifest = models_bundle.read_manifest(tmp_path / "m.tar")
+    assert stale_reason(manifest) is None
+    assert "cache versions" in stale_reason({**manifest, "cache_versions": {"default": 1}})
+
+
+def test_a_corrupt_bundle_is_refused_with_one_line_and_the_cache_untouched(built, tmp_path, capsys):
+    root, *_ = built
+    archive = export_models("test", tmp_path / "m.tar", root=root)["archive"]
+    with tarfile.open(archive) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("model.pt"))
+    raw = bytearray(open(archive, "rb").read())
+    raw[member.offset_data + member.size // 2] ^= 0xFF  # a flipped byte inside a model's weights
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(raw))
+    target = tmp_path / "target"
+    with pytest.raises(BundleError, match="was not changed"):
+        import_models(bad, target)
+    assert not [p for p in target.rglob("*") if p.is_file()]
+    assert cli.main(["import", str(bad), "--root", str(target)]) == 2
+    assert cli.main(["import", str(tmp_path / "absent.tar"), "--root", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "absent.tar: no such archive" in err[1]
+
+
+def test_plain_import_refuses_compact_weights(built, tmp_path):
+    root, *_ = built
+    export_models("test", tmp_path / "m.tar", root=root)
+    with pytest.raises(BundleError, match="models bundle with compact weights"):
+        import_bundle(tmp_path / "m.tar", tmp_path / "target")
+
+
+def test_ensure_imports_only_what_is_missing_and_only_for_its_profile(built, tmp_path, capsys):
+    root, _, _, _, graph = built
+    export_models("test", tmp_path / "m.tar", root=root)
+    target = tmp_path / "target"
+    assert ensure_models(tmp_path / "m.tar", "smoke", target) is None  # another profile's bundle
+    assert not target.exists() or not any(target.rglob("model.pt"))
+    assert len(ensure_models(tmp_path / "m.tar", "test", target)["added"]) == 2
+    assert ensure_models(tmp_path / "m.tar", "test", target) is None  # nothing missing now
+    import shutil
+
+    shutil.rmtree(target / "models" / graph[1])
+    cli.main(["import", "--missing-only", "--profile", "smoke", str(tmp_path / "m.tar"), "--root", str(target)])
+    assert not (target / "models" / graph[1]).exists()
+    assert cli.main(["import", str(tmp_path / "m.tar"), "--root", str(target)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "profile test" in out and "1 entries added, 0 replaced, 1 unchanged" in out
+
+
+def test_the_size_cap_refuses_and_writes_nothing(built, tmp_path):
+    root, *_ = built
+    with pytest.raises(BundleError, match="over the cap"):
+        export_models("test", tmp_path / "m.tar", root=root, max_bytes=1000)
+    assert not (tmp_path / "m.tar").exists()
