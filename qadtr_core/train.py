@@ -96,13 +96,19 @@ def check_bit_set(bit_set: Sequence[int]) -> tuple[int, ...]:
 
 
 def draw_bits(bit_set: Sequence[int], seed: int, step: int, schedule: str = "sample") -> int:
-    """The bit-width of training step ``step``: cycling through ``bit_set`` or drawn uniformly (seeded)."""
+    """The bit-width of training step ``step``: cycling through ``bit_set`` ("cycle"), drawn uniformly
+    ("sample"), or drawn at random without replacement within each run of ``len(bit_set)`` steps
+    ("shuffle": random per batch, yet every width gets the same steps); all seeded."""
     if schedule == "cycle":
         return bit_set[step % len(bit_set)]
     if schedule == "sample":
         g = seeded_generator(seed, step)
         return bit_set[int(torch.randint(len(bit_set), (1,), generator=g))]
-    raise ValueError(f"unknown bit schedule {schedule!r}; allowed: 'cycle', 'sample'")
+    if schedule == "shuffle":
+        k = len(bit_set)
+        order = torch.randperm(k, generator=seeded_generator(seed, step // k, 17))
+        return bit_set[int(order[step % k])]
+    raise ValueError(f"unknown bit schedule {schedule!r}; allowed: 'cycle', 'sample', 'shuffle'")
 
 
 StrategyFactory = Callable[[TrainConfig], BatchLoss]

@@ -24,7 +24,7 @@ def test_every_defense_gets_the_same_steps_per_width_and_inner_steps():
     assert pbat.epochs == P.defense_epochs and dwq.epochs == qadtr.epochs == len(BITS) * P.defense_epochs
     p, d, q = (c.strategy_params for c in (pbat, dwq, qadtr))
     assert p.inner_steps == d.pgd_steps == q.inner_steps == P.defense_inner_steps
-    assert p.carry and d.carry and q.carry
+    assert p.step_size == q.step_size == 1 / P.defense_inner_steps and p.location_opt and q.location_opt
     table = budget_table(defense_configs(P, BITS), n_train=P.n_train).set_index("defense")
     s = steps_per_width(P)
     assert table.loc["PBAT", "steps per width"] == table.loc["DWQ", "steps per width"] == s
@@ -40,16 +40,18 @@ def test_budget_table_counts_the_steps_each_strategy_takes_at_each_width():
     s = steps_per_width(QUICK)
     for d in ("PBAT", "DWQ", "QADT-R"):  # counted from each schedule, not total // widths
         assert [table.loc[d, f"steps at {b} b"] for b in FIVE] == [s] * 5, d
-    dwq = dwq_config(QUICK, FIVE)  # DWQ cycles: s at every width (a random draw would not give equal shares)
-    assert steps_by_width(dwq) == {b: s for b in FIVE} and dwq.strategy_params.schedule == "cycle"
+    dwq = dwq_config(QUICK, FIVE)  # DWQ draws at random per batch, without replacement: s at every width
+    assert steps_by_width(dwq) == {b: s for b in FIVE} and dwq.strategy_params.schedule == "shuffle"
     ab = budget_table(ablation_configs(QUICK, FIVE)).set_index("defense")
-    total = total_steps(qadtr_config(QUICK, FIVE))
-    assert [ab.loc["without DBWT", f"steps at {b} b"] for b in FIVE] == [0, 0, 0, total, 0]  # all at 4 bits
-    assert ab.loc["without DBWT", "steps per width"] == f"32 b: 0 / 8 b: 0 / 5 b: 0 / 4 b: {total} / 2 b: 0"
-    # refreshes per carried patch: PBAT's one cell every batch; QADT-R's 5 x 3 cells share the batches
-    assert table.loc["PBAT", "refreshes per carried patch"] == s
-    assert table.loc["QADT-R", "refreshes per carried patch"] == pytest.approx(5 * s / 15)
-    assert ab.loc["without A-QAPA", "refreshes per carried patch"] == total
+    # every ablation serves every width it is scored at with the same steps: without DBWT in contiguous blocks
+    for name in ab.index.drop("multi-width (undefended)"):
+        assert [ab.loc[name, f"steps at {b} b"] for b in FIVE] == [s] * 5, name
+    no_dbwt = qadtr_config(QUICK, FIVE, ablation="without DBWT")
+    order = [no_dbwt.strategy_params.train_bits(i) for i in range(total_steps(no_dbwt))]
+    assert order == [b for b in FIVE for _ in range(s)]  # one block per width, no per-batch change
+    # the quick profile keeps the three "without X" variants; the "X only" ones are the paper profile's
+    assert list(ab.index) == ["multi-width (undefended)", "QADT-R", "without A-QAPA", "without DBWT", "without GIR"]
+    assert len(ablation_configs(get_profile("paper"), FIVE)) == 1 + len(ABLATIONS)
 
 
 def test_the_multi_width_model_gets_each_width_the_steps_of_its_qat_model():

@@ -1,14 +1,13 @@
 """DWQ, Double-Win Quant (Fu et al. 2021): random-precision adversarial training and inference.
 
-Training: every batch runs at one bit-width of ``bit_set`` (one BatchNorm per bit-width) on L-inf
-adversarial examples crafted at that same bit-width. DWQ draws the width at random; we cycle through
-the set (``schedule="cycle"``, as QADT-R and the multi-width model do), so that every width gets exactly
-the same number of steps (equal training per width); ``"sample"`` draws it. With ``carry`` (default; the reconstruction
-choice applied alike to PBAT and QADT-R, :mod:`qadtr_core.defenses.carry`) the perturbation of each
-width is carried from batch to batch and refreshed by ``pgd_steps`` projected signed steps ("free"
-adversarial training); without it each batch runs PGD from a random start (DWQ: 7 steps). Inference:
-:class:`RandomPrecision` wraps the trained model and draws a bit-width per forward pass, the
-randomness DWQ relies on; adaptive attacks must average over it (EOT), not attack one fixed width.
+Training: every batch runs at one bit-width of ``bit_set`` (one BatchNorm per bit-width, switchable) on
+L-inf PGD adversarial examples crafted for the batch's images at that same bit-width against the current
+weights: ``pgd_steps`` steps from a random start in the 8/255 ball (DWQ's training setting), step
+2.5 eps / steps (:func:`~qadtr_core.defenses.inner.pgd_inner`). The width is random per batch: by default
+``schedule="shuffle"`` draws it without replacement within each run of ``len(bit_set)`` batches, so that
+every width also gets exactly the same number of steps (equal training per width); ``"sample"`` draws it
+independently, ``"cycle"`` cycles. Inference: :class:`RandomPrecision` wraps the trained model and draws a
+bit-width per forward pass, the randomness DWQ relies on; adaptive attacks must average over it (EOT).
 """
 from __future__ import annotations
 
@@ -20,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks.pgd import PGDConfig, pgd_attack
 from ..quant import set_bits
-from ..train import TrainConfig, check_bit_set, draw_bits, register_strategy
-from ..utils import seeded_generator, stream_seed
-from .carry import CarriedStrategy, PerturbationBank
+from ..train import check_bit_set, draw_bits, register_strategy
+from ..utils import stream_seed
+from .inner import FRESH_STEPS, InnerStrategy, check_inner, pgd_inner
 
 
 @dataclass(frozen=True)
@@ -34,58 +32,51 @@ class DWQConfig:
     Attributes:
         bit_set: bit-widths trained and drawn at inference. (Default: (32, 8, 5, 4, 2), the study's set;
             DWQ itself used 4..16 bits)
-        pgd_steps: signed steps of the training attack per batch (DWQ: 7 from a random start).
-            (Default: 1, with ``carry``)
-        eps: L-inf radius. (Default: 8/255)
-        step_size: step of the signed steps. (Default: 2/255)
-        carry: carry each width's perturbation across batches ("free" training). (Default: True)
-        schedule: "cycle" through ``bit_set`` (equal steps per width) or "sample" it per batch. (Default: "cycle")
+        pgd_steps: PGD steps of the training attack per batch, from a random start (DWQ: 7). (Default: 4)
+        eps: L-inf radius. (Default: 8/255, DWQ's training setting)
+        schedule: "shuffle" (random per batch, equal steps per width), "sample" or "cycle". (Default: "shuffle")
+        probe_every: training steps between fidelity probes (0 = never). (Default: 50)
         seed: seeds the bit draws and the starts. (Default: 0)
     """
 
     bit_set: tuple[int, ...] = (32, 8, 5, 4, 2)
-    pgd_steps: int = 1
+    pgd_steps: int = 4
     eps: float = 8 / 255
-    step_size: float = 2 / 255
-    carry: bool = True
-    schedule: Literal["cycle", "sample"] = "cycle"
+    schedule: Literal["cycle", "sample", "shuffle"] = "shuffle"
+    probe_every: int = 50
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_bit_set(self.bit_set)
         draw_bits(self.bit_set, self.seed, 0, self.schedule)  # an unknown schedule is a clear error
-        if self.pgd_steps < 0 or self.step_size <= 0 or not 0 <= self.eps <= 1:
-            raise ValueError(f"need pgd_steps >= 0, step_size > 0 and 0 <= eps <= 1; got {self.pgd_steps}, "
-                             f"{self.step_size}, {self.eps}")
+        if not 0 < self.eps <= 1:
+            raise ValueError(f"need 0 < eps <= 1, got {self.eps}")
+        check_inner(self.pgd_steps, self.eps)
 
     def train_bits(self, step: int) -> int:
         """The bit-width of training step ``step``."""
         return draw_bits(self.bit_set, self.seed, step, self.schedule)
 
-    def carried_cells(self) -> int:
-        """One carried perturbation per bit-width."""
-        return len(self.bit_set)
 
-
-class DWQ(CarriedStrategy):
-    """The DWQ batch loss: cross-entropy on adversarial examples at a randomly drawn bit-width."""
+class DWQ(InnerStrategy):
+    """The DWQ batch loss: cross-entropy on PGD examples of the batch at a randomly drawn bit-width."""
 
     def __init__(self, config: DWQConfig = DWQConfig()) -> None:
         self.config = config
-        self.bank = PerturbationBank()
+        self.probe_every = config.probe_every
 
     def inner(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        """Adversarial versions of the whole batch at the model's current width."""
+        """PGD examples of the whole batch at the model's current width."""
         cfg = self.config
-        if not cfg.carry:
-            return pgd_attack(model, x, y, PGDConfig(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.pgd_steps,
-                                                     seed=stream_seed(cfg.seed, step)))
-        return self.bank.attack(model, x, y, f"{getattr(model, 'qadtr_bits', 32)}b", cfg.eps, cfg.pgd_steps,
-                                cfg.step_size, seeded_generator(cfg.seed, step))
+        return pgd_inner(model, x, y, cfg.eps, cfg.pgd_steps, stream_seed(cfg.seed, step) % 2**31)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        set_bits(model, self.config.train_bits(step))
-        logits = model(self.inner(model, x, y, step))
+        cfg = self.config
+        set_bits(model, cfg.train_bits(step))
+        adv = self.inner(model, x, y, step)
+        self.maybe_probe(step, model, x, y, adv,
+                         lambda: pgd_inner(model, x, y, cfg.eps, FRESH_STEPS, stream_seed(cfg.seed, step, 1) % 2**31))
+        logits = model(adv)
         return F.cross_entropy(logits, y), logits
 
 

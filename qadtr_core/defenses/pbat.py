@@ -1,12 +1,13 @@
 """PBAT: patch-based adversarial training (Rao, Stutz and Schiele 2020), at one bit-width.
 
-Each batch, a share ``adv_fraction`` of the images gets a per-image adversarial patch at a random
-location outside the central region; the loss mixes clean and patched cross-entropy in the same
-proportion. The inner attack is signed-gradient steps on the patch pixels in eval mode (BatchNorm
-statistics untouched). With ``carry`` (the default, a reconstruction choice shared with QADT-R, see
-:mod:`qadtr_core.defenses.carry`) the patches start from those of the previous batch, so that
-``inner_steps`` refresh steps per batch (1 by default) build up a strong attack at a cost of about
-1.5x a QAT step; without it each batch starts from uniform noise, as in Rao et al. (10-25 steps).
+Each batch, a share ``adv_fraction`` (half, as in Rao et al.) of the images gets a per-image adversarial
+patch crafted *for that image against the current weights*: a random location outside the central
+region, uniform random content, ``inner_steps`` signed-gradient steps with location optimisation
+(Rao et al.'s RandLO, stride 2), the best iterate kept (:func:`~qadtr_core.defenses.inner.patch_inner`,
+the evaluation's per-image attack with one restart). The loss mixes clean and patched cross-entropy in
+the same proportion. The inner attack runs in eval mode (BatchNorm statistics untouched), at the width
+the model serves. Its fidelity (the share of a fresh 20-step attack's loss gain it reaches) is probed
+every ``probe_every`` steps (:mod:`qadtr_core.defenses.inner`).
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from ..patches import Box, central_box
 from ..quant import get_bits
 from ..threats import PatchDistribution
 from ..train import TrainConfig, register_strategy
-from ..utils import seeded_generator
-from .carry import CarriedStrategy, PatchBank
+from ..utils import stream_seed
+from .inner import FRESH_STEP_SIZE, FRESH_STEPS, InnerStrategy, check_inner, patch_inner
 
 
 @dataclass(frozen=True)
@@ -30,36 +31,40 @@ class PBATConfig:
 
     Attributes:
         patch_size: training patch side in pixels. (Default: 8)
-        inner_steps: signed-gradient steps of the inner attack per batch. (Default: 1, with ``carry``)
-        inner_step_size: inner step in [0, 1] pixel units (Rao et al.: 0.1 for training). (Default: 0.1)
+        inner_steps: signed-gradient steps of the per-image inner attack, from a fresh random start every
+            batch. (Default: 4)
+        inner_step_size: inner step in [0, 1] pixel units; None = ``1 / inner_steps``, so that a pixel can cross
+            the whole range in the inner steps (the evaluation's 20-step attack takes 0.05 = 1/20 too).
+            (Default: None)
+        location_opt: optimise each patch's location during the inner steps (Rao et al.). (Default: True)
         adv_fraction: share of each batch that is patched. (Default: 0.5)
-        carry: start each batch's patches from the previous batch's ("free" training). (Default: True)
         avoid: region the patch may not cover. (Default: the central 10x10)
+        probe_every: training steps between fidelity probes (0 = never). (Default: 50)
         seed: seeds the inner attack's locations and starts. (Default: 0)
     """
 
     patch_size: int = 8
-    inner_steps: int = 1
-    inner_step_size: float = 0.1
+    inner_steps: int = 4
+    inner_step_size: float | None = None
+    location_opt: bool = True
     adv_fraction: float = 0.5
-    carry: bool = True
     avoid: Box | None = central_box(10)
+    probe_every: int = 50
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.adv_fraction <= 1.0:
             raise ValueError(f"adv_fraction {self.adv_fraction} must be in (0, 1]")
-        if self.inner_steps < 0 or self.inner_step_size <= 0:
-            raise ValueError(f"inner_steps must be >= 0 and inner_step_size > 0, got {self.inner_steps}, "
-                             f"{self.inner_step_size}")
+        check_inner(self.inner_steps, self.step_size)
+
+    @property
+    def step_size(self) -> float:
+        """The inner step: ``inner_step_size``, else ``1 / inner_steps``."""
+        return self.inner_step_size or 1.0 / self.inner_steps
 
     def training_patches(self) -> PatchDistribution:
         """8x8 squares outside the centre, crafted at the width the model serves."""
         return PatchDistribution(sizes=(self.patch_size,), anywhere=self.avoid is None, source_bits=None)
-
-    def carried_cells(self) -> int:
-        """Patches are carried in one cell (the model's width, ``patch_size``): refreshed every batch."""
-        return 1
 
 
 def n_patched(fraction: float, batch: int) -> int:
@@ -76,28 +81,29 @@ def mixed_loss(logits: torch.Tensor, y: torch.Tensor, k: int, fraction: float) -
     return ce
 
 
-class PBAT(CarriedStrategy):
-    """The PBAT batch loss (a trainer ``loss_fn`` with state: the carried patches)."""
+class PBAT(InnerStrategy):
+    """The PBAT batch loss (a trainer ``loss_fn``); its only state is the fidelity record of the epoch."""
 
     def __init__(self, config: PBATConfig = PBATConfig()) -> None:
         self.config = config
-        self.bank = PatchBank()
+        self.probe_every = config.probe_every
 
     def inner(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        """The patched versions of the first ``adv_fraction`` of the batch, at the model's current width."""
+        """The first ``adv_fraction`` of the batch with per-image patches crafted for them, at the model's width."""
         cfg = self.config
         k = n_patched(cfg.adv_fraction, len(x))
-        cell = f"{get_bits(model)}b_{cfg.patch_size}px"
-        if not cfg.carry:
-            self.bank.carried.pop(cell, None)
-        return self.bank.attack(model, x[:k], y[:k], cell, cfg.patch_size, cfg.inner_steps, cfg.inner_step_size,
-                                cfg.avoid, seeded_generator(cfg.seed, step))
+        return patch_inner(model, x[:k], y[:k], cfg.patch_size, cfg.inner_steps, cfg.step_size, cfg.avoid,
+                           stream_seed(cfg.seed, step) % 2**31, cfg.location_opt)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
         adv = self.inner(model, x, y, step)
         k = len(adv)
+        self.maybe_probe(step, model, x[:k], y[:k], adv, lambda: patch_inner(
+            model, x[:k], y[:k], cfg.patch_size, FRESH_STEPS, FRESH_STEP_SIZE, cfg.avoid,
+            stream_seed(cfg.seed, step, 1) % 2**31, True))
         logits = model(torch.cat([adv, x[k:]]))
-        return mixed_loss(logits, y, k, self.config.adv_fraction), logits
+        return mixed_loss(logits, y, k, cfg.adv_fraction), logits
 
 
 def pbat_loss(config: PBATConfig = PBATConfig()) -> PBAT:

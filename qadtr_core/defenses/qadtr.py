@@ -1,21 +1,28 @@
 """QADT-R as reconstructed (``protocol.md``): DBWT + A-QAPA + GIR, each switchable on its own.
 
-- **DBWT** (dynamic bit-width training): the training bit-width changes every batch, cycling through
-  or drawn from ``bit_set`` (one BatchNorm per bit-width). Off: every batch at ``fixed_bits``.
+- **DBWT** (dynamic bit-width training): the training bit-width changes every batch, drawn at random
+  within each run of ``len(bit_set)`` batches (``schedule="shuffle"``: every width the same steps), one
+  BatchNorm per bit-width. Off (the ablation "without DBWT"): the same widths and the same steps per
+  width, but in contiguous blocks of ``block_steps`` batches in the bit set's order (32, then 8, ...), so
+  that only the dynamic, per-batch change of width is removed.
 - **A-QAPA** (adaptive quantization-aware patches): the training patches are per-image patches crafted
-  inside the quantized model, at a bit-width and patch size drawn from a distribution that favours
-  the (bit-width, size) cells with the highest recent attack loss (a softmax over an exponential
-  moving average). Off: patches crafted at full precision with the middle size, as a plain
-  patch-training baseline would. With ``carry`` (default, as for PBAT) each cell's patches are
-  carried across batches and refreshed by ``inner_steps`` signed steps (:mod:`.carry`).
-- **GIR** (gradient-inconsistency regularization): ``gir_weight`` times the mean squared cosine
-  between the input gradients of the patched images at the step's bit-width and at another bit-width
-  of the set (double backpropagation), so that a patch optimised at one width stops helping at another.
-  The gradients are taken in eval mode, as an attacker sees the model (BatchNorm running statistics
-  used, never updated), on the first ``gir_images`` patched images (a reconstruction choice that
-  bounds the cost of double backpropagation; 0 = all).
+  for the batch's images inside the quantized model at a sampled (bit-width, size) cell, by the shared
+  inner attack (:func:`~qadtr_core.defenses.inner.patch_inner`: ``inner_steps`` signed steps with
+  location optimisation). The sampler favours the cells where the current model is weakest: a cell's
+  hardness is the mean cross-entropy of its patched images *at the cell's own width* (an exponential
+  moving average over the batches that drew it; a cell never drawn counts as the hardest drawn so far),
+  and the draw is ``(1 - uniform_floor) * softmax(hardness / temperature) + uniform_floor / cells``, so
+  that no cell is ever starved. Draw counts and mean hardness per cell are recorded every epoch
+  (``aqapa_draws`` / ``aqapa_loss`` in the training history). Off: patches crafted at full precision
+  with the middle size, as a plain patch-training baseline would.
+- **GIR** (gradient-inconsistency regularization): ``gir_weight`` times :func:`gir_penalty` between the
+  input gradients of the patched images at the step's width and at another width of the set (double
+  backpropagation through the first; the second width's gradient is held fixed). The gradients are of
+  the logit margin (true logit minus the largest other), which does not vanish as the model grows
+  confident, and the penalty has a floor on the gradient norm, so that a vanishing input gradient cannot
+  satisfy it (gradient masking). Eval mode, on the first ``gir_images`` patched images (0 = all).
 
-The strategy keeps state (the A-QAPA loss averages, the carried patches); the trainer saves it with
+The strategy keeps state (the A-QAPA hardness estimates and visit counts); the trainer saves it with
 every checkpoint.
 """
 from __future__ import annotations
@@ -28,11 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..patches import Box, central_box
-from ..quant import FULL_PRECISION, bits as at_bits, check_bits, set_bits
+from ..quant import FULL_PRECISION, bits as at_bits, set_bits
 from ..threats import PatchDistribution
-from ..train import TrainConfig, check_bit_set, draw_bits, register_strategy
-from ..utils import eval_mode, seeded_generator
-from .carry import CarriedStrategy, PatchBank
+from ..train import check_bit_set, draw_bits, register_strategy
+from ..utils import eval_mode, seeded_generator, stream_seed
+from .inner import FRESH_STEP_SIZE, FRESH_STEPS, InnerStrategy, check_inner, mean_ce, patch_inner
 from .pbat import mixed_loss, n_patched
 
 
@@ -43,59 +50,76 @@ class QADTRConfig:
     Attributes:
         bit_set: bit-widths of DBWT, A-QAPA and GIR. (Default: (32, 8, 5, 4, 2))
         dbwt: switch DBWT on. (Default: True)
-        schedule: DBWT's "cycle" or "sample". (Default: "cycle")
-        fixed_bits: the training bit-width when DBWT is off. (Default: 4)
+        schedule: DBWT's "shuffle", "cycle" or "sample". (Default: "shuffle")
+        block_steps: without DBWT, the steps of each contiguous width block (the recipe sets it to the
+            steps per width, so that every width gets the same). (Default: 200)
         aqapa: switch A-QAPA on. (Default: True)
         patch_sizes: patch sides (pixels) A-QAPA draws from. (Default: (6, 8, 10))
-        inner_steps, inner_step_size: signed steps of the patch inner loop per batch. (Default: 1, 0.1)
+        inner_steps, inner_step_size: signed steps of the per-image inner attack, from a fresh start every
+            batch, and their size (None = ``1 / inner_steps``, as for PBAT). (Default: 4, None)
+        location_opt: optimise each patch's location during the inner steps. (Default: True)
         adv_fraction: share of each batch that is patched. (Default: 0.5)
-        carry: start each cell's patches from its previous batch's ("free" training). (Default: True)
-        ema: smoothing of the per-cell attack loss. (Default: 0.9)
-        temperature: softmax temperature of the cell distribution (large = uniform). (Default: 1.0)
+        ema: smoothing of the per-cell hardness. (Default: 0.9)
+        temperature: softmax temperature (nats) of the cell distribution (large = uniform). (Default: 2.0)
+        uniform_floor: share of the draw that is uniform over the cells. (Default: 0.25)
         gir: switch GIR on. (Default: True)
         gir_weight: weight of the GIR penalty. (Default: 1.0)
+        gir_norm_floor: the norm floor of :func:`gir_penalty`. (Default: 0.5)
         gir_images: patched images the GIR penalty is computed on (0 = all of them). (Default: 16)
         avoid: region the training patches may not cover. (Default: the central 10x10)
+        probe_every: training steps between fidelity probes (0 = never). (Default: 50)
         seed: seeds every draw. (Default: 0)
     """
 
     bit_set: tuple[int, ...] = (32, 8, 5, 4, 2)
     dbwt: bool = True
-    schedule: Literal["cycle", "sample"] = "cycle"
-    fixed_bits: int = 4
+    schedule: Literal["cycle", "sample", "shuffle"] = "shuffle"
+    block_steps: int = 200
     aqapa: bool = True
     patch_sizes: tuple[int, ...] = (6, 8, 10)
-    inner_steps: int = 1
-    inner_step_size: float = 0.1
+    inner_steps: int = 4
+    inner_step_size: float | None = None
+    location_opt: bool = True
     adv_fraction: float = 0.5
-    carry: bool = True
     ema: float = 0.9
-    temperature: float = 1.0
+    temperature: float = 2.0
+    uniform_floor: float = 0.25
     gir: bool = True
     gir_weight: float = 1.0
+    gir_norm_floor: float = 0.5
     gir_images: int = 16
     avoid: Box | None = central_box(10)
+    probe_every: int = 50
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_bit_set(self.bit_set)
-        check_bits(self.fixed_bits)
+        draw_bits(self.bit_set, self.seed, 0, self.schedule)  # an unknown schedule is a clear error
         if not self.patch_sizes:
             raise ValueError("patch_sizes is empty")
         if self.gir and len(self.bit_set) < 2:
             raise ValueError("GIR compares two bit-widths: the bit set needs at least two")
         if not 0.0 < self.adv_fraction <= 1.0:
             raise ValueError(f"adv_fraction {self.adv_fraction} must be in (0, 1]")
-        if self.inner_steps < 0 or self.gir_images < 0:
-            raise ValueError(f"inner_steps and gir_images must be >= 0, got {self.inner_steps}, {self.gir_images}")
+        check_inner(self.inner_steps, self.step_size)
+        if self.gir_images < 0 or self.block_steps < 1:
+            raise ValueError(f"gir_images must be >= 0 and block_steps >= 1, got {self.gir_images}, {self.block_steps}")
+        if not self.temperature > 0 or not 0.0 <= self.uniform_floor <= 1.0 or not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"need temperature > 0, 0 <= uniform_floor <= 1 and 0 <= ema < 1; got {self.temperature}, "
+                             f"{self.uniform_floor}, {self.ema}")
+        if not 0.0 < self.gir_norm_floor <= 1.0:
+            raise ValueError(f"gir_norm_floor {self.gir_norm_floor} must be in (0, 1]")
+
+    @property
+    def step_size(self) -> float:
+        """The inner step: ``inner_step_size``, else ``1 / inner_steps``."""
+        return self.inner_step_size or 1.0 / self.inner_steps
 
     def train_bits(self, step: int) -> int:
-        """The bit-width of training step ``step``: DBWT's schedule, else ``fixed_bits``."""
-        return draw_bits(self.bit_set, self.seed, step, self.schedule) if self.dbwt else self.fixed_bits
-
-    def carried_cells(self) -> int:
-        """Cells whose patches are carried separately: (bit-width, size) pairs with A-QAPA, else one."""
-        return len(self.bit_set) * len(self.patch_sizes) if self.aqapa else 1
+        """The bit-width of training step ``step``: DBWT's schedule, else the contiguous blocks."""
+        if self.dbwt:
+            return draw_bits(self.bit_set, self.seed, step, self.schedule)
+        return self.bit_set[min(step // self.block_steps, len(self.bit_set) - 1)]
 
     def training_patches(self) -> PatchDistribution:
         """A-QAPA: every size of ``patch_sizes`` at every width of the bit set; off: the middle size at 32 bits."""
@@ -105,61 +129,102 @@ class QADTRConfig:
         return PatchDistribution(sizes=(mid,), anywhere=self.avoid is None, source_bits=(FULL_PRECISION,))
 
 
-def gir_penalty(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
-    """Mean over images of the squared cosine between two input-gradient maps (0 = orthogonal, 1 = parallel)."""
-    cos = F.cosine_similarity(g1.flatten(1), g2.flatten(1), dim=1, eps=1e-12)
-    return cos.pow(2).mean()
+def gir_penalty(g1: torch.Tensor, g2: torch.Tensor, norm_floor: float = 0.5) -> torch.Tensor:
+    """The GIR penalty between input gradients ``g1`` (trained through) and ``g2`` (held fixed), per image
+    averaged: the squared cosine (0 = orthogonal, 1 = parallel) plus ``((floor - r) / floor)^2`` where the
+    norm ratio ``r = |g1| / |g2|`` falls below ``floor``, so that shrinking ``g1`` to nothing costs as much
+    as perfect alignment and can never satisfy the penalty."""
+    g1, g2 = g1.flatten(1), g2.detach().flatten(1)
+    n1, n2 = g1.norm(dim=1), g2.norm(dim=1).clamp_min(1e-12)
+    cos = (g1 * g2).sum(1) / (n1.clamp_min(1e-12) * n2)
+    shortfall = F.relu(norm_floor - n1 / n2) / norm_floor
+    return (cos.pow(2) + shortfall.pow(2)).mean()
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image: the true class's logit minus the largest other logit."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return true - other
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, create_graph: bool) -> torch.Tensor:
-    """d CE / d x at the model's current bit-width (differentiable itself when ``create_graph``)."""
+    """d (-margin) / d x per image at the model's current bit-width: the direction an attacker ascends
+    (differentiable itself when ``create_graph``)."""
     x = x.detach().requires_grad_(True)
-    grad, = torch.autograd.grad(F.cross_entropy(model(x), y), x, create_graph=create_graph)
+    grad, = torch.autograd.grad(-margin(model(x), y).sum(), x, create_graph=create_graph)
     return grad
 
 
-class QADTR(CarriedStrategy):
+class QADTR(InnerStrategy):
     """The QADT-R batch loss; call it as the trainer's ``loss_fn``. ``last_terms`` holds the loss terms."""
 
     def __init__(self, config: QADTRConfig = QADTRConfig()) -> None:
         self.config = config
+        self.probe_every = config.probe_every
         self.cells = [(b, s) for b in config.bit_set for s in config.patch_sizes]
         self.avg_loss = torch.zeros(len(self.cells))
-        self.bank = PatchBank()
+        self.visits = torch.zeros(len(self.cells), dtype=torch.long)
+        self._epoch_draws = torch.zeros(len(self.cells), dtype=torch.long)
+        self._epoch_loss = torch.zeros(len(self.cells))
         self.last_terms: dict[str, float] = {}
 
     def state_dict(self) -> dict:
-        return {"avg_loss": self.avg_loss.clone(), "bank": self.bank.state_dict()}
+        return {"avg_loss": self.avg_loss.clone(), "visits": self.visits.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.avg_loss = state["avg_loss"].clone()
-        self.bank.load_state_dict(state.get("bank", {}))
+        self.avg_loss, self.visits = state["avg_loss"].clone(), state["visits"].clone()
 
     def train_bits(self, step: int) -> int:
         return self.config.train_bits(step)
+
+    def cell_probabilities(self) -> torch.Tensor:
+        """A-QAPA's draw distribution over :attr:`cells` (see the module doc)."""
+        cfg = self.config
+        seen = self.visits > 0
+        hardness = self.avg_loss.clone()
+        hardness[~seen] = hardness[seen].max() if seen.any() else 0.0  # optimism for cells never drawn
+        probs = torch.softmax(hardness / cfg.temperature, 0)
+        return (1 - cfg.uniform_floor) * probs + cfg.uniform_floor / len(self.cells)
 
     def patch_cell(self, step: int) -> tuple[int, int, int]:
         """(index, bit-width, size) of the training patches of ``step``."""
         cfg = self.config
         if not cfg.aqapa:
             return -1, FULL_PRECISION, cfg.patch_sizes[len(cfg.patch_sizes) // 2]
-        probs = torch.softmax(self.avg_loss / cfg.temperature, 0)
         g = seeded_generator(cfg.seed, step + 7)
-        i = int(torch.multinomial(probs, 1, generator=g))
+        i = int(torch.multinomial(self.cell_probabilities(), 1, generator=g))
         return i, *self.cells[i]
 
     def inner(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
               cell: tuple[int, int, int] | None = None) -> torch.Tensor:
-        """The patched versions of the first ``adv_fraction`` of the batch, crafted in ``step``'s cell."""
+        """The first ``adv_fraction`` of the batch with per-image patches crafted for them in ``step``'s cell."""
         cfg = self.config
         _, patch_bits, size = cell or self.patch_cell(step)
         k = n_patched(cfg.adv_fraction, len(x))
-        key = f"{patch_bits}b_{size}px"
-        if not cfg.carry:
-            self.bank.carried.pop(key, None)
         with at_bits(model, patch_bits):
-            return self.bank.attack(model, x[:k], y[:k], key, size, cfg.inner_steps, cfg.inner_step_size, cfg.avoid,
-                                    seeded_generator(cfg.seed, step))
+            return patch_inner(model, x[:k], y[:k], size, cfg.inner_steps, cfg.step_size, cfg.avoid,
+                               stream_seed(cfg.seed, step) % 2**31, cfg.location_opt)
+
+    def _record_cell(self, cell: int, loss: float) -> None:
+        cfg = self.config
+        first = self.visits[cell] == 0
+        self.avg_loss[cell] = loss if first else cfg.ema * self.avg_loss[cell] + (1 - cfg.ema) * loss
+        self.visits[cell] += 1
+        self._epoch_draws[cell] += 1
+        self._epoch_loss[cell] += loss
+
+    def inner_record(self) -> dict:
+        """The fidelity record and, with A-QAPA, per-cell draws and mean hardness since the last call."""
+        out: dict = dict(super().inner_record())
+        if self.config.aqapa and int(self._epoch_draws.sum()):
+            d = self._epoch_draws
+            out["aqapa_draws"] = {f"{b}b_{s}px": int(n) for (b, s), n in zip(self.cells, d)}
+            out["aqapa_loss"] = {f"{b}b_{s}px": (float(ls / n) if n else float("nan"))
+                                 for (b, s), ls, n in zip(self.cells, self._epoch_loss, d)}
+        self._epoch_draws = torch.zeros_like(self._epoch_draws)
+        self._epoch_loss = torch.zeros_like(self._epoch_loss)
+        return out
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
@@ -167,12 +232,15 @@ class QADTR(CarriedStrategy):
         cell, patch_bits, size = self.patch_cell(step)
         adv = self.inner(model, x, y, step, (cell, patch_bits, size))
         k = len(adv)
+        with at_bits(model, patch_bits):
+            if cell >= 0:  # A-QAPA: how hard this cell's patches are, at the cell's own width
+                self._record_cell(cell, mean_ce(model, adv, y[:k]))
+            self.maybe_probe(step, model, x[:k], y[:k], adv, lambda: patch_inner(
+                model, x[:k], y[:k], size, FRESH_STEPS, FRESH_STEP_SIZE, cfg.avoid,
+                stream_seed(cfg.seed, step, 1) % 2**31, True))
         set_bits(model, b)
         logits = model(torch.cat([adv, x[k:]]))
-        per_image = F.cross_entropy(logits.detach(), y, reduction="none")
         terms = {"ce": mixed_loss(logits, y, k, cfg.adv_fraction)}
-        if cell >= 0:  # A-QAPA: remember how hard this cell's patches were
-            self.avg_loss[cell] = cfg.ema * self.avg_loss[cell] + (1 - cfg.ema) * float(per_image[:k].mean())
         if cfg.gir:
             g = seeded_generator(cfg.seed, step + 13)
             others = [o for o in cfg.bit_set if o != b]
@@ -181,8 +249,8 @@ class QADTR(CarriedStrategy):
             with eval_mode(model):  # as an attacker sees the model; running statistics untouched
                 g1 = input_gradient(model, adv[:m], y[:m], create_graph=True)
                 with at_bits(model, b2):
-                    g2 = input_gradient(model, adv[:m], y[:m], create_graph=True)
-            terms["gir"] = cfg.gir_weight * gir_penalty(g1, g2)
+                    g2 = input_gradient(model, adv[:m], y[:m], create_graph=False)  # the other width held fixed
+            terms["gir"] = cfg.gir_weight * gir_penalty(g1, g2, cfg.gir_norm_floor)
         self.last_terms = {name: float(t.detach()) for name, t in terms.items()}
         self.last_terms.update(bits=b, patch_bits=patch_bits, patch_size=size)
         return sum(terms.values()), logits

@@ -1,9 +1,9 @@
 """The training recipe of every defended model under a profile: PBAT, DWQ, QADT-R and its ablations.
 
 Equal training per bit-width (``protocol.md``): every defense gets ``steps_per_width(profile)``
-optimiser steps at each width it serves, the same inner-attack budget (``defense_inner_steps`` signed
-steps per batch, carried across batches, :mod:`qadtr_core.defenses.carry`), and starts from an
-undefended model of equal training:
+optimiser steps at each width it serves, the same inner-attack budget (``defense_inner_steps`` steps of
+its own attack, crafted for each batch's images from a fresh start, :mod:`qadtr_core.defenses.inner`),
+and starts from an undefended model of equal training:
 
 - PBAT at bit-width *b* is fine-tuned from the undefended QAT model at *b* (one model per width), for
   ``steps_per_width`` steps.
@@ -13,9 +13,9 @@ undefended model of equal training:
   the steps of its QAT model.
 
 :func:`budget_table` records, per defense, the start model, the steps it takes at each width (counted
-from its own schedule), inner steps, refreshes per carried patch and wall time; :func:`inner_loss_table`
-shows that the carried inner attack still raises the training loss. :func:`surrogate_config` is the
-common transfer surrogate of the defense chapters.
+from its own schedule), inner steps and wall time; :func:`fidelity_table` shows, per model and epoch, the
+training attack's loss gain against a fresh 20-step attack's on the same images. :func:`surrogate_config`
+is the common transfer surrogate of the defense chapters.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ SURROGATE_SEED_OFFSET = 1000  # the transfer surrogate never shares a seed with 
 UNDEFENDED = "QAT (undefended)"
 MULTIWIDTH = "multi-width (undefended)"
 
-# QADT-R with components switched off: the full method, each component removed, each component alone.
+# QADT-R with components switched off: the full method, each component removed, each component alone
+# (a profile may keep fewer: Profile.ablation_variants).
 ABLATIONS: dict[str, dict[str, bool]] = {
     "QADT-R": {},
     "without A-QAPA": {"aqapa": False},
@@ -63,14 +64,15 @@ def _fine_tune(profile: Profile, parent: TrainConfig, bits: int, widths: int, st
 def pbat_config(profile: Profile, bits: int, seed: int = 0) -> TrainConfig:
     """PBAT at ``bits``, fine-tuned from the QAT model at ``bits`` (the FP model at 32)."""
     check_bits(bits)
-    params = PBATConfig(inner_steps=profile.defense_inner_steps, seed=seed)
+    params = PBATConfig(inner_steps=profile.defense_inner_steps, probe_every=profile.defense_probe_every, seed=seed)
     return _fine_tune(profile, qat_config(profile, bits, seed), bits, 1, "pbat", params)
 
 
 def dwq_config(profile: Profile, bit_set: Sequence[int], seed: int = 0) -> TrainConfig:
     """DWQ over ``bit_set`` (random-precision adversarial training), fine-tuned from the multi-width model."""
     bit_set = check_bit_set(tuple(bit_set))
-    params = DWQConfig(bit_set=bit_set, pgd_steps=profile.defense_inner_steps, seed=seed)
+    params = DWQConfig(bit_set=bit_set, pgd_steps=profile.defense_inner_steps, probe_every=profile.defense_probe_every,
+                       seed=seed)
     return _fine_tune(profile, multiwidth_config(profile, bit_set, seed), FULL_PRECISION, len(bit_set), "dwq", params)
 
 
@@ -79,7 +81,8 @@ def qadtr_config(profile: Profile, bit_set: Sequence[int], seed: int = 0, ablati
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; allowed: {', '.join(ABLATIONS)}")
     bit_set = check_bit_set(tuple(bit_set))
-    params = QADTRConfig(bit_set=bit_set, inner_steps=profile.defense_inner_steps, seed=seed, **ABLATIONS[ablation])
+    params = QADTRConfig(bit_set=bit_set, inner_steps=profile.defense_inner_steps, block_steps=steps_per_width(profile),
+                         probe_every=profile.defense_probe_every, seed=seed, **ABLATIONS[ablation])
     return _fine_tune(profile, multiwidth_config(profile, bit_set, seed), FULL_PRECISION, len(bit_set), "qadtr", params)
 
 
@@ -100,11 +103,11 @@ def defense_configs(profile: Profile, bit_set: Sequence[int], seed: int = 0) -> 
 def ablation_configs(profile: Profile, bit_set: Sequence[int], seed: int = 0,
                      variants: Sequence[str] | None = None) -> dict[str, dict[int, TrainConfig]]:
     """The undefended multi-width model (QADT-R's start) for reference, then QADT-R and its ``variants``
-    (default: every ablation of :data:`ABLATIONS`)."""
+    (default: the profile's ``ablation_variants``, else every ablation of :data:`ABLATIONS`)."""
     bit_set = check_bit_set(tuple(bit_set))
     multi = multiwidth_config(profile, bit_set, seed)
     out = {MULTIWIDTH: {b: multi for b in bit_set}}
-    for name in variants or ABLATIONS:
+    for name in variants or profile.ablation_variants or ABLATIONS:
         cfg = qadtr_config(profile, bit_set, seed, name)
         out[name] = {b: cfg for b in bit_set}
     return out
@@ -113,9 +116,9 @@ def ablation_configs(profile: Profile, bit_set: Sequence[int], seed: int = 0,
 def _inner(config: TrainConfig) -> tuple[int, str]:
     p = config.strategy_params
     if hasattr(p, "pgd_steps"):
-        return p.pgd_steps, "L-inf signed steps" + (" (carried)" if p.carry else " (PGD, random start)")
+        return p.pgd_steps, "L-inf PGD, random start, per batch"
     if hasattr(p, "inner_steps"):
-        return p.inner_steps, "patch signed steps" + (" (carried)" if p.carry else " (random start)")
+        return p.inner_steps, "per-image patch, signed steps" + (" with location optimisation" if p.location_opt else "")
     return 0, "none"
 
 
@@ -128,30 +131,18 @@ def _start(config: TrainConfig) -> str:
     return "FP model" if parent.init is None else f"QAT {parent.bits} b"
 
 
-def _carried_cells(config: TrainConfig) -> int | None:
-    """Carried patch / perturbation cells of one model (None: no inner attack; 0: nothing carried)."""
-    p = config.strategy_params
-    if not hasattr(p, "carried_cells"):
-        return None
-    return p.carried_cells() if p.carry else 0
-
-
 def budget_table(configs: Mapping[str, Mapping[int, TrainConfig]],
                  models: Mapping[str, Mapping[int, TrainedModel]] | None = None, n_train: int = 50000) -> pd.DataFrame:
-    """Per defense: start model, widths served, optimiser steps at each width, inner steps, refreshes per
-    carried patch and wall time.
+    """Per defense: start model, widths served, optimiser steps at each width, inner steps and wall time.
 
     The steps at each width are *counted* from the schedule each strategy itself follows
     (:func:`~qadtr_core.train.steps_by_width` over the config's total steps): a per-width model takes all
-    its steps at its width, a shared-weight model splits them as its schedule does (DWQ, QADT-R: cycling;
-    the multi-width model: in proportion to the QAT budgets; QADT-R without DBWT: all at one width, the
-    others 0). "steps per width" is their common value when the served widths all get the same, else
-    the list. "refreshes per carried patch" is the mean number of batches in which one carried patch
-    (DWQ: perturbation) is refreshed, each refresh taking "inner steps" signed steps: a model's steps
-    divided by its carried cells (PBAT: one; DWQ: one per width; QADT-R with A-QAPA: one per (width,
-    size) cell, 15 for 5 widths x 3 sizes; 0 when nothing is carried). ``n_train`` caps each config's
-    ``n_train`` (the size of the training set used). Wall time (``train seconds``) is summed over a
-    defense's distinct models and needs ``models``.
+    its steps at its width, a shared-weight model splits them as its schedule does (DWQ, QADT-R: random
+    per batch with equal steps per width; without DBWT: contiguous blocks of equal length; the multi-width
+    model: in proportion to the QAT budgets). "steps per width" is their common value when the served
+    widths all get the same, else the list. ``n_train`` caps each config's ``n_train`` (the size of the
+    training set used). Wall time (``train seconds``) is summed over a defense's distinct models and
+    needs ``models``.
     """
     rows = []
     widths = list(dict.fromkeys(b for per_bits in configs.values() for b in per_bits))
@@ -160,17 +151,13 @@ def budget_table(configs: Mapping[str, Mapping[int, TrainConfig]],
         counts = {c: steps_by_width(c, n_train) for c in distinct}
         at = {b: counts[c].get(b, 0) for b, c in per_bits.items()}
         inner, kind = _inner(distinct[0])
-        cells = [(_carried_cells(c), total_steps(c, n_train)) for c in distinct]
-        refresh = (float("nan") if cells[0][0] is None else
-                   sum(t / k if k else 0.0 for k, t in cells) / len(cells))
         row = {"defense": name, "start model": ", ".join(dict.fromkeys(_start(c) for c in distinct)),
                "models": len(distinct), "widths served": len(per_bits),
                "steps per width": (next(iter(at.values())) if len(set(at.values())) == 1
                                    else " / ".join(f"{b} b: {k}" for b, k in at.items())),
                **{f"steps at {b} b": at.get(b, float("nan")) for b in widths},
                "total steps": sum(total_steps(c, n_train) for c in distinct),
-               "inner steps": inner, "inner attack": kind, "refreshes per carried patch": refresh,
-               "batch": distinct[0].batch_size}
+               "inner steps": inner, "inner attack": kind, "batch": distinct[0].batch_size}
         if models is not None:
             hashes = {}
             for b, tm in models[name].items():
@@ -180,26 +167,30 @@ def budget_table(configs: Mapping[str, Mapping[int, TrainConfig]],
     return pd.DataFrame(rows)
 
 
-def inner_loss_table(models: Mapping[str, Mapping[int, TrainedModel]]) -> pd.DataFrame:
-    """Per defense, model and epoch: the mean inner-attack loss (cross-entropy of the attacked images, eval
-    mode, at the attacked width) before and after the refresh steps, and the rise, from the training
-    history (:mod:`qadtr_core.defenses.carry`). A positive rise means the carried attack still raises the
-    training loss. Models without an inner attack are left out; a model trained before the loss was
-    recorded shows NaN."""
+def fidelity_table(models: Mapping[str, Mapping[int, TrainedModel]]) -> pd.DataFrame:
+    """Per defense, model and epoch, from the training history (:mod:`qadtr_core.defenses.inner`): the mean
+    cross-entropy of the probed training images clean, under the training attack and under a fresh
+    20-step attack of the same kind on the same images at the same width, and ``fidelity``, the share of
+    the fresh attack's loss gain the training attack reaches (the chapter requires at least
+    :data:`~qadtr_core.defenses.inner.MIN_FIDELITY`). Models without an inner attack are left out; a
+    model trained before fidelity was recorded shows NaN."""
     rows = []
     for name, per_bits in models.items():
         seen: dict[str, list[int]] = {}
         for b, tm in per_bits.items():
-            if _carried_cells(tm.config) is not None:
+            if _inner(tm.config)[0]:
                 seen.setdefault(tm.record["config_hash"], []).append(b)
         for h, bs in seen.items():
             tm = per_bits[bs[0]]
             model = f"{bs[0]} b" if len(bs) == 1 else "shared"
             for e in tm.record.get("history", []):
-                before, after = e.get("inner_loss_before", float("nan")), e.get("inner_loss_after", float("nan"))
-                rows.append({"defense": name, "model": model, "epoch": e.get("epoch"), "loss before": before,
-                             "loss after": after, "rise": after - before})
-    return pd.DataFrame(rows, columns=["defense", "model", "epoch", "loss before", "loss after", "rise"])
+                rows.append({"defense": name, "model": model, "epoch": e.get("epoch"),
+                             "clean loss": e.get("inner_loss_clean", float("nan")),
+                             "training attack loss": e.get("inner_loss_train", float("nan")),
+                             "fresh attack loss": e.get("inner_loss_fresh", float("nan")),
+                             "fidelity": e.get("fidelity", float("nan"))})
+    return pd.DataFrame(rows, columns=["defense", "model", "epoch", "clean loss", "training attack loss",
+                                       "fresh attack loss", "fidelity"])
 
 
 def surrogate_config(profile: Profile, seed: int = 0) -> TrainConfig:
