@@ -12,6 +12,7 @@ _LAZY = {
     "VALID_BITS": "quant", "bits": "quant", "check_bits": "quant", "get_bits": "quant", "prepare_bits": "quant",
     "set_bits": "quant", "build_model": "models", "Profile": "profiles", "get_profile": "profiles",
     "load_cifar10": "data",
+    "CertifyConfig": "certify", "double_masking_predict": "certify", "mask_set": "certify",
 }
 
 __all__ = list(_LAZY)
