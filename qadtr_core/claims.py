@@ -3,11 +3,14 @@
 The chapters measure; this module turns measurements into claim entries, each with its interval,
 n, profile, seeds and the strength of every attack behind it (``protocol.md``; the verdict rules
 that read these entries live in :mod:`qadtr_core.scorecard`). Rates are fractions, differences are
-in their own units, every interval is 95 %.
+in their own units, every interval is 95 % unless its name says it is corrected (C1's ``*_corrected``
+intervals and its headline: Bonferroni-corrected for the number of readings).
 
 - **C1** (patches transfer from FP to 2-bit QAT at > 70 %): every *reading* of the claim (targeted or
   untargeted, universal or per-image patch) gives its FP -> lowest-width ASR with a Wilson interval
-  and its excess over the clean floor with a paired bootstrap interval.
+  and its excess over its null floor with a paired bootstrap interval, each also at the level
+  Bonferroni-corrected for the number of readings (the level the verdict reads); the headline is the
+  strongest reading, a lower bound while its attack has not converged.
 - **C2** (pixel attacks transfer poorly): PGD at the radius whose white-box ASR is closest to 50 %
   against the per-image patch: the difference of their relative transfer (mean off-diagonal over
   mean diagonal ASR among QAT widths), paired bootstrap over images.
@@ -19,13 +22,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .artifacts import artifact_root, write_json
-from .stats import Interval, bootstrap_mean, paired_bootstrap, wilson
+from .stats import Z95, Interval, bootstrap_mean, paired_bootstrap, wilson
 from .strength import AttackStrength
 from .transfer import Outcomes, rate_of, relative_transfer_interval, white_box_excess_interval
 
@@ -35,9 +39,16 @@ def interval(iv: Interval) -> dict[str, float]:
     return {"value": float(iv.value), "ci_low": float(iv.low), "ci_high": float(iv.high)}
 
 
-def rate_interval(outcomes: Outcomes) -> Interval:
+def rate_interval(outcomes: Outcomes, level: float = 0.95) -> Interval:
     """Wilson interval of the rate of per-image outcomes."""
-    return wilson(*rate_of(outcomes))
+    z = Z95 if level == 0.95 else NormalDist().inv_cdf(1 - (1 - level) / 2)
+    return wilson(*rate_of(outcomes), z=z)
+
+
+def corrected_level(n_tried: int, level: float = 0.95) -> float:
+    """The Bonferroni-corrected level of each of ``n_tried`` intervals whose best one is picked (95 %
+    over the family: 1 - 0.05 / n_tried each)."""
+    return 1 - (1 - level) / max(1, int(n_tried))
 
 
 @dataclass
@@ -59,11 +70,11 @@ class PatchReading:
     floor: Outcomes | None
     strength: AttackStrength
 
-    def excess_over_floor(self, seed: int = 0) -> Interval:
+    def excess_over_floor(self, seed: int = 0, level: float = 0.95) -> Interval:
         hits, valid = self.transfer
         if self.floor is None:
-            return rate_interval(self.transfer)
-        return paired_bootstrap(hits, self.floor[0], valid_a=valid, valid_b=self.floor[1], seed=seed)
+            return rate_interval(self.transfer, level)
+        return paired_bootstrap(hits, self.floor[0], valid_a=valid, valid_b=self.floor[1], seed=seed, level=level)
 
     def entry(self) -> dict[str, Any]:
         floor = 0.0 if self.floor is None else rate_interval(self.floor).value
@@ -74,17 +85,27 @@ class PatchReading:
 
 
 def c1_claim(readings: Sequence[PatchReading], low: str, profile: str, seeds: Sequence[int]) -> dict[str, Any]:
-    """The C1 entry: every reading, and as ``value`` the strongest *converged* reading's transfer ASR
-    (the strongest overall if none converged; the verdict then abstains)."""
+    """The C1 entry: every reading, each with its transfer ASR and its excess over its floor also at the
+    level Bonferroni-corrected for the number of readings (``transfer_corrected``,
+    ``excess_over_floor_corrected``), and as the headline (``value``, ``ci_low``, ``ci_high``, at that
+    corrected level) the *strongest* reading: the highest corrected lower bound of its transfer ASR
+    (ties: the higher point value), converged or not. ``lower_bound`` is True while its attack has not
+    converged (a stronger attack reaches at least as much)."""
     if not readings:
         raise ValueError("C1 needs at least one patch reading")
-    entries = [r.entry() for r in readings]
-    pool = [e for e in entries if e["converged"]] or entries
-    best = max(pool, key=lambda e: e["transfer"]["value"])
-    return {**best["transfer"], "reading": best["name"], "readings": entries, "n": best["n"], "seeds": list(seeds),
-            "profile": profile, "threshold": 0.70, "target": low,
-            "attack_strength": [r.strength.record() for r in readings],
-            "measure": f"ASR of patches crafted on the FP model, evaluated on the {low} QAT model"}
+    level = corrected_level(len(readings))
+    entries = []
+    for r in readings:
+        e = r.entry()
+        e["transfer_corrected"] = interval(rate_interval(r.transfer, level))
+        e["excess_over_floor_corrected"] = interval(r.excess_over_floor(level=level))
+        entries.append(e)
+    best = max(entries, key=lambda e: (e["transfer_corrected"]["ci_low"], e["transfer"]["value"]))
+    return {**best["transfer_corrected"], "reading": best["name"], "lower_bound": not best["converged"],
+            "readings": entries, "n": best["n"], "seeds": list(seeds), "profile": profile, "threshold": 0.70,
+            "target": low, "level": level, "attack_strength": [r.strength.record() for r in readings],
+            "measure": f"ASR of patches crafted on the FP model, evaluated on the {low} QAT model "
+                       f"(interval at {100 * level:.4g} %, Bonferroni-corrected for {len(readings)} readings)"}
 
 
 def c2_claim(pgd: Mapping[tuple[str, str], Outcomes], patch: Mapping[tuple[str, str], Outcomes], names: list[str],

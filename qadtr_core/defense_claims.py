@@ -8,8 +8,9 @@ generalised to statistics of many per-image arrays). All values are in percent /
 - C3: mean over widths of (the better of PBAT and DWQ) minus QADT-R, on the threats unseen by **all
   three** defenses at that width (:func:`common_unseen`: the intersection of their own "unseen" sets),
   so that every side of the difference averages the same threats (each defense's own unseen mean, a
-  different set of threats per defense, stays in the descriptive tables only); also per width and on
-  the per-image worst case over every threat (adaptive included).
+  different set of threats per defense, stays in the descriptive tables only); also per width (at
+  95 % and, ``by_bits_corrected``, Bonferroni-corrected for the number of widths, which the rule reads
+  when it takes the best width) and on the per-image worst case over every threat (adaptive included).
 - C4: PBAT's generalisation gap (unseen minus seen ASR) minus the same gap of the undefended QAT
   models under PBAT's definitions (a 10x10 patch is stronger for every model).
 - C5: clean-accuracy drop of QADT-R against the undefended multi-width model, its starting point.
@@ -99,7 +100,8 @@ def convergence(ev: Evaluation) -> pd.DataFrame:
     n = st.n_ok.clip(lower=1)
     out = st.assign(n=st.n_ok, white_box_asr=st.k_full / n, white_box_asr_half_steps=st.k_half / n)
     out = out.assign(gap=out.white_box_asr - out.white_box_asr_half_steps)
-    out["converged"] = [is_converged(a, h) for a, h in zip(out.white_box_asr, out.white_box_asr_half_steps)]
+    out["converged"] = [is_converged(a, h, n=int(k)) for a, h, k in zip(out.white_box_asr, out.white_box_asr_half_steps,
+                                                                       out.n)]
     return out[["threat", "target", "defense", "bits", "steps", "n", "white_box_asr", "white_box_asr_half_steps",
                 "gap", "converged"]]
 
@@ -144,8 +146,10 @@ def defense_claims(ev: Evaluation, clean: pd.DataFrame, distributions: Mapping[s
             per.append(lambda idx, base=base, mine=mine: np.min([s(idx) for s in base], axis=0) - mine(idx))
         return _mean(per)
 
+    corrected = 1 - 0.05 / len(bits)  # the rule takes the best width: Bonferroni over the widths
     c3 = {**_ci(bootstrap(red("unseen", bits), n, n_boot)),
           "by_bits": {str(b): _ci(bootstrap(red("unseen", [b]), n, n_boot)) for b in bits},
+          "by_bits_corrected": {str(b): _ci(bootstrap(red("unseen", [b]), n, n_boot, level=corrected)) for b in bits},
           "worst_case": _ci(bootstrap(red("worst case", bits), n, n_boot)),
           "n": n, "seeds": list(meta["seeds"]), "profile": meta["profile"],
           "attack_strength": attack_strength(ev, compared)}

@@ -5,9 +5,15 @@ its function's docstring). They read intervals, never bare point values, and the
 
 - *reproduced* / *partly* / *not reproduced* need the interval on the right side of the claim's
   threshold, and every attack behind the claim converged (doubling its steps added less than 2
-  points of white-box ASR, :mod:`qadtr_core.strength`);
+  points of white-box ASR, its white-box ASR is above its clean floor and its patch still moved:
+  :func:`qadtr_core.strength.is_converged`);
 - *inconclusive* is the verdict where an attack has not converged or an interval straddles a threshold;
+  the record says which (``reason``);
 - *not measured*: the chapter has not produced results at this profile.
+
+The regions of each rule are disjoint: a rule lists them in the order it tests them, a failure or
+equivalence region (an effect too small to count) before *partly*. Where a rule takes the best of
+several intervals (C1's readings, C3's widths), each is Bonferroni-corrected for how many were tried.
 
 An ASR that already exceeds a claim's threshold is a lower bound on what a converged attack reaches,
 so C1 can be *reproduced* by an unconverged attack, never refuted by one.
@@ -21,11 +27,12 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from .artifacts import CorruptArtifact, artifact_root, read_json, write_json
-from .stats import across_seeds, wilson
-from .strength import is_converged
+from .stats import Z95, across_seeds, wilson
+from .strength import not_converged_reason
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,48 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
     "C7": ("Each of A-QAPA, DBWT and GIR contributes", "not published", "03_ablations"),
 }
 
+ASR = "ASR over clean-correct images"
+# The metric each rule reads (a claim entry's own ``metric`` field, where a chapter writes one, wins).
+METRICS: dict[str, str] = {
+    "C1": f"{ASR} (targeted readings: over images not of the target class)",
+    "C2": f"relative transfer of the {ASR}, above each attack's null floor",
+    "C3": ASR, "C4": ASR,
+    "C5": "clean accuracy",
+    "C6": "HOG cosine of input gradients across bit-widths, over its baseline",
+    "C7": ASR,
+}
+
+
+class Ruling(tuple):
+    """What a rule returns: the pair ``(ours, verdict)`` (it unpacks and indexes as that pair), with
+    ``reason`` (why *inconclusive*: which attack did not converge, or which interval straddles what;
+    None for any other verdict), ``reading`` (which reading or attack the headline value is) and
+    ``headline`` (the headline interval where the rule chooses it among several, as C1 does; else None)."""
+
+    reason: str | None
+    reading: str | None
+    headline: Mapping[str, float] | None
+
+    def __new__(cls, ours: str, verdict: str, reason: str | None = None, reading: str | None = None,
+                headline: Mapping[str, float] | None = None) -> "Ruling":
+        if verdict not in VERDICTS_ALLOWED:
+            raise ValueError(f"unknown verdict {verdict!r}")
+        if verdict == "inconclusive" and not reason:
+            raise ValueError("an inconclusive verdict must say why")
+        self = super().__new__(cls, (ours, verdict))
+        self.reason = reason if verdict == "inconclusive" else None
+        self.reading = reading
+        self.headline = headline
+        return self
+
+    @property
+    def ours(self) -> str:
+        return self[0]
+
+    @property
+    def verdict(self) -> str:
+        return self[1]
+
 
 def above(iv: Mapping[str, float], threshold: float) -> bool | None:
     """True if the whole interval is at or above ``threshold``, False if wholly below, None if it straddles."""
@@ -51,9 +100,24 @@ def above(iv: Mapping[str, float], threshold: float) -> bool | None:
     return None
 
 
+def _attack_problem(a: Mapping[str, Any]) -> str | None:
+    """Why one ``attack_strength`` record is not converged (None if it is), by :mod:`qadtr_core.strength`."""
+    return not_converged_reason(a["white_box_asr"], a.get("white_box_asr_half_steps"), clean_floor=a.get("clean_floor", 0.0),
+                                n=a.get("n", 0), checkpoint_linf=a.get("checkpoint_linf"))
+
+
+def unconverged(claim: Mapping[str, Any]) -> list[str]:
+    """``"<attack>: <why>"`` for every attack behind the claim that has not converged."""
+    return [f"{a['name']}: {why}" for a in claim.get("attack_strength", []) if (why := _attack_problem(a))]
+
+
 def converged(claim: Mapping[str, Any]) -> bool:
     """Every attack behind the claim converged (a claim without attacks counts as converged)."""
-    return all(is_converged(a["white_box_asr"], a["white_box_asr_half_steps"]) for a in claim.get("attack_strength", []))
+    return not unconverged(claim)
+
+
+def _not_converged_reason(claim: Mapping[str, Any]) -> str:
+    return "not converged: " + "; ".join(unconverged(claim))
 
 
 def _fmt(iv: Mapping[str, float], scale: float = 1.0, unit: str = "", digits: int = 1) -> str:
@@ -61,159 +125,256 @@ def _fmt(iv: Mapping[str, float], scale: float = 1.0, unit: str = "", digits: in
     return f"{v:.{digits}f}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def _reading_clears(r: Mapping[str, Any], threshold: float, n_readings: int) -> bool:
-    """A reading's transfer ASR is above ``threshold`` at a Bonferroni-corrected 95 % level over the
-    ``n_readings`` readings tried (picking the best of several readings must not inflate the claim)."""
-    n = int(r.get("n") or 0)
-    if n == 0:
-        return False
-    z = NormalDist().inv_cdf(1 - 0.025 / max(1, n_readings))
-    return wilson(round(r["transfer"]["value"] * n), n, z=z).low >= threshold
+def _z(level: float) -> float:
+    return NormalDist().inv_cdf(1 - (1 - level) / 2)
 
 
-def verdict_c1(c: Mapping[str, Any]) -> tuple[str, str]:
-    """**C1** (patch ASR from FP to the lowest-width QAT model > 70 %), over every reading (targeted and
-    untargeted, universal and per-image patches). *Reproduced* if some reading's interval, Bonferroni-corrected
-    for the number of readings, lies at or above 70 % (converged or not: an ASR is a lower bound on what a
-    stronger attack reaches). Otherwise *inconclusive* unless every reading's attack converged; then judged
-    on the strongest reading: *inconclusive* if its interval straddles 70 %; below 70 %, *partly* if it beats
-    its null floor (the clean floor, or a random patch) by at least 10 points (lower bound of a paired
-    interval: patches transfer, weaker than claimed), else *not reproduced*."""
+def _widened(iv: Mapping[str, float], level: float) -> dict[str, float]:
+    """A 95 % interval widened to ``level`` on each side by the normal ratio of quantiles (for entries
+    written before the corrected interval was stored; the stored one, where present, is always read)."""
+    r = _z(level) / Z95
+    v = iv["value"]
+    return {"value": v, "ci_low": v - r * (v - iv["ci_low"]), "ci_high": v + r * (iv["ci_high"] - v)}
+
+
+def _c1_intervals(r: Mapping[str, Any], level: float) -> tuple[dict[str, float], dict[str, float]]:
+    """A C1 reading's transfer ASR and its excess over its floor, both at the corrected ``level``."""
+    transfer = r.get("transfer_corrected")
+    if transfer is None:
+        n = int(r.get("n") or 0)
+        w = wilson(min(n, round(r["transfer"]["value"] * n)), n, z=_z(level)) if n else None
+        transfer = {"value": r["transfer"]["value"], "ci_low": w.low, "ci_high": w.high} if w else \
+            {"value": math.nan, "ci_low": 0.0, "ci_high": 1.0}
+    excess = r.get("excess_over_floor_corrected") or _widened(r["excess_over_floor"], level)
+    return transfer, excess
+
+
+def verdict_c1(c: Mapping[str, Any]) -> Ruling:
+    """**C1** (patch ASR from FP to the lowest-width QAT model > 70 %), over its k readings (targeted and
+    untargeted, universal and per-image patches). Every interval is Bonferroni-corrected for the k readings
+    (each at 1 - 0.05/k): the Wilson interval of a reading's ASR and the paired interval of its excess over
+    its null floor (targeted: the clean floor; untargeted: random patches at the same places). A reading
+    *clears* 70 % if its ASR's lower bound is at least 70 % and its excess's lower bound is above 0.
+    *Reproduced* if some reading clears 70 %, converged or not (an ASR is a lower bound on what a stronger
+    attack reaches). Otherwise *inconclusive* if some reading's ASR interval straddles 70 %, or some reading
+    lies above 70 % without clearing its floor (random patches already break the model that often), or some
+    reading's attack has not converged. Otherwise (every reading wholly below 70 %, every attack converged)
+    *partly* if some reading beats its floor by at least 10 points (lower bound: patches transfer, weaker
+    than claimed), else *not reproduced*. The headline is the strongest reading (the highest lower bound),
+    a lower bound while its attack has not converged."""
     readings = c["readings"]
-    chosen = next((r for r in readings if r["name"] == c.get("reading")), readings[0])
-    ours = (f"{_fmt(c, 100, ' %')} ({c['reading']}, white-box {_fmt(chosen['white_box'], 100, ' %')}); "
-            f"best of {len(readings)} readings")
-    if any(_reading_clears(r, 0.70, len(readings)) for r in readings):
-        return ours, "reproduced"
-    if not all(r["converged"] for r in readings):
-        return ours, "inconclusive"
-    strongest = max(readings, key=lambda r: r["transfer"]["value"])
-    if above(strongest["transfer"], 0.70) is None:
-        return ours, "inconclusive"
-    if strongest["excess_over_floor"]["ci_low"] >= 0.10:
-        return ours, "partly"
-    return ours, "not reproduced"
+    k = len(readings)
+    level = 1 - 0.05 / max(1, k)
+    records = {a["name"]: a for a in c.get("attack_strength", [])}
+
+    def problem(r: Mapping[str, Any]) -> str | None:
+        rec = records.get(r["name"])
+        why = _attack_problem(rec) if rec is not None else None
+        return why or (None if r.get("converged") else "not converged")
+
+    ivs = {r["name"]: _c1_intervals(r, level) for r in readings}
+    chosen = max(readings, key=lambda r: (ivs[r["name"]][0]["ci_low"], r["transfer"]["value"]))
+    headline = ivs[chosen["name"]][0]
+    lower = problem(chosen) is not None
+    reading = chosen["name"] + (" (lower bound: its attack has not converged)" if lower else "")
+    ours = (f"{_fmt(headline, 100, ' %')} ({chosen['name']}{', a lower bound' if lower else ''}, white-box "
+            f"{_fmt(chosen['white_box'], 100, ' %')}); strongest of {k} readings, intervals at {100 * level:.4g} %")
+
+    def ruling(verdict: str, reason: str | None = None) -> Ruling:
+        return Ruling(ours, verdict, reason, reading, headline)
+
+    if any(t["ci_low"] >= 0.70 and e["ci_low"] > 0 for t, e in ivs.values()):
+        return ruling("reproduced")
+    straddle = [f"{name} {_fmt(t, 100, ' %')} straddles 70 %" for name, (t, _) in ivs.items() if above(t, 0.70) is None]
+    at_floor = [f"{name} is above 70 % but not above its floor (excess {_fmt(e, 100, ' pts')})"
+                for name, (t, e) in ivs.items() if above(t, 0.70) is True]
+    if straddle or at_floor:
+        return ruling("inconclusive", "; ".join(straddle + at_floor))
+    stalled = [f"{r['name']}: {problem(r)}" for r in readings if problem(r)]
+    if stalled:
+        return ruling("inconclusive", "below 70 %, but not converged: " + "; ".join(stalled))
+    if any(e["ci_low"] >= 0.10 for _, e in ivs.values()):
+        return ruling("partly")
+    return ruling("not reproduced")
 
 
-def verdict_c2(c: Mapping[str, Any]) -> tuple[str, str]:
+def verdict_c2(c: Mapping[str, Any]) -> Ruling:
     """**C2** (pixel attacks transfer poorly), read on the FP and QAT models at the PGD radius whose
     white-box ASR is closest to 50 %: d = the per-image patch's relative transfer minus PGD's (paired
-    interval; the DWQ model's reading is shown beside it). *Inconclusive* if
-    an attack has not converged. *Reproduced* if d > 0 and PGD keeps less than half its white-box ASR
-    (both whole intervals); *partly* if d > 0 only; *not reproduced* if d < 0.1 (the whole interval:
-    PGD transfers about as well as the patch); else *inconclusive*."""
+    interval; the DWQ model's reading is shown beside it). *Inconclusive* if an attack has not converged or
+    either attack does nothing (its white-box excess over its null floor is not above 0). Then, in this
+    order (disjoint regions): *not reproduced* if the whole interval of d lies below 0.1 (PGD transfers
+    about as well as the patch, or better: a difference under 0.1 is no difference); *reproduced* if d > 0
+    and PGD keeps less than half its white-box ASR (both whole intervals); *partly* if d > 0 only; else
+    *inconclusive*."""
     ours = (f"relative transfer: PGD (eps {c['eps_255']:g}/255) {_fmt(c['pgd_relative'], digits=2)}, "
             f"per-image patch {_fmt(c['patch_relative'], digits=2)}; difference {_fmt(c, digits=2)}")
     if "dwq" in c:  # the DWQ figure's own setting, shown beside the QAT reading the rule judges
         ours += f"; one DWQ model across its widths: difference {_fmt(c['dwq']['difference'], digits=2)}"
-    if not converged(c) or any(math.isnan(c[k]) for k in ("value", "ci_low", "ci_high")):
-        return ours, "inconclusive"
-    for k in ("pgd_white_box_excess", "patch_white_box_excess"):  # an attack that does nothing compares nothing
-        if k in c and not c[k]["ci_low"] > 0:
-            return ours, "inconclusive"
-    if c["ci_low"] > 0:
-        return ours, "reproduced" if c["pgd_relative"]["ci_high"] < 0.5 else "partly"
+    reading = c.get("reading") or f"per-image patch minus PGD at eps {c['eps_255']:g}/255 (relative transfer)"
+
+    def ruling(verdict: str, reason: str | None = None) -> Ruling:
+        return Ruling(ours, verdict, reason, reading)
+
+    if not converged(c):
+        return ruling("inconclusive", _not_converged_reason(c))
+    if any(math.isnan(c[k]) for k in ("value", "ci_low", "ci_high")):
+        return ruling("inconclusive", "the difference could not be computed (NaN)")
+    for k, who in (("pgd_white_box_excess", "PGD"), ("patch_white_box_excess", "the per-image patch")):
+        if k in c and not c[k]["ci_low"] > 0:  # an attack that does nothing compares nothing
+            return ruling("inconclusive", f"{who} does nothing white-box: its excess over its floor, "
+                                          f"{_fmt(c[k], digits=2)}, is not above 0")
     if c["ci_high"] < 0.1:
-        return ours, "not reproduced"
-    return ours, "inconclusive"
+        return ruling("not reproduced")
+    if c["ci_low"] > 0:
+        return ruling("reproduced" if c["pgd_relative"]["ci_high"] < 0.5 else "partly")
+    return ruling("inconclusive", f"the difference {_fmt(c, digits=2)} straddles 0 and reaches 0.1")
 
 
-def verdict_c3(c: Mapping[str, Any]) -> tuple[str, str]:
+def _by_bits_corrected(c: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
+    """C3's per-width intervals, Bonferroni-corrected for the number of widths (stored by
+    :func:`qadtr_core.defense_claims.defense_claims`; widened from the 95 % ones for older entries)."""
+    stored = c.get("by_bits_corrected")
+    if stored:
+        return dict(stored)
+    level = 1 - 0.05 / max(1, len(c["by_bits"]))
+    return {b: _widened(v, level) for b, v in c["by_bits"].items()}
+
+
+def verdict_c3(c: Mapping[str, Any]) -> Ruling:
     """**C3** (QADT-R lowers ASR by up to 25 points against PBAT and DWQ): per bit-width, the better
     baseline's unseen ASR minus QADT-R's (points, paired intervals); ``value`` is the mean over widths.
-    *Inconclusive* if an attack has not converged. *Reproduced* if some width's reduction is at least
-    15 points (lower bound), the mean is above 0 and so is the mean reduction of the worst case over all
-    threats (adaptive included); *partly* if the mean is above 0; *not reproduced* if the mean is below 2
-    points (whole interval); else *inconclusive*."""
+    *Inconclusive* if an attack has not converged. Then, in this order (disjoint regions): *not reproduced*
+    if the mean is below 2 points (whole interval: a reduction under 2 points is none); *reproduced* if
+    some width's reduction is at least 15 points, read on its interval Bonferroni-corrected for the w
+    widths (each at 1 - 0.05/w, since the best of w is taken), and the mean and the mean reduction of the
+    worst case over all threats (adaptive included) are above 0 (lower bounds); *partly* if the mean is
+    above 0 (lower bound); else *inconclusive*."""
     ours = f"mean reduction on unseen patches {_fmt(c, unit=' pts')}; worst case {_fmt(c['worst_case'], unit=' pts')}"
+    reading = c.get("reading") or "mean over widths, on the threats unseen by all three defenses"
+
+    def ruling(verdict: str, reason: str | None = None) -> Ruling:
+        return Ruling(ours, verdict, reason, reading)
+
     if not converged(c):
-        return ours, "inconclusive"
-    best_low = max(v["ci_low"] for v in c["by_bits"].values())
-    if best_low >= 15 and c["ci_low"] > 0 and c["worst_case"]["ci_low"] > 0:
-        return ours, "reproduced"
-    if c["ci_low"] > 0:
-        return ours, "partly"
+        return ruling("inconclusive", _not_converged_reason(c))
     if c["ci_high"] < 2:
-        return ours, "not reproduced"
-    return ours, "inconclusive"
+        return ruling("not reproduced")
+    best_low = max(v["ci_low"] for v in _by_bits_corrected(c).values())
+    if best_low >= 15 and c["ci_low"] > 0 and c["worst_case"]["ci_low"] > 0:
+        return ruling("reproduced")
+    if c["ci_low"] > 0:
+        return ruling("partly")
+    return ruling("inconclusive", f"the mean reduction {_fmt(c, unit=' pts')} straddles 0 and reaches 2 points")
 
 
-def verdict_c4(c: Mapping[str, Any]) -> tuple[str, str]:
+def verdict_c4(c: Mapping[str, Any]) -> Ruling:
     """**C4** (PBAT resists seen patches, not unseen ones) as a generalisation gap: PBAT's unseen-minus-seen
     ASR gap minus the same gap of the undefended model (points, paired intervals). *Inconclusive* if an
-    attack has not converged. *Reproduced* if the relative gap at the lowest width is at least 10 points
-    (lower bound; the paper's is about 20); *partly* if the mean relative gap over widths is above 0;
-    *not reproduced* if the mean is below 3 points and the lowest width's below 10 (whole intervals);
-    else *inconclusive*."""
+    attack has not converged. Then, in this order (disjoint regions): *reproduced* if the relative gap at
+    the lowest width is at least 10 points (lower bound; the paper's is about 20); *not reproduced* if the
+    mean relative gap over widths is below 3 points and the lowest width's below 10 (whole intervals: a gap
+    that small is none, even if above 0); *partly* if the mean is above 0 (lower bound); else
+    *inconclusive*."""
     low = c["at_low_bits"]
-    ours = f"relative gap, mean over widths {_fmt(c, unit=' pts')}; at {low.get('bits', '?')} bits {_fmt(low, unit=' pts')}"
+    bits = low.get("bits", "?")
+    ours = f"relative gap, mean over widths {_fmt(c, unit=' pts')}; at {bits} bits {_fmt(low, unit=' pts')}"
+    reading = c.get("reading") or "mean relative gap over widths"
+
+    def ruling(verdict: str, reason: str | None = None) -> Ruling:
+        return Ruling(ours, verdict, reason, reading)
+
     if not converged(c):
-        return ours, "inconclusive"
+        return ruling("inconclusive", _not_converged_reason(c))
     if low["ci_low"] >= 10:
-        return ours, "reproduced"
-    if c["ci_low"] > 0:
-        return ours, "partly"
+        return ruling("reproduced")
     if c["ci_high"] < 3 and low["ci_high"] < 10:
-        return ours, "not reproduced"
-    return ours, "inconclusive"
+        return ruling("not reproduced")
+    if c["ci_low"] > 0:
+        return ruling("partly")
+    if c["ci_high"] >= 3:
+        return ruling("inconclusive", f"the mean gap {_fmt(c, unit=' pts')} straddles 0 and reaches 3 points")
+    return ruling("inconclusive", f"the mean gap is below 3 points, but the gap at {bits} bits "
+                                  f"{_fmt(low, unit=' pts')} straddles 10 points")
 
 
-def verdict_c5(c: Mapping[str, Any]) -> tuple[str, str]:
+def verdict_c5(c: Mapping[str, Any]) -> Ruling:
     """**C5** (QADT-R keeps clean accuracy): the drop of clean accuracy against the undefended multi-width
-    model, per bit-width (points, paired intervals). *Reproduced* if every width's drop is at most 3 points
-    (upper bound); *partly* if the mean drop over widths is at most 5 (upper bound); *not reproduced* if some
-    width drops more than 5 points (lower bound); else *inconclusive*."""
+    model, per bit-width (points, paired intervals). In this order (disjoint regions): *reproduced* if every
+    width's drop is at most 3 points (upper bound); *not reproduced* if some width drops more than 5 points
+    (lower bound), whatever the mean; *partly* if the mean drop over widths is at most 5 (upper bound);
+    else *inconclusive*."""
     ours = f"largest drop {_fmt(c, unit=' pts')}; mean {_fmt(c['mean_drop'], unit=' pts')}"
+    reading = c.get("reading") or (f"largest drop over widths, at {c['bits']} bits" if "bits" in c else "largest drop over widths")
     by = c["by_bits"].values()
     if all(v["ci_high"] <= 3 for v in by):
-        return ours, "reproduced"
-    if c["mean_drop"]["ci_high"] <= 5:
-        return ours, "partly"
+        return Ruling(ours, "reproduced", reading=reading)
     if any(v["ci_low"] > 5 for v in by):
-        return ours, "not reproduced"
-    return ours, "inconclusive"
+        return Ruling(ours, "not reproduced", reading=reading)
+    if c["mean_drop"]["ci_high"] <= 5:
+        return Ruling(ours, "partly", reading=reading)
+    return Ruling(ours, "inconclusive", f"the mean drop {_fmt(c['mean_drop'], unit=' pts')} reaches above 5 points "
+                                        "while no width's drop is surely above 5", reading)
 
 
-def verdict_c6(c: Mapping[str, Any]) -> tuple[str, str]:
+def verdict_c6(c: Mapping[str, Any]) -> Ruling:
     """**C6** (low gradient cosine, high structural similarity), each metric against its baseline: the
     stronger of chance (the same metric between mismatched images) and two independently seeded FP models
     on the same images, where measured. Structure holds if the HOG cosine exceeds that baseline by at least
     0.1 (lower bound), fails if by less (upper bound); low cosine holds if the mean cosine is at most 0.25
     (upper bound), fails if above (lower bound). *Reproduced* if both hold; *not reproduced* if structure
     fails; *partly* if structure holds and low cosine fails; else *inconclusive*."""
+    baseline = c.get("baseline", "chance")
     ours = (f"cosine {_fmt(c['cosine'], digits=2)} (chance {c['cosine_null']['value']:.2f}); HOG cosine "
-            f"{_fmt(c['hog'], digits=2)}, over {c.get('baseline', 'chance')} by {_fmt(c, digits=2)}")
+            f"{_fmt(c['hog'], digits=2)}, over {baseline} by {_fmt(c, digits=2)}")
+    reading = c.get("reading") or f"HOG cosine over {baseline}"
     structure = above(c, 0.1)
     low_cos = above({"ci_low": -c["cosine"]["ci_high"], "ci_high": -c["cosine"]["ci_low"]}, -0.25)
     if structure is True and low_cos is True:
-        return ours, "reproduced"
+        return Ruling(ours, "reproduced", reading=reading)
     if structure is False:
-        return ours, "not reproduced"
+        return Ruling(ours, "not reproduced", reading=reading)
     if structure is True and low_cos is False:
-        return ours, "partly"
-    return ours, "inconclusive"
+        return Ruling(ours, "partly", reading=reading)
+    if structure is None:
+        return Ruling(ours, "inconclusive", f"the HOG excess {_fmt(c, digits=2)} straddles 0.1", reading)
+    return Ruling(ours, "inconclusive", f"the cosine {_fmt(c['cosine'], digits=2)} straddles 0.25", reading)
 
 
-def verdict_c7(c: Mapping[str, Any]) -> tuple[str, str]:
+def _smallest_rise(c: Mapping[str, Any]) -> tuple[str, Mapping[str, float]]:
+    return min(c["increase"].items(), key=lambda kv: kv[1]["value"])
+
+
+def verdict_c7(c: Mapping[str, Any]) -> Ruling:
     """**C7** (each of A-QAPA, DBWT and GIR contributes): the rise of the mean unseen ASR over widths when a
-    component is removed (points, paired intervals). *Inconclusive* if an attack has not converged.
-    *Reproduced* if every rise is above 0 (lower bound); *partly* if at least one is; *not reproduced* if
-    every rise is below 2 points (upper bound); else *inconclusive*."""
+    component is removed (points, paired intervals). *Inconclusive* if an attack has not converged. A
+    component *contributes* if its rise is above 0 (lower bound) and not below 2 points (upper bound at
+    least 2); it is *negligible* if its rise is below 2 points (upper bound: a rise under 2 points, or a
+    fall, is none); else it is unresolved. *Reproduced* if every component contributes; *not reproduced*
+    if every one is negligible; *partly* if at least one contributes; else *inconclusive*."""
     inc = c["increase"]
     ours = "removing " + ", ".join(f"{k} {_fmt(v, unit=' pts')}" for k, v in inc.items())
+    reading = c.get("reading") or f"removing {_smallest_rise(c)[0]} (the smallest rise)"
+
+    def ruling(verdict: str, reason: str | None = None) -> Ruling:
+        return Ruling(ours, verdict, reason, reading)
+
     if not converged(c):
-        return ours, "inconclusive"
-    lows = [v["ci_low"] > 0 for v in inc.values()]
-    if all(lows):
-        return ours, "reproduced"
-    if any(lows):
-        return ours, "partly"
-    if all(v["ci_high"] < 2 for v in inc.values()):
-        return ours, "not reproduced"
-    return ours, "inconclusive"
+        return ruling("inconclusive", _not_converged_reason(c))
+    negligible = {k: v["ci_high"] < 2 for k, v in inc.items()}
+    contributes = {k: v["ci_low"] > 0 and not negligible[k] for k, v in inc.items()}
+    if all(contributes.values()):
+        return ruling("reproduced")
+    if all(negligible.values()):
+        return ruling("not reproduced")
+    if any(contributes.values()):
+        return ruling("partly")
+    unresolved = [f"{k} {_fmt(v, unit=' pts')}" for k, v in inc.items() if not negligible[k] and not contributes[k]]
+    return ruling("inconclusive", "no component surely contributes; the rise straddles 0 and reaches 2 points for "
+                                  + ", ".join(unresolved))
 
 
-VERDICTS: dict[str, Callable[[Mapping[str, Any]], tuple[str, str]]] = {
+VERDICTS: dict[str, Callable[[Mapping[str, Any]], Ruling]] = {
     "C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4, "C5": verdict_c5,
     "C6": verdict_c6, "C7": verdict_c7}
 
@@ -223,22 +384,82 @@ def rule_text(claim: str) -> str:
     return " ".join((VERDICTS[claim].__doc__ or "").split())
 
 
+_ANY_FLAGS = ("lower_bound", "budget_exhausted")  # flags that hold for the aggregate if they hold for any seed
+_DROP = object()
+
+
+def _label(e: Mapping[str, Any]) -> str:
+    seeds = e.get("seeds", [])
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
+def _is_interval(v: Any) -> bool:
+    return isinstance(v, Mapping) and all(isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool)
+                                          for k in ("value", "ci_low", "ci_high"))
+
+
+def _interval_over_seeds(ivs: list[Mapping[str, float]]) -> dict[str, float]:
+    """Mean over seeds; the envelope of every seed's interval and the t interval across seeds."""
+    values = [float(v["value"]) for v in ivs]
+    t = across_seeds(values) if not any(math.isnan(x) for x in values) else None
+    lows = [v for v in [*(float(iv["ci_low"]) for iv in ivs), t.low if t else math.nan] if not math.isnan(v)]
+    highs = [v for v in [*(float(iv["ci_high"]) for iv in ivs), t.high if t else math.nan] if not math.isnan(v)]
+    return {"value": t.value if t else math.nan, "ci_low": min(lows) if lows else math.nan,
+            "ci_high": max(highs) if highs else math.nan}
+
+
+def _merge(key: str, values: list[Any], labels: list[str]) -> Any:
+    """One field over seeds by the rules of :func:`_aggregate` (``_DROP``: the field is left out)."""
+    first = values[0]
+    if all(isinstance(v, Mapping) for v in values):
+        out: dict[str, Any] = {}
+        if all(_is_interval(v) for v in values):
+            out.update(_interval_over_seeds(values))
+        for k in first:
+            if k in out or not all(k in v for v in values):
+                continue
+            m = _merge(k, [v[k] for v in values], labels)
+            if m is not _DROP:
+                out[k] = m
+        return out
+    if all(isinstance(v, list) and v and all(isinstance(x, Mapping) and "name" in x for x in v) for v in values):
+        by_name = [{x["name"]: x for x in v} for v in values]
+        return [m for x in first if all(x["name"] in d for d in by_name)
+                and (m := _merge(key, [d[x["name"]] for d in by_name], labels)) is not _DROP]
+    if all(v == first for v in values):
+        return first
+    if all(isinstance(v, bool) for v in values):
+        return any(values) if key in _ANY_FLAGS else all(values)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return min(values) if key == "n" else float(np.mean(values))
+    if all(isinstance(v, str) for v in values):
+        return "; ".join(f"{lab}: {v}" for lab, v in zip(labels, values))
+    return _DROP
+
+
 def _aggregate(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """One claim entry from several seeds: the first seed's entry with ``value`` replaced by the mean over
-    seeds and its interval by the envelope of every seed's interval and the t interval across seeds (never
-    narrower than one seed's); ``per_seed`` keeps every entry, and :func:`judge` rules on each of them."""
+    """One claim entry from several seeds' entries (:func:`judge` still rules on each seed's own entry,
+    kept in ``per_seed``). Every interval (``value``, ``ci_low``, ``ci_high``), at any depth, becomes the
+    mean over seeds with the envelope of every seed's interval and the Student-t interval across seeds
+    (never narrower than one seed's). Lists of named entries (C1's readings) are matched by name, those
+    missing from some seed left out; ``attack_strength`` keeps every seed's attacks, named with their seed,
+    so that a claim is converged only if every seed's attacks are. A field equal in every seed is kept; a
+    number that differs becomes the mean over seeds, except ``n``: the images per seed (the seeds reuse
+    the images, so ``n`` is never summed), the smallest, with ``n_per_seed`` beside it; a flag that
+    differs holds only if it holds for every seed (``lower_bound``, ``budget_exhausted``: for any seed);
+    a label that differs lists each seed's; anything else that differs is left out."""
     if len(entries) == 1:
         return entries[0]
-    seeds = sorted({s for e in entries for s in e.get("seeds", [])})
-    first = dict(entries[0])
-    if all("value" in e for e in entries):
-        iv = across_seeds([e["value"] for e in entries])
-        lows = [e.get("ci_low", math.nan) for e in entries] + [iv.low]
-        highs = [e.get("ci_high", math.nan) for e in entries] + [iv.high]
-        first.update(value=iv.value, ci_low=min(v for v in lows if not math.isnan(v)),
-                     ci_high=max(v for v in highs if not math.isnan(v)))
-    first.update(seeds=seeds, per_seed=entries, n=sum(int(e.get("n") or 0) for e in entries))
-    return first
+    labels = [_label(e) for e in entries]
+    rest = [{k: v for k, v in e.items() if k not in ("attack_strength", "seeds", "per_seed")} for e in entries]
+    out = _merge("", rest, labels)
+    if any("attack_strength" in e for e in entries):
+        out["attack_strength"] = [{**a, "name": f"{a['name']} ({lab})"}
+                                  for e, lab in zip(entries, labels) for a in e.get("attack_strength", [])]
+    ns = [int(e.get("n") or 0) for e in entries]
+    out.update(seeds=sorted({s for e in entries for s in e.get("seeds", [])}), per_seed=entries, n=min(ns),
+               n_per_seed=ns)
+    return out
 
 
 def load_claims(profile: str, root: Path | None = None) -> dict[str, dict[str, Any]]:
@@ -261,15 +482,25 @@ def load_claims(profile: str, root: Path | None = None) -> dict[str, dict[str, A
     return {cid: _aggregate([e for _, e in by_seed.values()]) for cid, by_seed in found.items()}
 
 
-def judge(claim: str, c: Mapping[str, Any]) -> tuple[str, str]:
-    """``(ours, verdict)`` of a claim entry; with several seeds, each seed is judged by the rule and the
-    verdict stands only if every seed agrees (else *inconclusive*: the seeds disagree)."""
-    ours, verdict = VERDICTS[claim](c)
-    if "per_seed" in c:
-        each = [VERDICTS[claim](e)[1] for e in c["per_seed"]]
-        verdict = each[0] if len(set(each)) == 1 else "inconclusive"
-        ours += f"; {len(each)} seeds, per-seed verdicts: {', '.join(each)}"
-    return ours, verdict
+def judge(claim: str, c: Mapping[str, Any]) -> Ruling:
+    """``(ours, verdict)`` of a claim entry, a :class:`Ruling` (with ``reason`` and ``reading``); with several
+    seeds, each seed is judged by the rule and the verdict stands only if every seed agrees (else
+    *inconclusive*: the seeds disagree)."""
+    ruled = VERDICTS[claim](c)
+    if "per_seed" not in c:
+        return ruled
+    each = [VERDICTS[claim](e) for e in c["per_seed"]]
+    verdicts = [r[1] for r in each]
+    labels = [_label(e) for e in c["per_seed"]]
+    verdict = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
+    ours = ruled[0] + f"; {len(each)} seeds, per-seed verdicts: {', '.join(verdicts)}"
+    reason = None
+    if len(set(verdicts)) > 1:
+        reason = "the seeds disagree: " + ", ".join(f"{lab} {v}" for lab, v in zip(labels, verdicts))
+    elif verdict == "inconclusive":
+        reasons = [r.reason for r in each]
+        reason = reasons[0] if len(set(reasons)) == 1 else "; ".join(f"{lab}: {r}" for lab, r in zip(labels, reasons))
+    return Ruling(ours, verdict, reason, ruled.reading, ruled.headline)
 
 
 def scorecard(claims: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
@@ -289,22 +520,27 @@ def scorecard(claims: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
 
 
 def scorecard_record(claims: Mapping[str, dict[str, Any]], profile: str, commit: str) -> dict[str, Any]:
-    """The committed ``scorecard.json``: one entry per measured claim with value, interval, n, seeds,
-    profile, verdict, rule and the strength of every attack behind it."""
+    """The committed ``scorecard.json``: one entry per measured claim with value, interval, n (images per
+    seed), seeds, profile, verdict, rule, ``reading`` (which reading or attack the headline value is; C1: its
+    strongest reading, marked as a lower bound while its attack has not converged), ``metric`` (what the
+    rule reads), ``reason`` (why *inconclusive*; None otherwise) and the strength of every attack behind it."""
     out = {}
     for cid in CLAIMS:
         c = claims.get(cid)
         if c is None:
             continue
-        _, verdict = judge(cid, c)
+        ruled = judge(cid, c)
         value = c.get("value")
-        if value is None and cid == "C7":  # C7 has one interval per component: report the smallest rise
-            comp = min(c["increase"].values(), key=lambda v: v["value"])
+        if ruled.headline is not None:  # the rule chose the headline among several readings (C1: the strongest)
+            value, lo, hi = (ruled.headline[k] for k in ("value", "ci_low", "ci_high"))
+        elif value is None and cid == "C7":  # C7 has one interval per component: report the smallest rise
+            _, comp = _smallest_rise(c)
             value, lo, hi = comp["value"], comp["ci_low"], comp["ci_high"]
         else:
             lo, hi = c.get("ci_low"), c.get("ci_high")
         out[cid] = {"value": value, "ci_low": lo, "ci_high": hi, "n": c.get("n"), "seeds": c.get("seeds", []),
-                    "profile": c.get("profile", profile), "verdict": verdict, "rule": rule_text(cid),
+                    "profile": c.get("profile", profile), "verdict": ruled[1], "rule": rule_text(cid),
+                    "reading": ruled.reading, "metric": c.get("metric", METRICS[cid]), "reason": ruled.reason,
                     "attack_strength": [{k: a[k] for k in ("name", "white_box_asr", "white_box_asr_half_steps",
                                                            "clean_floor", "steps")} for a in c.get("attack_strength", [])]}
     return {"profile": profile, "commit": commit, "claims": out}

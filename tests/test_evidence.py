@@ -164,10 +164,13 @@ def _strength(converged=True, name="attack"):
 
 def test_c1_null_patch_is_never_reproduced_or_partly_and_a_strong_one_is_reproduced():
     floor = _outcomes(0.02, seed=1)
-    null_strength = AttackStrength("null patch", 0.02, 0.02, 0.02, 100, 500)  # converged: doubling adds nothing
+    # doubling adds nothing, but neither does the patch (white-box at its clean floor): not converged, so a
+    # no-op attack never refutes the claim either
+    null_strength = AttackStrength("null patch", 0.02, 0.02, 0.02, 100, 500)
+    assert not null_strength.converged
     null = PatchReading("null patch", white_box=floor, transfer=floor, floor=floor, strength=null_strength)
     c = c1_claim([null], "2b", "test", [0])
-    assert VERDICTS["C1"](c)[1] == "not reproduced"
+    assert VERDICTS["C1"](c)[1] == "inconclusive" and "null patch" in VERDICTS["C1"](c).reason
     # untargeted: a random patch already breaks 15 % of images; a "patch" at that floor is not partly
     noise = _outcomes(0.15, seed=8)
     untargeted_null = PatchReading("random patch", noise, noise, noise, AttackStrength("random", 0.15, 0.15, 0.0, 10, 500))
@@ -234,16 +237,21 @@ def _iv(v, half=1.0):
 
 
 def test_c3_c4_c5_c7_rules_null_and_strong():
+    # a null effect measured by a working, converged attack is "not reproduced"; the same null measured by an
+    # attack that fools nothing (white-box ASR 0: "converged" only in that doubling adds nothing) is no verdict
     conv = [_strength().record()]
+    noop = [AttackStrength("no-op", 0.0, 0.0, 0.0, 100, 500).record()]
     by = {str(b): _iv(0.0) for b in (32, 8, 2)}
     null3 = {**_iv(0.0), "by_bits": by, "worst_case": _iv(0.0), "attack_strength": conv}
     assert verdict_c3(null3)[1] == "not reproduced"
+    assert verdict_c3({**null3, "attack_strength": noop})[1] == "inconclusive"
     strong3 = {**_iv(15.0), "by_bits": {**by, "2": _iv(22.0, 3)}, "worst_case": _iv(8.0), "attack_strength": conv}
     assert verdict_c3(strong3)[1] == "reproduced"
     assert verdict_c3({**strong3, "attack_strength": [_strength(False).record()]})[1] == "inconclusive"
 
     null4 = {**_iv(0.0), "at_low_bits": {"bits": 2, **_iv(0.0)}, "attack_strength": conv}
     assert verdict_c4(null4)[1] == "not reproduced"
+    assert verdict_c4({**null4, "attack_strength": noop})[1] == "inconclusive"
     assert verdict_c4({**_iv(12.0), "at_low_bits": {"bits": 2, **_iv(20.0, 4)}, "attack_strength": conv})[1] == "reproduced"
 
     assert verdict_c5({**_iv(1.0), "by_bits": {"2": _iv(1.0)}, "mean_drop": _iv(0.5)})[1] == "reproduced"
@@ -251,6 +259,7 @@ def test_c3_c4_c5_c7_rules_null_and_strong():
 
     null7 = {"increase": {k: _iv(0.0, 0.5) for k in ("A-QAPA", "DBWT", "GIR")}, "attack_strength": conv}
     assert verdict_c7(null7)[1] == "not reproduced"
+    assert verdict_c7({**null7, "attack_strength": noop})[1] == "inconclusive"
     strong7 = {"increase": {k: _iv(6.0) for k in ("A-QAPA", "DBWT", "GIR")}, "attack_strength": conv}
     assert verdict_c7(strong7)[1] == "reproduced"
 
