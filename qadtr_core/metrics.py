@@ -57,3 +57,24 @@ def targeted_asr(adv_pred: torch.Tensor, y: torch.Tensor, target: int) -> Rate:
     """Among images whose label is not ``target``, the share classified as ``target`` when attacked."""
     keep = y != target
     return Rate(int((adv_pred[keep] == target).sum()), int(keep.sum()), f"targeted ASR (target {target}) over non-target images")
+
+
+def robust_accuracy(clean_pred: torch.Tensor, adv_pred: torch.Tensor, y: torch.Tensor) -> Rate:
+    """Over *all* images: the share classified correctly both when clean and when attacked (a model that is
+    wrong everywhere scores 0, never "robust")."""
+    return Rate(int(((clean_pred == y) & (adv_pred == y)).sum()), len(y), "robust accuracy over all images")
+
+
+def input_gradient_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> float:
+    """Mean over images of the L2 norm of d cross-entropy / d input at the model's current width (eval
+    mode): a gradient-masking indicator, read against the undefended model's at the same width."""
+    import torch.nn.functional as F
+
+    total = 0.0
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].detach().requires_grad_(True)
+            loss = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
+            grad, = torch.autograd.grad(loss, xb)
+            total += float(grad.flatten(1).norm(dim=1).sum())
+    return total / len(x)

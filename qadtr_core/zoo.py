@@ -6,6 +6,7 @@ when no valid checkpoint exists. So any notebook can run alone, and a warm cache
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -21,6 +22,7 @@ from .data import Cifar10, load_cifar10, to_float
 from .models import build_model
 from .profiles import Profile
 from .quant import FULL_PRECISION, check_bits, prepare_bits, set_bits
+from .quant import bits as at_bits
 from .train import BatchLoss, MultiWidthConfig, TrainConfig, check_bit_set, strategy_loss, train, trained_widths
 from .utils import default_device
 
@@ -140,6 +142,7 @@ def _train_model(config: TrainConfig, d, data: Cifar10 | None, loss_fn: BatchLos
         for b in sorted(trained_widths(config) - trained_widths(config.init)):
             prepare_bits(model, b, source_bits=config.init.bits)
     model.to(device)
+    start = copy.deepcopy(model) if config.init is not None and config.strategy not in ("standard", "multiwidth") else None
     t0 = time.perf_counter()
 
     train_data = dataclasses.replace(data, x_train=data.x_train.to(device), y_train=data.y_train.to(device)) if gpu_data else data
@@ -162,12 +165,39 @@ def _train_model(config: TrainConfig, d, data: Cifar10 | None, loss_fn: BatchLos
         "runtime": {"gpu_data": gpu_data, "bf16_autocast": bf16, "torch_threads": torch.get_num_threads()},
         "provenance": provenance(),
     }
+    if start is not None:  # a defense: its clean accuracy at every width it serves against its own starting point
+        record["collapse_check"] = collapse_check(model, start, sorted(trained_widths(config)), data)
     save_tensors(ckpt, {k: v.cpu() for k, v in model.state_dict().items()})
     write_json(rec_path, record)
     (d / "train_state.pt").unlink(missing_ok=True)
     (d / "train_state.pt.sha256").unlink(missing_ok=True)
     set_bits(model, config.bits).eval()
     return TrainedModel(model, config, record)
+
+
+COLLAPSE_POINTS = 10.0  # a defense more than this many points of clean accuracy below its start, at a width it serves
+N_COLLAPSE_CHECK = 1000  # test images of the check (the first ones, pixel-exact in the local copy)
+
+
+def collapse_check(model: nn.Module, start: nn.Module, widths: list[int], data: Cifar10,
+                   n: int = N_COLLAPSE_CHECK, max_drop: float = COLLAPSE_POINTS) -> dict[str, Any]:
+    """Clean accuracy (%) of a defended ``model`` and of its undefended ``start`` at each width it serves, on
+    the first ``n`` test images, and ``collapsed``: the widths where the defense falls more than
+    ``max_drop`` points below its start (a model that wins robustness by breaking; every table that shows
+    it flags it, and claims never count such a cell as robust). Both models keep their bit-width."""
+    from .metrics import clean_accuracy
+
+    x, y = data.test_subset(min(n, len(data.x_test)))
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    out: dict[str, Any] = {"n": len(y), "max_drop_points": max_drop, "clean": {}, "start_clean": {}, "collapsed": []}
+    for b in widths:
+        with at_bits(model, b), at_bits(start, b):
+            a, s0 = 100 * clean_accuracy(model, x, y).value, 100 * clean_accuracy(start, x, y).value
+        out["clean"][str(b)], out["start_clean"][str(b)] = a, s0
+        if a < s0 - max_drop:
+            out["collapsed"].append(b)
+    return out
 
 
 @torch.no_grad()

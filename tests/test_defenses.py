@@ -460,3 +460,57 @@ def test_the_multiwidth_strategy_cycles_the_bit_set():
         loss(model, x, y, step)
         seen.append(model.qadtr_bits)
     assert seen == [32, 4, 2, 32, 4, 2]
+
+
+# --- no win by collapse (issue 17) ------------------------------------------------------------------------
+
+class _ByRed(torch.nn.Module):
+    """Predicts class 1 when the red channel's mean is above 0.5, else 0; ``broken`` always says 0."""
+
+    def __init__(self, broken=False):
+        super().__init__()
+        self.broken, self.w = broken, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        red = x[:, 0].mean((1, 2))
+        logits = torch.stack([0.5 - red, red - 0.5], 1) + 0 * self.w
+        return torch.stack([torch.ones_like(red), torch.zeros_like(red)], 1) if self.broken else logits
+
+
+def _red_data(n=40):
+    from qadtr_core.data import Cifar10
+
+    x = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    y = torch.arange(n) % 2
+    x[y == 1, 0] = 200
+    return Cifar10(x, y, x, y, "hand-built")
+
+
+def test_a_defense_that_breaks_at_a_width_is_flagged_collapsed():
+    data = _red_data()
+    check = zoo.collapse_check(_ByRed(broken=True), _ByRed(), [32, 4], data)
+    assert check["start_clean"] == {"32": 100.0, "4": 100.0} and check["clean"] == {"32": 50.0, "4": 50.0}
+    assert check["collapsed"] == [32, 4] and check["n"] == 40
+    assert zoo.collapse_check(_ByRed(), _ByRed(), [32, 4], data)["collapsed"] == []  # equal to its start: fine
+
+
+def test_the_build_record_of_a_defense_carries_its_collapse_check(tmp_path, monkeypatch):
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
+    data = synthetic_cifar(32, 8)
+    fp = TrainConfig(arch="smallcnn", epochs=1, lr=0.05, batch_size=16, n_train=32)
+    pbat = dataclasses.replace(fp, bits=4, schedule="cosine", init=fp, strategy="pbat",
+                               strategy_params=PBATConfig(inner_steps=1, probe_every=0))
+    rec = zoo.get_or_train(pbat, data, progress=False).record
+    assert set(rec["collapse_check"]["clean"]) == {"4"} and isinstance(rec["collapse_check"]["collapsed"], list)
+    assert "collapse_check" not in zoo.get_or_train(fp, data, progress=False).record  # undefended: no check
+
+
+def test_input_gradient_norm_sees_a_masked_gradient():
+    from qadtr_core.metrics import input_gradient_norm
+
+    x, y = _batch(8)
+    model = _model().eval()
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    with torch.no_grad():
+        flat[1].weight.zero_()
+    assert input_gradient_norm(model, x, y) > 0 and input_gradient_norm(flat, x, y) == 0.0
