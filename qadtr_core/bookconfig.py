@@ -121,16 +121,50 @@ def check_results(results_dir: Path) -> dict[str, str]:
     return prov
 
 
-def tuck_parameters(results_dir: Path) -> None:
-    """Collapse each executed notebook's parameter cell and drop the one papermill injected.
+def _is_path_parameter(name: str) -> bool:
+    """Parameters that hold a machine's paths (the scorecard's JSON, the figure folder): never shown."""
+    return name.endswith(("_dir", "_json", "_path"))
 
-    The injected cell holds machine-specific values (paths); the banner and the chapters' own
-    printouts already state the profile, so readers lose nothing.
+
+def ran_with(stored: str, injected: str) -> str:
+    """The stored parameters cell's source with each value replaced by the one papermill injected (the
+    values the page actually ran with), paths left out; lines that are not plain assignments stay."""
+    import ast
+
+    values: dict[str, str] = {}
+    for node in ast.parse(injected).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            values[node.targets[0].id] = ast.get_source_segment(injected, node.value) or ""
+    out, done = [], set()
+    for line in stored.splitlines():
+        name = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else ""
+        if name.isidentifier() and _is_path_parameter(name):
+            continue
+        if name.isidentifier() and name in values:
+            comment = line.split("#", 1)[1] if "#" in line.split("=", 1)[1] else ""
+            line = f"{name} = {values[name]}" + (f"  #{comment}" if comment else "")
+            done.add(name)
+        out.append(line)
+    out += [f"{k} = {v}" for k, v in values.items() if k not in done and not _is_path_parameter(k)]
+    return "\n".join(out)
+
+
+def tuck_parameters(results_dir: Path) -> None:
+    """Show each executed notebook's parameters as it ran, collapsed, and drop the cell papermill injected.
+
+    The stored parameters cell holds the notebook's defaults (the smoke profile), which would mislabel a
+    quick-profile page: its values are replaced by the injected ones (:func:`ran_with`; machine paths left
+    out), the cell is collapsed (``hide-cell``) and the injected cell removed. Idempotent.
     """
     for nb in sorted(Path(results_dir).glob("*.ipynb")):
         doc = json.loads(nb.read_text())
-        for cell in doc.get("cells", []):
+        cells = doc.get("cells", [])
+        injected = ["".join(c.get("source", "")) for c in cells
+                    if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+        for cell in cells:
             tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+            if "parameters" in tags and injected:
+                cell["source"] = ran_with("".join(cell.get("source", "")), injected[0])
             extra = "remove-cell" if "injected-parameters" in tags else "hide-cell" if "parameters" in tags else None
             if extra and extra not in tags:
                 tags.append(extra)

@@ -36,6 +36,18 @@ def test_parameter_cells_are_tucked_away(tmp_path):
     assert tags == [["parameters", "hide-cell"], ["injected-parameters", "remove-cell"], []]
 
 
+def test_the_parameters_cell_shows_what_the_page_ran_with(tmp_path):
+    stored = 'profile = "smoke"  # smoke, quick or paper\nseed = 0\nstatic_dir = "../book/_static"\nbits = [8, 4]'
+    injected = '# Parameters\nprofile = "quick"\nstatic_dir = "/home/me/book/_static"\nscorecard_json = "/x/s.json"\n'
+    cells = [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": stored},
+             {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": injected}]
+    _nb(tmp_path / "a.ipynb", "quick", cells)
+    tuck_parameters(tmp_path)
+    tuck_parameters(tmp_path)  # idempotent
+    src = json.loads((tmp_path / "a.ipynb").read_text())["cells"][0]["source"]
+    assert src == 'profile = "quick"  # smoke, quick or paper\nseed = 0\nbits = [8, 4]'  # no smoke, no paths
+
+
 def test_scripts_registered_twice_are_kept_once():
     body = {"body": "const THEBE_JS_URL = 'x'"}
     scripts = [_JavaScript("a.js"), _JavaScript(None, **body), _JavaScript("b.js", priority=200),
