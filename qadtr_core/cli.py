@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--book", metavar="DIR", type=Path, default=None,
                    help="execute the chapters into DIR as the book's results (as `make notebooks` does, e.g. "
                         "book/results; figures into DIR/../_static), every chapter, cached or not")
+    b.add_argument("--bundle", metavar="ARCHIVE", type=Path, default=None,
+                   help="rewrite this models bundle after every model trained (e.g. bundle/quick-models.tar), so "
+                        "that a long CPU build can be committed model by model")
     b.add_argument("--dry-run", action="store_true", help="list the jobs to run, run nothing")
 
     s = sub.add_parser("status", help="what of a profile is cached, what is missing, estimated GPU cost")
@@ -92,10 +95,18 @@ def _build(args: argparse.Namespace) -> int:
             print(f"  {j.kind:8} {j.key}  {j.label}")
         return 0
     threads = args.threads or (1 if args.scheduler else torch.get_num_threads())
+
+    def done(r: dict) -> None:
+        print(f"  done {r['label']} ({r['seconds']:.0f} s)", flush=True)
+        if args.bundle is not None and r.get("ran") and graph[r["key"]].kind == "train":
+            from .models_bundle import export_models
+
+            s = export_models(args.profile, args.bundle, args.seeds)
+            print(f"  {args.bundle}: {len(s['models'])} models, {s['bytes'] / 2**20:.1f} MiB", flush=True)
+
     jobs.run_graph(graph, device=args.device, threads=threads, scheduler=args.scheduler, retries=args.retries,
                    workers=args.workers, book=args.book,
-                   progress=not args.scheduler and args.workers == 1 and sys.stderr.isatty(),
-                   on_done=lambda r: print(f"  done {r['label']} ({r['seconds']:.0f} s)", flush=True))
+                   progress=not args.scheduler and args.workers == 1 and sys.stderr.isatty(), on_done=done)
     return 0
 
 

@@ -150,3 +150,21 @@ def test_the_size_cap_refuses_and_writes_nothing(built, tmp_path):
     with pytest.raises(BundleError, match="over the cap"):
         export_models("test", tmp_path / "m.tar", root=root, max_bytes=1000)
     assert not (tmp_path / "m.tar").exists()
+
+
+def test_a_build_rewrites_the_bundle_after_every_model(tmp_path, monkeypatch):
+    """`qadtr build --bundle`: a long CPU build leaves a bundle holding every model finished so far."""
+    root = tmp_path / "artifacts"
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(root))
+    from qadtr_core import jobs
+    from qadtr_core.data import ENV_VAR
+
+    data = synthetic_cifar(64, 16)
+    monkeypatch.setattr("qadtr_core.data.load_cifar10", lambda *a, **k: data)
+    graph = jobs.build_graph("smoke", configs={"tiny": [TINY, OTHER]})
+    monkeypatch.setattr(jobs, "build_graph", lambda *a, **k: graph)
+    monkeypatch.setattr(models_bundle, "graph_model_keys", lambda profile, seeds: list(graph))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert cli.main(["build", "--profile", "smoke", "--device", "cpu", "--models-only",
+                     "--bundle", str(tmp_path / "m.tar")]) == 0
+    assert sorted(e.split("/")[1] for e in models_bundle.read_manifest(tmp_path / "m.tar")["entries"]) == sorted(graph)
