@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole quick build in one GPU run (issue 21): run on the device machine from the repository root,
+# after the CIFAR-10 parts have arrived in data/parts/ (scripts/cifar_parts.py; one call per part).
+#
+#   bash scripts/gpu_quick_build.sh [WORKERS]      # default 8 jobs sharing the GPU
+#
+# It joins and verifies the data, imports the committed models bundle (so only the models it lacks are
+# trained), builds every model and executes every chapter into book/results (qadtr build --book), rewrites
+# the models bundle, and copies what the repository keeps (the bundle, book/results, book/_static) under
+# $OUT when the device tool sets it. Nothing else is written back. Prepared on the CPU (`--dry-run` lists the
+# jobs without a GPU); not yet run on a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+workers=${1:-8}
+py=${PY:-python3}
+if [[ -f data/parts/manifest.json && ! -f data/cifar10-uint8.npz ]]; then
+  "$py" scripts/cifar_parts.py join data/parts data/cifar10-uint8.npz
+fi
+export QADTR_CIFAR10=${QADTR_CIFAR10:-$PWD/data/cifar10-uint8.npz}
+export QADTR_ARTIFACTS=${QADTR_ARTIFACTS:-$PWD/artifacts}
+[[ -f "$QADTR_CIFAR10" ]] || { echo "gpu_quick_build: no CIFAR-10 at $QADTR_CIFAR10" >&2; exit 2; }
+"$py" -m pip install -q --no-deps -e . >/dev/null
+if [[ -f bundle/quick-models.tar ]]; then "$py" -m qadtr_core.cli import --missing-only --profile quick bundle/quick-models.tar; fi
+start=$(date +%s)
+"$py" -m qadtr_core.cli build --profile quick --device cuda --workers "$workers" --book book/results \
+  ${DRY_RUN:+--dry-run}
+[[ -n "${DRY_RUN:-}" ]] && exit 0
+"$py" -m qadtr_core.cli export --profile quick --models-only bundle/quick-models.tar
+echo "gpu_quick_build: $(( $(date +%s) - start )) s for the build on $("$py" -c 'import torch; print(torch.cuda.get_device_name())')"
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT/book" "$OUT/bundle"
+  cp -r book/results book/_static "$OUT/book/" && cp bundle/quick-models.tar "$OUT/bundle/"
+fi
