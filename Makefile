@@ -29,7 +29,7 @@ export QADTR_ARTIFACTS ?= $(CURDIR)/artifacts
 export QADTR_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: venv book notebooks html test unit nbval book-smoke committed-book browser chromium bench clean lint export import \
-	models-bundle
+	models-bundle render-copy
 
 # The quick profile's trained models, shipped with the repository (qadtr_core.models_bundle): `make notebooks`
 # (and so `make book`) imports it first when the cache lacks one of its models; `make models-bundle` rewrites it
@@ -76,7 +76,14 @@ book-smoke: $(STAMP)
 	rm -rf $(SMOKE_BOOK) && mkdir -p $(SMOKE_BOOK)/book/results
 	cp _config.yml _toc.yml $(SMOKE_BOOK)/ && cp book/*.md book/*.bib book/*.png $(SMOKE_BOOK)/book/
 	$(MAKE) --no-print-directory notebooks PROFILE=smoke EXECUTED=$(SMOKE_BOOK)/book/results STATIC=$(abspath $(SMOKE_BOOK))/book/_static
-	cd $(SMOKE_BOOK) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
+	$(MAKE) --no-print-directory render-copy DEST=$(SMOKE_BOOK)
+
+# The one render recipe of a book copy in DEST whose book/results (and book/_static) are in place: the
+# pages and configuration of this checkout beside them, the stamps checked, then Jupyter Book, warnings fatal.
+render-copy: $(STAMP)
+	@[ -n "$(DEST)" ] && [ -d "$(DEST)/book/results" ] || { echo "render-copy: DEST=$(DEST) has no book/results"; exit 2; }
+	cp _config.yml _toc.yml $(DEST)/ && cp book/*.md book/*.bib book/*.png $(DEST)/book/
+	cd $(DEST) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
 	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
 
 # The committed results (book/results, book/_static) rendered in a copy, as the publish workflow renders
@@ -90,9 +97,7 @@ committed-book: $(STAMP)
 	  mkdir -p $(COMMITTED_BOOK)/book && \
 	  git archive HEAD book/results book/_static | tar -x -C $(COMMITTED_BOOK) && \
 	  $(PY) -m qadtr_core.bookconfig check $(COMMITTED_BOOK)/book/results && \
-	  cp _config.yml _toc.yml $(COMMITTED_BOOK)/ && cp book/*.md book/*.bib book/*.png $(COMMITTED_BOOK)/book/ && \
-	  cd $(COMMITTED_BOOK) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
-	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going; \
+	  $(MAKE) --no-print-directory render-copy DEST=$(COMMITTED_BOOK); \
 	else echo "no results committed under book/results: nothing to render"; fi
 
 # Chromium for the browser test, when none is on PATH: Debian's package (needs apt and root, as on CI),
