@@ -52,7 +52,8 @@ notebooks: $(STAMP)
 	@commit=$$($(PY) -m qadtr_core.bookconfig commit); \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb (profile $(PROFILE))"; \
-	  extra=(); case $$nb in *07_scorecard*) extra=(-p static_dir $(STATIC) -p scorecard_json $(abspath $(EXECUTED))/scorecard.json);; esac; \
+	  extra=(); case $$nb in *07_scorecard*) extra=(-p static_dir $(STATIC) -p scorecard_json $(abspath $(EXECUTED))/scorecard.json);; \
+	    *02_defenses*|*03_ablations*) extra=(-p defenses_json $(abspath $(EXECUTED))/defenses.json);; esac; \
 	  $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb) -p profile $(PROFILE) "$${extra[@]}"; \
 	  $(PY) -m qadtr_core.bookconfig stamp --commit $$commit $(EXECUTED)/$$(basename $$nb); \
 	done
@@ -82,7 +83,7 @@ book-smoke: $(STAMP)
 # pages and configuration of this checkout beside them, the stamps checked, then Jupyter Book, warnings fatal.
 render-copy: $(STAMP)
 	@[ -n "$(DEST)" ] && [ -d "$(DEST)/book/results" ] || { echo "render-copy: DEST=$(DEST) has no book/results"; exit 2; }
-	cp _config.yml _toc.yml $(DEST)/ && cp book/*.md book/*.bib book/*.png $(DEST)/book/
+	cp _config.yml _toc.yml $(DEST)/ && cp book/*.md book/*.bib book/*.png $(DEST)/book/ && cp -r book/css $(DEST)/book/
 	cd $(DEST) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
 	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
 

@@ -123,3 +123,20 @@ def test_navigation_links_resolve(server, browser):
                 bad.append(f"{chapter} -> {url}")
     assert len(seen) >= len(chapters()) and bad == [], f"broken links: {bad}"
     page.close()
+
+
+@pytest.mark.parametrize("chapter", ["book/intro.html", "book/results/07_scorecard.html"])
+def test_no_table_of_the_verdicts_overflows_its_column(server, browser, chapter):
+    """Every table on the introduction and the scorecard fits the text column: nothing (the verdict column
+    first) is clipped or needs a horizontal scroll at a 1280-pixel window."""
+    page, _, _ = _open(browser, urljoin(server, chapter))
+    tables = page.evaluate("""[...document.querySelectorAll('main table')].map(t => {
+        const box = t.closest('.pst-scrollable-table-container') || t.parentElement;
+        const main = document.querySelector('main').getBoundingClientRect();
+        const r = t.getBoundingClientRect();
+        return {over: Math.max(t.scrollWidth - box.clientWidth, r.right - main.right), cols: t.rows[0].cells.length};
+    })""")
+    assert tables, f"{chapter}: no table"
+    wide = [t for t in tables if t["over"] > 1]
+    assert wide == [], f"{chapter}: tables wider than their column by {[round(t['over']) for t in wide]} px"
+    page.close()
