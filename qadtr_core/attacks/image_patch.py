@@ -1,21 +1,37 @@
 """Per-image adversarial patch (Rao, Stutz and Schiele 2020, the attack PBAT trains against).
 
 Every image gets its own patch at its own random location outside a given region (the central
-10x10 by default). The patch starts uniform at random and takes signed-gradient steps that raise the
-cross-entropy of the true label (untargeted) or lower that of a target. With location optimisation
-(Rao et al.'s "RandLO"), each step also tries moving every patch by ``location_stride`` pixels in a
-random direction and keeps the move where it raises the loss. With restarts, each restart draws a
-new location and start. Each image keeps its **best iterate** over all steps and restarts: the first
-patch that fools the model, else the one with the highest loss.
+10x10 by default). The patch starts uniform at random and takes signed-gradient steps that raise a
+loss of the true label (untargeted) or lower it for a target: the cross-entropy (default) or the
+CW-style logit margin (Carlini and Wagner 2017), with a constant or a decaying step size. With
+location optimisation (Rao et al.'s "RandLO"), each step also tries moving every patch by
+``location_stride`` pixels in a random direction and keeps the move where it raises the loss. With
+restarts, each restart draws a new location and start. Each image keeps its **best iterate** over
+all steps and restarts: if any patch fooled the model, the fooling one with the highest loss (with
+early stopping: the first that fooled it), else the one with the highest loss.
 
 The attack records, per image, restart and step, whether the best iterate so far fools the model
 (:attr:`ImagePatches.success`), so one run shows its own strength curve: the ASR it would have had
 with half the steps or fewer restarts (the convergence check of Carlini et al. 2019) costs nothing.
 All images of a batch are attacked at once.
+
+**Early stopping** (``early_stop=True``) attacks an image only while its record is open: it leaves the
+batch at the step it is first fooled, and a later restart attacks it only up to the step at which an
+earlier restart had fooled it (so a restart runs only on the images no earlier restart fooled within
+the same number of steps, and not at all on those fooled at the random start). Later steps run on the
+remaining images alone, which is the saving. Every step and restart is drawn from the same seeds as
+without early stopping, so the images that stay are attacked exactly as in a full run, and
+:meth:`ImagePatches.fooled_within` gives the same answer for every number of steps and restarts
+(the white-box ASR and its whole curve are unchanged; only which fooling patch is kept may differ).
+Patches meant to *transfer* keep the full budget (the default), since a stronger source patch
+transfers better. :attr:`ImagePatches.image_steps_run` says what a run cost against
+:attr:`ImagePatches.image_steps_full_budget`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +44,11 @@ from ..utils import eval_mode
 # The four moves of location optimisation: up, down, left, right.
 _MOVES = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]])
 
+StepSchedule = Literal["constant", "cosine", "steps"]
+Loss = Literal["ce", "margin"]
+STEP_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "steps")
+LOSSES: tuple[str, ...] = ("ce", "margin")
+
 
 @dataclass(frozen=True)
 class ImagePatchConfig:
@@ -37,7 +58,7 @@ class ImagePatchConfig:
         size: patch side in pixels (8 = 6.25 % of a 32x32 image, Rao et al.). (Default: 8)
         shape: "square" or "circle". (Default: "square")
         steps: signed-gradient steps per restart. (Default: 100)
-        step_size: step in pixel units of [0, 1]. (Default: 0.05)
+        step_size: step in pixel units of [0, 1] (the first step's, under a decaying schedule). (Default: 0.05)
         restarts: attempts per image, each at a new location and start. (Default: 1)
         location_opt: try a random move of every patch each step and keep it where the loss rises
             (Rao et al.'s random location optimisation). (Default: False)
@@ -46,6 +67,19 @@ class ImagePatchConfig:
         target: a target class, or None for untargeted. (Default: None)
         num_classes: classes of the attacked models (bounds ``target``). (Default: 10)
         seed: seeds locations, moves and starting patches. (Default: 0)
+        early_stop: stop attacking an image once it is fooled, and run each later restart only on the
+            images no earlier restart had fooled within as many steps (see the module doc); the
+            success record, and so the ASR for any steps and restarts, is that of the full run, the
+            kept patch is the first that fooled. Not for patches crafted to transfer. (Default: False)
+        step_schedule: the step size over the steps of a restart (``t = 0 .. steps - 1``; see
+            :meth:`step_sizes`): "constant" (``step_size`` throughout), "cosine" (cosine decay from
+            ``step_size`` at the first step to ``step_size * final_step_fraction`` at the last) or
+            "steps" (``step_size``, halved from step ``steps / 2`` on and halved again from
+            ``3 steps / 4`` on). (Default: "constant")
+        final_step_fraction: the last step's share of ``step_size`` under "cosine", in [0, 1]. (Default: 0.1)
+        loss: the per-image loss the patch raises: "ce" (cross-entropy of the true label; targeted: minus
+            that of the target) or "margin" (CW-style: the largest other logit minus the true label's;
+            targeted: the target's logit minus the largest other). (Default: "ce")
     """
 
     size: int = 8
@@ -59,6 +93,10 @@ class ImagePatchConfig:
     num_classes: int = 10
     location_opt: bool = False
     location_stride: int = 2
+    early_stop: bool = False
+    step_schedule: StepSchedule = "constant"
+    final_step_fraction: float = 0.1
+    loss: Loss = "ce"
 
     def __post_init__(self) -> None:
         check_target(self.target, self.num_classes)
@@ -66,7 +104,31 @@ class ImagePatchConfig:
             raise ValueError(f"steps must be >= 0 and restarts >= 1, got {self.steps}, {self.restarts}")
         if self.location_stride < 1:
             raise ValueError(f"location_stride must be a positive number of pixels, got {self.location_stride}")
+        if not isinstance(self.early_stop, bool):
+            raise ValueError(f"early_stop must be True or False, got {self.early_stop!r}")
+        if self.step_schedule not in STEP_SCHEDULES:
+            raise ValueError(f"unknown step_schedule {self.step_schedule!r}; allowed: "
+                             + ", ".join(repr(s) for s in STEP_SCHEDULES))
+        if not 0.0 <= self.final_step_fraction <= 1.0:
+            raise ValueError(f"final_step_fraction must be in [0, 1], got {self.final_step_fraction!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; allowed: " + ", ".join(repr(s) for s in LOSSES))
         make_mask(self.size, self.shape)
+
+    def step_sizes(self) -> list[float]:
+        """The step size of each of the ``steps`` signed-gradient steps of a restart (see ``step_schedule``)."""
+        n, eta = self.steps, self.step_size
+        if self.step_schedule == "constant":
+            return [eta] * n
+        if self.step_schedule == "steps":
+            return [eta / 4 if 4 * t >= 3 * n else eta / 2 if 2 * t >= n else eta for t in range(n)]
+        f = self.final_step_fraction
+        return [eta * (f + (1 - f) * (1 + math.cos(math.pi * t / (n - 1))) / 2) if n > 1 else eta for t in range(n)]
+
+    @property
+    def image_steps_per_image(self) -> int:
+        """The full budget of one image: ``restarts * steps`` image-steps."""
+        return self.restarts * self.steps
 
 
 @dataclass
@@ -75,13 +137,26 @@ class ImagePatches:
 
     ``success`` (bool, ``(N, restarts, steps + 1)``) says whether restart ``r`` of image ``i`` had
     fooled the model within its first ``t`` steps (``t = 0`` is the random start), restarts counted
-    independently, so any budget of fewer steps or restarts can be read off one run.
+    independently, so any budget of fewer steps or restarts can be read off one run. With early
+    stopping, ``success[i, r, t]`` is whether *any of restarts 0..r* had fooled image ``i`` within ``t``
+    steps (the cumulative record: where restart ``r`` skipped the image because an earlier restart had
+    fooled it within ``t`` steps, it reads True), so :meth:`fooled_within` gives the full run's answer
+    for every ``steps`` and ``restarts``, while one restart's column alone is no longer that restart's
+    own success.
+
+    ``image_steps_run``: image-steps the attack ran (one image-step: one image's forward and backward
+    pass, with its location try, at a step ``t < steps``; an early-stopped image fooled at step ``t``
+    ran ``t + 1`` of them in that restart, the one that found it fooled included).
+    ``image_steps_full_budget``: images x restarts x steps, what it runs without early stopping.
+    Both None where unknown (patches from before these were recorded).
     """
 
     patches: torch.Tensor
     placement: Placement
     mask: torch.Tensor
     success: torch.Tensor | None = None
+    image_steps_run: int | None = None
+    image_steps_full_budget: int | None = None
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """The patched images (the same images the patches were crafted for)."""
@@ -98,8 +173,17 @@ class ImagePatches:
         return self.success[:, :restarts, steps].any(1)
 
 
-def _per_image_loss(logits: torch.Tensor, y: torch.Tensor, target: int | None) -> torch.Tensor:
-    """Per-image loss to *maximise*."""
+def _margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Per image: the largest logit other than ``label``'s minus ``label``'s."""
+    own = logits.gather(1, label[:, None])[:, 0]
+    others = logits.masked_fill(F.one_hot(label, logits.shape[1]).bool(), -float("inf")).amax(1)
+    return others - own
+
+
+def _per_image_loss(logits: torch.Tensor, y: torch.Tensor, target: int | None, loss: Loss = "ce") -> torch.Tensor:
+    """Per-image loss to *maximise* (see :attr:`ImagePatchConfig.loss`)."""
+    if loss == "margin":
+        return _margin(logits, y) if target is None else -_margin(logits, torch.full_like(y, target))
     if target is None:
         return F.cross_entropy(logits, y, reduction="none")
     return -F.cross_entropy(logits, torch.full_like(y, target), reduction="none")
@@ -119,7 +203,8 @@ def image_patch_attack(model: nn.Module, images: torch.Tensor, labels: torch.Ten
              for i in range(0, len(images), batch_size)]
     patches = torch.cat([p.patches for p in parts])
     place = Placement(*(torch.cat([getattr(p.placement, f) for p in parts]) for f in ("rows", "cols", "angles", "scales")))
-    return ImagePatches(patches, place, parts[0].mask, torch.cat([p.success for p in parts]))
+    return ImagePatches(patches, place, parts[0].mask, torch.cat([p.success for p in parts]),
+                        sum(p.image_steps_run for p in parts), sum(p.image_steps_full_budget for p in parts))
 
 
 def _allowed(rows: torch.Tensor, cols: torch.Tensor, size: int, image_size: int, avoid: Box | None) -> torch.Tensor:
@@ -142,49 +227,95 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
     best_loss = torch.full((n,), -float("inf"), device=dev)
     best_fooled = torch.zeros(n, dtype=torch.bool, device=dev)
     success = torch.zeros(n, cfg.restarts, cfg.steps + 1, dtype=torch.bool)
+    sizes = cfg.step_sizes()
+    image_steps = 0
 
-    def keep_best(p: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, loss: torch.Tensor, fooled: torch.Tensor) -> None:
-        # Prefer a patch that fools the model; among equals, the higher loss.
-        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
-        best_p[better] = p.detach()[better]
+    def loss_of(p: torch.Tensor, idx: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The loss and "fooled" of the images ``idx`` (None: all) with patches ``p`` at (rows, cols).
+        xs, ys = (x, y) if idx is None else (x[idx.to(dev)], y[idx.to(dev)])
+        m = len(xs)
+        logits = model(apply_patch(xs, p, mask, Placement(rows, cols, zeros[:m], ones[:m])))
+        loss = _per_image_loss(logits, ys, cfg.target, cfg.loss)
+        return loss, _fooled(logits.detach(), ys, cfg.target)
+
+    def keep_best(idx: torch.Tensor | None, p: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                  loss: torch.Tensor, fooled: torch.Tensor) -> None:
+        # Prefer a patch that fools the model; among equals, the higher loss (early stop: the first that fools).
+        if idx is None:
+            bf, bl = best_fooled, best_loss
+        else:
+            bf, bl = best_fooled[idx.to(dev)], best_loss[idx.to(dev)]
+        better = (fooled & ~bf) | ((fooled == bf) & (loss > bl))
+        if cfg.early_stop:
+            better &= ~bf
         cpu = better.cpu()
-        best_r[cpu], best_c[cpu] = rows[cpu], cols[cpu]
-        best_loss[better], best_fooled[better] = loss[better], fooled[better]
+        if idx is None:
+            best_p[better] = p.detach()[better]
+            best_r[cpu], best_c[cpu] = rows[cpu], cols[cpu]
+            best_loss[better], best_fooled[better] = loss[better], fooled[better]
+            return
+        sel = idx[cpu]
+        sel_dev = sel.to(dev)
+        best_p[sel_dev] = p.detach()[better]
+        best_r[sel], best_c[sel] = rows[cpu], cols[cpu]
+        best_loss[sel_dev], best_fooled[sel_dev] = loss[better], fooled[better]
 
     with eval_mode(model):
         for restart in range(cfg.restarts):
             g = torch.Generator().manual_seed(cfg.seed * 7919 + offset * 31 + restart)
             place = random_placement(n, cfg.size, g, x.shape[-1], cfg.avoid)
             rows, cols = place.rows.clone(), place.cols.clone()
-            p = torch.rand(n, c, cfg.size, cfg.size, generator=g).to(x).requires_grad_(True)
+            p = torch.rand(n, c, cfg.size, cfg.size, generator=g).to(x)
             fooled_here = torch.zeros(n, dtype=torch.bool)  # this restart's own record
+            # Early stop: the cumulative record of the earlier restarts, per step (None: nothing fooled yet).
+            before = success[:, restart - 1] if cfg.early_stop and restart > 0 else None
             for t in range(cfg.steps + 1):
-                here = Placement(rows, cols, zeros, ones)
-                logits = model(apply_patch(x, p, mask, here))
-                loss = _per_image_loss(logits, y, cfg.target)
+                idx: torch.Tensor | None = None  # the images attacked at this step (None: all)
+                if cfg.early_stop:
+                    settled = fooled_here if before is None else fooled_here | before[:, t]
+                    if settled.all():  # every record is closed from here on
+                        success[:, restart, t:] = True
+                        break
+                    idx = (~settled).nonzero()[:, 0]
+                at = slice(None) if idx is None else idx
+                pa = (p if idx is None else p[idx.to(dev)]).requires_grad_(True)
+                ra, ca = rows[at], cols[at]
+                loss, fooled = loss_of(pa, idx, ra, ca)
                 with torch.no_grad():
-                    fooled = _fooled(logits, y, cfg.target)
-                    keep_best(p, rows, cols, loss.detach(), fooled)
-                    fooled_here |= fooled.cpu()
+                    keep_best(idx, pa, ra, ca, loss.detach(), fooled)
+                    fooled_cpu = fooled.cpu()
+                    fooled_here[at] |= fooled_cpu
                 # Location step (RandLO): the patch content then takes the gradient of its old location.
                 if cfg.location_opt and t < cfg.steps:
                     with torch.no_grad():
                         move = _MOVES[torch.randint(4, (n,), generator=g)] * cfg.location_stride
-                        new_r, new_c = rows + move[:, 0], cols + move[:, 1]
-                        ok = _allowed(new_r, new_c, cfg.size, x.shape[-1], cfg.avoid)
-                        new_r, new_c = torch.where(ok, new_r, rows), torch.where(ok, new_c, cols)
-                        logits_m = model(apply_patch(x, p, mask, Placement(new_r, new_c, zeros, ones)))
-                        loss_m = _per_image_loss(logits_m, y, cfg.target)
-                        fooled_m = _fooled(logits_m, y, cfg.target)
-                        keep_best(p, new_r, new_c, loss_m, fooled_m)
-                        fooled_here |= fooled_m.cpu()
-                        accept = (ok.to(dev) & (loss_m > loss.detach())).cpu()
-                        rows, cols = torch.where(accept, new_r, rows), torch.where(accept, new_c, cols)
-                success[:, restart, t] = fooled_here
+                        # Early stop: only the images still unfooled try a move (the others leave now).
+                        try_ = torch.ones(len(ra), dtype=torch.bool) if idx is None else ~fooled_cpu
+                        sub = None if idx is None else idx[try_]
+                        if sub is None or len(sub):
+                            mv = move if sub is None else move[sub]
+                            old_r, old_c = ra[try_], ca[try_]
+                            new_r, new_c = old_r + mv[:, 0], old_c + mv[:, 1]
+                            ok = _allowed(new_r, new_c, cfg.size, x.shape[-1], cfg.avoid)
+                            new_r, new_c = torch.where(ok, new_r, old_r), torch.where(ok, new_c, old_c)
+                            pm = pa.detach() if sub is None else pa.detach()[try_.to(dev)]
+                            loss_m, fooled_m = loss_of(pm, sub, new_r, new_c)
+                            keep_best(sub, pm, new_r, new_c, loss_m, fooled_m)
+                            to = slice(None) if sub is None else sub
+                            fooled_here[to] |= fooled_m.cpu()
+                            accept = (ok.to(dev) & (loss_m > loss.detach()[try_.to(dev)])).cpu()
+                            rows[to], cols[to] = torch.where(accept, new_r, old_r), torch.where(accept, new_c, old_c)
+                success[:, restart, t] = fooled_here if before is None else fooled_here | before[:, t]
                 if t == cfg.steps:
                     break
-                grad, = torch.autograd.grad(loss.sum(), p)
+                grad, = torch.autograd.grad(loss.sum(), pa)
+                image_steps += len(ra)
                 with torch.no_grad():
-                    p += cfg.step_size * grad.sign()
-                    p.clamp_(0, 1)
-    return ImagePatches(best_p, Placement(best_r, best_c, torch.zeros(n), torch.ones(n)), mask, success)
+                    step = (pa.detach() + sizes[t] * grad.sign()).clamp_(0, 1)
+                    if idx is None:
+                        p = step
+                    else:
+                        p[idx.to(dev)] = step
+    return ImagePatches(best_p, Placement(best_r, best_c, torch.zeros(n), torch.ones(n)), mask, success,
+                        image_steps, n * cfg.restarts * cfg.steps)

@@ -1,0 +1,223 @@
+"""The per-image patch attack's budget options: early stopping (restarts only on the unfooled images
+included), step-size schedules and the margin loss, on tiny hand-built models."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from qadtr_core.attacks.image_patch import ImagePatchConfig, _per_image_loss, image_patch_attack
+from qadtr_core.strength import AttackStrength, image_patch_curve, image_patch_strength
+from qadtr_core.testing import ChannelMeanModel
+
+
+def _tiny(seed: int) -> nn.Module:
+    """A random 4x4-stride conv net: its clean predictions are the labels, so every image starts clean-correct
+    and patches fool them at different steps (an easy model: most are fooled long before the last step)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10)).eval()
+
+
+def _data(model: nn.Module, n: int = 40, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return x, model(x).argmax(1)
+
+
+def _cumulative(success: torch.Tensor) -> torch.Tensor:
+    """success[:, r, t] -> fooled within t steps of any of restarts 0..r."""
+    return success.cummax(1).values
+
+
+def _expected_image_steps(full: torch.Tensor) -> int:
+    """What early stopping must run, from a full run's record: image i is attacked at step t < steps of restart
+    k unless restart k fooled it before step t or an earlier restart fooled it within t steps."""
+    cum = _cumulative(full)
+    n, n_r, n_t1 = full.shape
+    total = 0
+    for k in range(n_r):
+        for t in range(n_t1 - 1):
+            settled = torch.zeros(n, dtype=torch.bool)
+            if t > 0:
+                settled |= cum[:, k, t - 1]
+            if k > 0:
+                settled |= cum[:, k - 1, t]
+            total += int((~settled).sum())
+    return total
+
+
+class _Sizes(nn.Module):
+    """Records the batch size of every forward pass of ``inner``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.sizes = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        return self.inner(x)
+
+
+# ------------------------------------------------------------------------------------------ early stopping
+
+
+@pytest.mark.parametrize("location_opt", [False, True])
+@pytest.mark.parametrize("model_seed", [0, 1, 2])
+def test_early_stop_keeps_the_whole_success_curve_and_runs_fewer_image_steps(model_seed, location_opt):
+    model = _tiny(model_seed)
+    x, y = _data(model)
+    for seed in (0, 1):
+        cfg = ImagePatchConfig(size=6, steps=12, step_size=0.05, restarts=3, seed=seed, location_opt=location_opt)
+        full = image_patch_attack(model, x, y, cfg, batch_size=25)
+        early = image_patch_attack(model, x, y, ImagePatchConfig(**{**cfg.__dict__, "early_stop": True}), batch_size=25)
+        # the first restart's record is identical; later ones are the cumulative record of the full run
+        assert torch.equal(early.success[:, 0], full.success[:, 0])
+        assert torch.equal(early.success, _cumulative(full.success))
+        for r in (1, 2, 3):
+            for t in range(cfg.steps + 1):
+                assert torch.equal(early.fooled_within(t, r), full.fooled_within(t, r)), (seed, t, r)
+        valid = torch.ones(len(x), dtype=torch.bool)
+        assert image_patch_curve(early, valid).equals(image_patch_curve(full, valid))
+        a, b = image_patch_strength("full", full, valid), image_patch_strength("early", early, valid)
+        assert (a.white_box_asr, a.white_box_asr_half_steps) == (b.white_box_asr, b.white_box_asr_half_steps)
+        assert a.white_box_asr > 0.5 and full.fooled_within(0).float().mean() < 0.5  # a curve, not a start
+        # the cost: exactly the steps of the images whose record is still open, far below the full budget
+        assert full.image_steps_run == full.image_steps_full_budget == len(x) * 3 * 12
+        assert early.image_steps_full_budget == full.image_steps_full_budget
+        assert early.image_steps_run == _expected_image_steps(full.success)
+        assert early.image_steps_run < 0.8 * early.image_steps_full_budget
+        assert (b.image_steps_run, b.image_steps_full_budget) == (early.image_steps_run, early.image_steps_full_budget)
+        # the kept patch is one that fools wherever the record says fooled
+        with torch.no_grad():
+            assert torch.equal(model(early.apply(x)).argmax(1) != y, early.fooled_within(cfg.steps))
+
+
+def test_early_stop_shrinks_the_batch_and_skips_images_fooled_by_an_earlier_restart():
+    model = _tiny(0)
+    x, y = _data(model)
+    y[:8] = (y[:8] + 1) % 10  # eight images misclassified from the start: fooled at step 0 of restart 0
+    seen = _Sizes(model)
+    cfg = ImagePatchConfig(size=6, steps=12, restarts=2, seed=0, early_stop=True)
+    found = image_patch_attack(seen, x, y, cfg)
+    assert found.success[:8].all()  # fooled at every step of every restart
+    # restart 0: all 40 images at step 0, then never the eight again; restart 1 starts without them
+    assert seen.sizes[0] == 40 and max(seen.sizes[1:]) <= 32
+    rises = sum(b > a for a, b in zip(seen.sizes, seen.sizes[1:]))
+    assert rises <= 1 and min(seen.sizes) < 20  # it shrinks within a restart (one rise: the second restart)
+    # without location optimisation every forward pass at a step t < steps is one image-step per image
+    assert found.image_steps_run <= sum(seen.sizes) <= found.image_steps_run + 2 * 40
+    full_seen = _Sizes(model)
+    image_patch_attack(full_seen, x, y, ImagePatchConfig(**{**cfg.__dict__, "early_stop": False}))
+    assert set(full_seen.sizes) == {40} and sum(seen.sizes) < 0.6 * sum(full_seen.sizes)
+
+
+def test_early_stop_targeted_and_split_into_batches():
+    model = _tiny(1)
+    x, y = _data(model, 30)
+    cfg = ImagePatchConfig(size=8, steps=10, step_size=0.1, restarts=2, target=8, location_opt=True, seed=3)
+    full = image_patch_attack(model, x, y, cfg, batch_size=7)
+    early = image_patch_attack(model, x, y, ImagePatchConfig(**{**cfg.__dict__, "early_stop": True}), batch_size=7)
+    assert torch.equal(early.success, _cumulative(full.success))
+    assert early.image_steps_run == _expected_image_steps(full.success) < full.image_steps_run == 30 * 2 * 10
+    with torch.no_grad():
+        assert torch.equal(model(early.apply(x)).argmax(1) == 8, early.fooled_within(10))
+
+
+def test_strength_records_carry_the_image_steps():
+    s = AttackStrength("x", 0.9, 0.895, 0.0, 100, 500)
+    assert s.image_steps_run is None and s.image_steps_full_budget is None and s.converged
+    rec = AttackStrength("x", 0.9, 0.895, 0.0, 100, 500, image_steps_run=1200, image_steps_full_budget=50000).record()
+    assert rec["image_steps_run"] == 1200 and rec["image_steps_full_budget"] == 50000 and rec["converged"]
+
+
+# ------------------------------------------------------------------------------------------ step schedules
+
+
+def test_step_schedules_by_hand():
+    assert ImagePatchConfig(steps=4, step_size=0.1).step_sizes() == [0.1] * 4
+    assert ImagePatchConfig(steps=8, step_size=0.1, step_schedule="steps").step_sizes() == [0.1] * 4 + [0.05] * 2 + [0.025] * 2
+    assert ImagePatchConfig(steps=4, step_size=0.1, step_schedule="steps").step_sizes() == [0.1, 0.1, 0.05, 0.025]
+    cos = ImagePatchConfig(steps=5, step_size=0.1, step_schedule="cosine", final_step_fraction=0.1).step_sizes()
+    c = math.cos(math.pi / 4)
+    assert cos == pytest.approx([0.1, 0.1 * (0.1 + 0.9 * (1 + c) / 2), 0.055, 0.1 * (0.1 + 0.9 * (1 - c) / 2), 0.01])
+    assert ImagePatchConfig(steps=1, step_size=0.1, step_schedule="cosine").step_sizes() == [0.1]
+    assert ImagePatchConfig(steps=0, step_schedule="cosine").step_sizes() == []
+    assert ImagePatchConfig(steps=3, step_size=0.2, step_schedule="cosine", final_step_fraction=0.0).step_sizes() == \
+        pytest.approx([0.2, 0.1, 0.0])
+
+
+@pytest.mark.parametrize("schedule,steps", [("constant", 6), ("cosine", 5), ("steps", 8)])
+def test_the_attack_takes_the_scheduled_steps(schedule, steps):
+    # Against class 0 of the colour model the signed gradient is always red down, green and blue up, so the
+    # patch after the steps is its start moved by the sum of the step sizes, clamped to [0, 1].
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(6, dtype=torch.long)
+    cfg = ImagePatchConfig(size=8, steps=steps, step_size=0.1, step_schedule=schedule, seed=5)
+    start = image_patch_attack(ChannelMeanModel(), x, y, ImagePatchConfig(**{**cfg.__dict__, "steps": 0})).patches
+    total = sum(cfg.step_sizes())
+    expected = torch.cat([(start[:, :1] - total).clamp(0, 1), (start[:, 1:] + total).clamp(0, 1)], 1)
+    got = image_patch_attack(ChannelMeanModel(), x, y, cfg).patches
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ margin loss
+
+
+def test_margin_loss_by_hand():
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 4.0, -1.0]])
+    y = torch.tensor([0, 0])
+    # untargeted: the largest other logit minus the true one
+    assert _per_image_loss(logits, y, None, "margin").tolist() == [2.0 - 3.0, 4.0 - 0.0]
+    # targeted at class 2: its logit minus the largest other
+    assert _per_image_loss(logits, y, 2, "margin").tolist() == [2.0 - 3.0, -1.0 - 4.0]
+    # and the default is still the cross-entropy
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    assert torch.equal(_per_image_loss(logits, y, None), ce)
+
+
+class _Scaled(nn.Module):
+    def __init__(self, inner: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.inner(x)
+
+
+def test_margin_loss_fools_where_the_cross_entropy_saturates():
+    # Logits scaled by 1e6: the softmax is one-hot in float32, the cross-entropy's gradient is exactly zero (but
+    # for an image or two whose top two logits nearly tie) and its signed step does not move the patch; the
+    # margin's gradient does not care about the scale.
+    model = _Scaled(_tiny(0), 1e6).eval()
+    x, y = _data(model)
+    cfg = ImagePatchConfig(size=6, steps=12, step_size=0.05, seed=0)
+    ce = image_patch_attack(model, x, y, cfg)
+    margin = image_patch_attack(model, x, y, ImagePatchConfig(**{**cfg.__dict__, "loss": "margin"}))
+    assert torch.equal(ce.fooled_within(12), ce.fooled_within(1))  # CE: stalled after its first step
+    assert int(margin.fooled_within(12).sum()) >= int(ce.fooled_within(12).sum()) + 20
+    # unscaled, the margin loss is at least as strong as the cross-entropy here too
+    plain = _tiny(0)
+    a = image_patch_attack(plain, x, y, cfg).fooled_within(12).sum()
+    b = image_patch_attack(plain, x, y, ImagePatchConfig(**{**cfg.__dict__, "loss": "margin"})).fooled_within(12).sum()
+    assert b >= a
+
+
+# ------------------------------------------------------------------------------------------ bad options
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(step_schedule="linear"), r"unknown step_schedule 'linear'; allowed: 'constant', 'cosine', 'steps'"),
+    (dict(loss="cw"), r"unknown loss 'cw'; allowed: 'ce', 'margin'"),
+    (dict(final_step_fraction=1.5), r"final_step_fraction must be in \[0, 1\], got 1.5"),
+    (dict(final_step_fraction=-0.1), r"final_step_fraction must be in \[0, 1\], got -0.1"),
+    (dict(early_stop="yes"), r"early_stop must be True or False, got 'yes'"),
+])
+def test_bad_options_name_the_value_and_what_is_allowed(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ImagePatchConfig(**kwargs)
+
+
+def test_defaults_are_the_full_budget_constant_step_cross_entropy():
+    cfg = ImagePatchConfig()
+    assert (cfg.early_stop, cfg.step_schedule, cfg.loss) == (False, "constant", "ce")
+    assert cfg.step_sizes() == [cfg.step_size] * cfg.steps
