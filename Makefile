@@ -6,7 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
-NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# The summary chapters run after every other chapter (as in qadtr_core.jobs.SUMMARY_CHAPTERS; 09 sorts after them).
+SUMMARY_NOTEBOOKS := notebooks/07_scorecard.ipynb notebooks/08_reproduce.ipynb
+NOTEBOOKS := $(filter-out $(SUMMARY_NOTEBOOKS),$(sort $(wildcard notebooks/*.ipynb))) $(SUMMARY_NOTEBOOKS)
 EXECUTED ?= book/results
 STATIC ?= $(abspath book/_static)
 SMOKE_BOOK := _build/smoke-book
@@ -53,7 +55,8 @@ notebooks: $(STAMP)
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb (profile $(PROFILE))"; \
 	  extra=(); case $$nb in *07_scorecard*) extra=(-p static_dir $(STATIC) -p scorecard_json $(abspath $(EXECUTED))/scorecard.json);; \
-	    *02_defenses*|*03_ablations*) extra=(-p defenses_json $(abspath $(EXECUTED))/defenses.json);; esac; \
+	    *02_defenses*|*03_ablations*) extra=(-p defenses_json $(abspath $(EXECUTED))/defenses.json);; \
+	    *09_certified*) extra=(-p certified_json $(abspath $(EXECUTED))/certified.json);; esac; \
 	  $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb) -p profile $(PROFILE) "$${extra[@]}"; \
 	  $(PY) -m qadtr_core.bookconfig stamp --commit $$commit $(EXECUTED)/$$(basename $$nb); \
 	done

@@ -29,6 +29,14 @@ prediction is computed once and cached. Certification runs the one-mask round fo
 masking needs it anyway), and the two-mask round only for images whose one-mask predictions are all
 right, each image stopping at the first batch that holds a wrong prediction: uncertified images cost
 about ``K`` forward passes, certified ones ``K (K + 1) / 2`` (``K`` masks).
+
+**Base models** (the masking fine-tune PatchCleanser gives its classifiers) are training strategies of
+:func:`qadtr_core.train.train`, registered here: ``"masked"`` (:class:`MaskedTrainingConfig`: cross-entropy
+on images carrying one or two random masks of the mask set, :func:`random_mask_augment`, at the config's
+bit-width) and ``"masked_multiwidth"`` (:class:`MaskedMultiWidthConfig`: the same, the bit-width of a
+switchable model drawn per batch with :func:`qadtr_core.train.draw_bits`'s "shuffle", so that every width
+gets the same steps). :func:`qadtr_core.zoo.masked_config` and :func:`~qadtr_core.zoo.masked_multiwidth_config`
+build the study's configs.
 """
 from __future__ import annotations
 
@@ -42,9 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quant import get_bits
+from .quant import get_bits, set_bits
 from .stats import Z95, Interval, wilson
-from .utils import eval_mode
+from .train import BatchLoss, TrainConfig, check_bit_set, draw_bits, register_strategy
+from .utils import eval_mode, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -408,3 +417,108 @@ def random_mask_augment(x: torch.Tensor, masks: MaskSet | torch.Tensor, generato
     used = (torch.arange(max_masks)[None] < count[:, None]).to(x.device)
     union = (m.to(x.device)[pick.to(x.device)] & used[:, :, None, None]).any(1)
     return apply_masks(x, union, fill)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MaskedTrainingConfig:
+    """PatchCleanser's masking fine-tune of a base model, as the params of the ``"masked"`` strategy.
+
+    Every training image gets between 1 and ``max_masks`` masks drawn uniformly (with replacement) from
+    the mask set of ``patch_size`` and ``masks_per_side`` for the batch's image size (:func:`mask_set`,
+    :func:`random_mask_augment`), so the model learns on exactly the one- and two-mask images double
+    masking will show it. (PatchCleanser fine-tuned with Cutout, two random squares per image; masks of
+    the set itself are the reconstruction.) The masks of step ``t`` are drawn from ``(seed, t)``, so a
+    resumed run repeats exactly.
+
+    Attributes:
+        patch_size: side (px) of the patch whose mask set the masks come from (the largest patch the
+            model will be certified against: its masks are the largest).
+        masks_per_side: the mask set's budget ``k`` per side (see :func:`mask_set`).
+        max_masks: masks per image at most (uniform in ``1..max_masks``). (Default: 2, double masking's)
+        fill: value of masked pixels in [0, 1], or one per channel (as :class:`CertifyConfig`). (Default: 0.5)
+        seed: seeds the masks drawn. (Default: 0)
+    """
+
+    patch_size: int
+    masks_per_side: int
+    max_masks: int = 2
+    fill: Fill = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive_int("patch_size", self.patch_size)
+        _check_positive_int("masks_per_side", self.masks_per_side)
+        _check_positive_int("max_masks", self.max_masks)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        channels = len(self.fill) if isinstance(self.fill, tuple) else 1
+        _fill_tensor(self.fill, channels, torch.zeros(0))
+
+
+@dataclass(frozen=True)
+class MaskedMultiWidthConfig:
+    """The masking fine-tune of a switchable multi-width model (the ``"masked_multiwidth"`` strategy).
+
+    Attributes:
+        masking: the masks, as for one width.
+        bit_set: the widths served; the width of step ``t`` is ``draw_bits(bit_set, masking.seed, t,
+            "shuffle")``: random per batch, each width once in every run of ``len(bit_set)`` steps, so
+            all get the same steps. (Default: (32, 8, 5, 4, 2), the study's bit set)
+    """
+
+    masking: MaskedTrainingConfig
+    bit_set: tuple[int, ...] = (32, 8, 5, 4, 2)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.masking, MaskedTrainingConfig):
+            raise ValueError(f"masking must be a MaskedTrainingConfig, got {type(self.masking).__name__}")
+        check_bit_set(self.bit_set)
+
+    def train_bits(self, step: int) -> int:
+        """The width of training step ``step``."""
+        return draw_bits(self.bit_set, self.masking.seed, step, "shuffle")
+
+
+def masked_loss(config: MaskedTrainingConfig, label_smoothing: float = 0.0,
+                multiwidth: MaskedMultiWidthConfig | None = None) -> BatchLoss:
+    """Cross-entropy on randomly masked images (see :class:`MaskedTrainingConfig`) at the model's current
+    width, or, with ``multiwidth``, at ``multiwidth.train_bits(step)``."""
+    sets: dict[tuple[int, str], torch.Tensor] = {}
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"masked training needs square images, got {tuple(x.shape[-2:])}")
+        key = (x.shape[-1], str(x.device))
+        if key not in sets:
+            sets[key] = mask_set(x.shape[-1], config.patch_size, config.masks_per_side).masks.to(x.device)
+        if multiwidth is not None:
+            set_bits(model, multiwidth.train_bits(step))
+        masked = random_mask_augment(x, sets[key], seeded_generator(config.seed, step, 31), config.max_masks, config.fill)
+        logits = model(masked)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    return loss
+
+
+def _masked_strategy(config: TrainConfig) -> BatchLoss:
+    params = config.strategy_params
+    if not isinstance(params, MaskedTrainingConfig):
+        raise ValueError(f"strategy 'masked' needs a MaskedTrainingConfig as strategy_params, got {type(params).__name__}")
+    return masked_loss(params, config.label_smoothing)
+
+
+def _masked_multiwidth_strategy(config: TrainConfig) -> BatchLoss:
+    params = config.strategy_params
+    if not isinstance(params, MaskedMultiWidthConfig):
+        raise ValueError("strategy 'masked_multiwidth' needs a MaskedMultiWidthConfig as strategy_params, "
+                         f"got {type(params).__name__}")
+    return masked_loss(params.masking, config.label_smoothing, params)
+
+
+register_strategy("masked", _masked_strategy)
+register_strategy("masked_multiwidth", _masked_multiwidth_strategy)

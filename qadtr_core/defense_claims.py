@@ -1,40 +1,72 @@
-"""Claim values C3, C4, C5 and C7 with paired bootstrap intervals over the evaluation images.
+"""Claim values C3, C4, C5 and C7 with paired bootstrap intervals over the evaluation images, the
+"does every defense defend" table, and the entries of ``defenses.json``.
 
 Every defense is evaluated on the same images, so a difference between defenses is read with a
 *paired* bootstrap: one resample of the images recomputes every side of the difference, all widths
 included (:mod:`qadtr_core.stats`; the same resampling as :func:`~qadtr_core.stats.paired_bootstrap`,
 generalised to statistics of many per-image arrays). All values are in percent / points.
 
-- C3: mean over widths of (the better of PBAT and DWQ) minus QADT-R, on the threats unseen by **all
-  three** defenses at that width (:func:`common_unseen`: the intersection of their own "unseen" sets),
-  so that every side of the difference averages the same threats (each defense's own unseen mean, a
-  different set of threats per defense, stays in the descriptive tables only); also per width (at
+C3, C4 and C7 are read on **robust accuracy** (over *all* evaluation images, the share classified correctly
+both clean and attacked; a model that is wrong everywhere scores 0, never robust), each with the sign that
+makes a positive value support the claim, as the ASR differences they replace did:
+
+- C3: mean over widths of QADT-R's robust accuracy minus the better of PBAT's and DWQ's, on the threats
+  unseen by **all three** defenses at that width (:func:`common_unseen`: the intersection of their own
+  "unseen" sets), so that every side of the difference averages the same threats; also per width (at
   95 % and, ``by_bits_corrected``, Bonferroni-corrected for the number of widths, which the rule reads
-  when it takes the best width) and on the per-image worst case over every threat (adaptive included).
-- C4: PBAT's generalisation gap (unseen minus seen ASR) minus the same gap of the undefended QAT
-  models under PBAT's definitions (a 10x10 patch is stronger for every model).
+  when it takes the best width) and on the per-image worst case over every threat (random search included).
+- C4: PBAT's generalisation gap (seen minus unseen robust accuracy, on the **white-box** threats only)
+  minus the same gap of the undefended QAT models under PBAT's definitions (a 10x10 patch is stronger for
+  every model); ``pbat_gap`` (PBAT's own gap) is stored beside it, which the rule requires to be positive.
 - C5: clean-accuracy drop of QADT-R against the undefended multi-width model, its starting point.
-- C7: rise of the mean unseen ASR over widths when a component is removed (QADT-R's unseen threats
-  for every variant, so that all variants meet the same threats).
+- C7: drop of the mean unseen robust accuracy over widths when a component is removed (QADT-R's unseen
+  threats for every variant, so that all variants meet the same threats); stored as ``increase`` (the rule's
+  field: positive = the component helped).
+
+**Collapsed cells** (a model's build record lists the width in ``collapse_check["collapsed"]``: its clean
+accuracy fell more than 10 points below its undefended start's there) never count as robust. The
+decision: a width at which any model a difference compares is collapsed is *left out* of that claim (of
+its mean and of its per-width entries; ``excluded_bits`` names it and why), rather than scored as 0 robust,
+because a 0 would hand the other side of the difference a win it did not earn (a collapsed baseline
+would make QADT-R look better). Where every width is left out, the value is NaN. A collapsed defense also
+fails :func:`defends_table`'s test, so the claims that rest on it read *inconclusive*.
+
+**Does every defense defend** (:func:`defends_table`): each defense's white-box robust accuracy on its own
+seen threat (PBAT, QADT-R: the 8x8 square; DWQ: L-inf PGD at 8/255, the attack it trains on) against its
+undefended start's (PBAT at b: QAT at b; DWQ, QADT-R: the multi-width model), paired intervals per width
+and on the mean over the widths. A defense *defends* if no width it serves collapsed and the mean
+difference's lower bound is above 0; C3 and C4 carry ``defends`` (per defense they rest on; a defense
+collapsed at any width it serves is entered as not defending even where no table was passed), and the
+rule reads *inconclusive* where one does not.
 
 Attack convergence is checked per attacked model (:func:`convergence`); each claim's
 ``attack_strength`` keeps, per threat, the entry of the model behind that claim whose attack gained the
 most from its second half of steps (the worst case), so that an attack still improving against a
-defended model is not hidden by pooling it with the models it had already broken.
+defended model is not hidden by pooling it with the models it had already broken. Random search and EOT
+(supplementary attacks on what the gradient threats left, or on a randomised predictor) are shown in the
+chapters' convergence tables, but do not enter ``attack_strength``: on the images no gradient attack
+broke, a random search that breaks nothing is a finding, not an attack that "does nothing".
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .artifacts import read_json, write_json
 from .robustness import Evaluation, threat_kinds
 from .stats import Interval, paired_bootstrap, wilson
 from .strength import is_converged
-from .threats import THREATS, PatchDistribution, Threat
+from .threats import EOT_THREAT, THREATS, WORST, PatchDistribution, Threat
+from .zoo import TrainedModel
 
 Stat = Callable[[np.ndarray], np.ndarray]  # resample indices (B, n) -> statistic (B,)
+METRIC = "robust accuracy"
+NAN_CI = {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan}
 
 
 def bootstrap(stat: Stat, n: int, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
@@ -50,6 +82,10 @@ def _ci(i: Interval) -> dict[str, float]:
     return {"value": i.value, "ci_low": i.low, "ci_high": i.high}
 
 
+def _adaptive_names(threats: Sequence[Threat]) -> list[str]:
+    return [t.name for t in threats if t.adaptive] + [EOT_THREAT.name]
+
+
 def common_unseen(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistribution], defenses: Sequence[str],
                   bits: int, threats: Sequence[Threat] = THREATS) -> list[str]:
     """The threats evaluated at ``bits`` that are unseen for every one of ``defenses`` (sorted names)."""
@@ -58,29 +94,41 @@ def common_unseen(per_image: pd.DataFrame, distributions: Mapping[str, PatchDist
     return [th for th in present if all(distributions[d].kind(by_name[th], int(bits)) == "unseen" for d in defenses)]
 
 
-def rate(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistribution], defense: str, bits: int,
-         kind: str, as_defense: str | None = None, threats: Sequence[Threat] = THREATS,
-         names: Sequence[str] | None = None) -> Stat:
-    """ASR (%) of ``defense`` at ``bits`` over its threats of ``kind`` ("seen", "unseen", "worst case"),
-    or over the threats ``names`` when given (``kind`` then only tells the worst case apart).
-
-    Per image, the score is the share of those threats that broke it (worst case: any threat); the ASR
-    is its mean over clean-correct images, i.e. the mean of the threats' ASRs.
-    """
+def _cell(per_image: pd.DataFrame, defense: str, bits: int) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     g = per_image[(per_image.defense == defense) & (per_image.bits == bits)]
     if g.empty:
         raise ValueError(f"no outcomes for defense {defense!r} at {bits} bits")
     ok = g[g.threat == g.threat.iloc[0]].sort_values("image").clean_ok.to_numpy(bool)
     wide = g.pivot(index="image", columns="threat", values="broken").sort_index()
+    return g, ok, wide
+
+
+def _names(g: pd.DataFrame, distributions: Mapping[str, PatchDistribution], defense: str, kind: str,
+           as_defense: str | None, threats: Sequence[Threat], sources: Sequence[str] | None) -> list[str]:
+    kinds = threat_kinds(g, distributions, threats, {defense: as_defense} if as_defense else None)
+    source = {t.name: t.source for t in threats}
+    return sorted(th for th in set(g.threat[kinds == kind]) if sources is None or source.get(th) in sources)
+
+
+def rate(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistribution], defense: str, bits: int,
+         kind: str, as_defense: str | None = None, threats: Sequence[Threat] = THREATS,
+         names: Sequence[str] | None = None, sources: Sequence[str] | None = None) -> Stat:
+    """ASR (%) of ``defense`` at ``bits`` over its threats of ``kind`` ("seen", "unseen", "worst case"),
+    or over the threats ``names`` when given (``kind`` then only tells the worst case apart); ``sources``
+    keeps only threats of those sources (C4: white-box).
+
+    Per image, the score is the share of those threats that broke it (worst case: any threat); the ASR
+    is its mean over clean-correct images, i.e. the mean of the threats' ASRs.
+    """
+    g, ok, wide = _cell(per_image, defense, bits)
     if kind == "worst case":
         u = wide.to_numpy(bool).any(1).astype(float)
     else:
-        if names is None:
-            kinds = threat_kinds(g, distributions, threats, {defense: as_defense} if as_defense else None)
-            names = sorted(set(g.threat[kinds == kind]))
+        names = list(names) if names is not None else _names(g, distributions, defense, kind, as_defense, threats,
+                                                               sources)
         if not names:
             raise ValueError(f"defense {defense!r} has no {kind} threat at {bits} bits")
-        u = wide[list(names)].to_numpy(float).mean(1)
+        u = wide[names].to_numpy(float).mean(1)
     u = u * ok
 
     def stat(idx: np.ndarray) -> np.ndarray:
@@ -89,13 +137,48 @@ def rate(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistribution]
     return stat
 
 
+def robust(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistribution], defense: str, bits: int,
+           kind: str, as_defense: str | None = None, threats: Sequence[Threat] = THREATS,
+           names: Sequence[str] | None = None, sources: Sequence[str] | None = None) -> Stat:
+    """Robust accuracy (%) of ``defense`` at ``bits`` over all images, on its threats of ``kind`` (or
+    ``names``; ``sources`` as in :func:`rate`): per image, the share of those threats under which it stays
+    correct (clean-correct and not broken; worst case: correct under every threat), averaged over images."""
+    g, ok, wide = _cell(per_image, defense, bits)
+    if kind == "worst case":
+        u = (~wide.to_numpy(bool).any(1)).astype(float)
+    else:
+        names = list(names) if names is not None else _names(g, distributions, defense, kind, as_defense, threats,
+                                                               sources)
+        if not names:
+            raise ValueError(f"defense {defense!r} has no {kind} threat at {bits} bits")
+        u = (~wide[names].to_numpy(bool)).astype(float).mean(1)
+    u = u * ok
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        return 100 * u[idx].mean(1)
+
+    return stat
+
+
 def _mean(stats: Sequence[Stat]) -> Stat:
     return lambda idx: np.mean([s(idx) for s in stats], axis=0)
 
 
+def _excluded(bits: Sequence[int], who: Sequence[str], collapsed: Collection[tuple[str, int]]) -> dict[str, str]:
+    """``{bits: "<defense> collapsed"}`` for every width at which a model of ``who`` collapsed."""
+    flagged = {(d, int(b)) for d, b in collapsed}
+    out = {}
+    for b in bits:
+        bad = [d for d in who if (d, int(b)) in flagged]
+        if bad:
+            out[str(b)] = ", ".join(bad) + " collapsed"
+    return out
+
+
 def convergence(ev: Evaluation) -> pd.DataFrame:
-    """Per crafting attack (threat x attacked model: a defense at one width, its ensemble, the surrogate):
-    white-box ASR after all and after half its steps (fractions), the gap and whether it converged."""
+    """Per crafting attack (threat x attacked model: a defense at one width, its ensemble or random
+    predictor, the surrogate): white-box ASR after all and after half its steps (random search: queries;
+    fractions), the gap and whether it converged."""
     st = ev.strength
     n = st.n_ok.clip(lower=1)
     out = st.assign(n=st.n_ok, white_box_asr=st.k_full / n, white_box_asr_half_steps=st.k_half / n)
@@ -130,55 +213,81 @@ def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
 def defense_claims(ev: Evaluation, clean: pd.DataFrame, distributions: Mapping[str, PatchDistribution],
                    bit_set: Sequence[int], meta: Mapping, undefended: str = "QAT (undefended)",
                    multiwidth: str = "multi-width (undefended)", ours: str = "QADT-R",
-                   baselines: Sequence[str] = ("PBAT", "DWQ"), n_boot: int = 2000) -> dict[str, dict]:
-    """C3, C4 and C5 in the scorecard's layout (``meta``: ``seeds``, ``profile``)."""
+                   baselines: Sequence[str] = ("PBAT", "DWQ"), n_boot: int = 2000,
+                   collapsed: Collection[tuple[str, int]] = (), defends: Mapping[str, bool] | None = None,
+                   threats: Sequence[Threat] = THREATS) -> dict[str, dict]:
+    """C3, C4 and C5 in the scorecard's layout (``meta``: ``seeds``, ``profile``; ``collapsed``: the
+    flagged (defense, bits) cells; ``defends``: :func:`defends_of` of the defends table)."""
     pi, n, bits = ev.per_image, ev.n, list(bit_set)
     compared = [*baselines, ours]
+    flagged = {d for d, _ in collapsed}
+    # a defense collapsed at a width it serves does not defend there (as in defends_table), given or not
+    defends = {d: bool((defends or {}).get(d, True)) and d not in flagged
+               for d in {*compared, "PBAT"} if d in (defends or {}) or d in flagged}
+    adaptive = _adaptive_names(threats)
+    common = {"n": n, "seeds": list(meta["seeds"]), "profile": meta["profile"], "metric": METRIC}
 
-    def red(kind: str, bs: Sequence[int]) -> Stat:
+    def gain(kind: str, bs: Sequence[int]) -> Stat:
         per = []
         for b in bs:
-            names = common_unseen(pi, distributions, compared, b) if kind == "unseen" else None
+            names = common_unseen(pi, distributions, compared, b, threats) if kind == "unseen" else None
             if kind == "unseen" and not names:
                 raise ValueError(f"no threat is unseen by all of {', '.join(compared)} at {b} bits")
-            base = [rate(pi, distributions, d, b, kind, names=names) for d in baselines]
-            mine = rate(pi, distributions, ours, b, kind, names=names)
-            per.append(lambda idx, base=base, mine=mine: np.min([s(idx) for s in base], axis=0) - mine(idx))
+            base = [robust(pi, distributions, d, b, kind, threats=threats, names=names) for d in baselines]
+            mine = robust(pi, distributions, ours, b, kind, threats=threats, names=names)
+            per.append(lambda idx, base=base, mine=mine: mine(idx) - np.max([s(idx) for s in base], axis=0))
         return _mean(per)
 
+    out3 = _excluded(bits, compared, collapsed)
+    kept3 = [b for b in bits if str(b) not in out3]
     corrected = 1 - 0.05 / len(bits)  # the rule takes the best width: Bonferroni over the widths
-    c3 = {**_ci(bootstrap(red("unseen", bits), n, n_boot)),
-          "by_bits": {str(b): _ci(bootstrap(red("unseen", [b]), n, n_boot)) for b in bits},
-          "by_bits_corrected": {str(b): _ci(bootstrap(red("unseen", [b]), n, n_boot, level=corrected)) for b in bits},
-          "worst_case": _ci(bootstrap(red("worst case", bits), n, n_boot)),
-          "n": n, "seeds": list(meta["seeds"]), "profile": meta["profile"],
-          "attack_strength": attack_strength(ev, compared)}
+    c3 = {**(_ci(bootstrap(gain("unseen", kept3), n, n_boot)) if kept3 else NAN_CI),
+          "by_bits": {str(b): _ci(bootstrap(gain("unseen", [b]), n, n_boot)) for b in kept3},
+          "by_bits_corrected": {str(b): _ci(bootstrap(gain("unseen", [b]), n, n_boot, level=corrected)) for b in kept3},
+          "worst_case": _ci(bootstrap(gain("worst case", kept3), n, n_boot)) if kept3 else dict(NAN_CI),
+          "excluded_bits": out3, "defends": {d: defends[d] for d in compared if d in defends}, **common,
+          "attack_strength": attack_strength(ev, compared, exclude=adaptive)}
 
     def gap(d: str, b: int) -> Stat:
-        un = rate(pi, distributions, d, b, "unseen", as_defense="PBAT")
-        se = rate(pi, distributions, d, b, "seen", as_defense="PBAT")
-        return lambda idx: un(idx) - se(idx)
+        se = robust(pi, distributions, d, b, "seen", as_defense="PBAT", threats=threats, sources=("white-box",))
+        un = robust(pi, distributions, d, b, "unseen", as_defense="PBAT", threats=threats, sources=("white-box",))
+        return lambda idx: se(idx) - un(idx)
 
-    low = min(bits)
-    pbat_gap, undef_gap = _mean([gap("PBAT", b) for b in bits]), _mean([gap(undefended, b) for b in bits])
-    g = pi[(pi.defense == "PBAT") & (pi.bits == low)]
-    kinds = threat_kinds(g, distributions)
-    ok = int(g[g.threat == g.threat.iloc[0]].clean_ok.sum())
+    out4 = _excluded(bits, ["PBAT", undefended], collapsed)
+    kept4 = [b for b in bits if str(b) not in out4]
+    if kept4:
+        low = min(kept4)
+        pbat_gap, undef_gap = _mean([gap("PBAT", b) for b in kept4]), _mean([gap(undefended, b) for b in kept4])
+        g = pi[(pi.defense == "PBAT") & (pi.bits == low)]
+        kinds = threat_kinds(g, distributions, threats)
+        source = {t.name: t.source for t in threats}
+        wb = g.threat.map(source) == "white-box"
+        ok = int(g[g.threat == g.threat.iloc[0]].clean_ok.sum())
 
-    def asr_ci(kind: str) -> dict[str, float]:
-        sub = g[(kinds == kind) & g.clean_ok]
-        k = int(round(sub.groupby("threat").broken.sum().mean())) if len(sub) else 0
-        w = wilson(k, ok)
-        return {"value": 100 * w.value, "ci_low": 100 * w.low, "ci_high": 100 * w.high}
+        def asr_ci(kind: str) -> dict[str, float]:
+            sub = g[(kinds == kind) & wb & g.clean_ok]
+            k = int(round(sub.groupby("threat").broken.sum().mean())) if len(sub) else 0
+            w = wilson(k, ok)
+            return {"value": 100 * w.value, "ci_low": 100 * w.low, "ci_high": 100 * w.high}
 
-    c4 = {**_ci(bootstrap(lambda idx: pbat_gap(idx) - undef_gap(idx), n, n_boot)),
-          "at_low_bits": {"bits": low, **_ci(bootstrap(lambda idx: gap("PBAT", low)(idx) - gap(undefended, low)(idx),
-                                                       n, n_boot))},
-          "pbat_gap": _ci(bootstrap(pbat_gap, n, n_boot)), "undefended_gap": _ci(bootstrap(undef_gap, n, n_boot)),
-          "seen_low": asr_ci("seen"), "unseen_low": asr_ci("unseen"),
-          "n": n, "seeds": list(meta["seeds"]), "profile": meta["profile"],
-          "attack_strength": attack_strength(ev, ["PBAT", undefended],
-                                             exclude=[t.name for t in THREATS if t.source == "adaptive"])}
+        def robust_ci(kind: str) -> dict[str, float]:
+            return _ci(bootstrap(robust(pi, distributions, "PBAT", low, kind, threats=threats, sources=("white-box",)),
+                                 n, n_boot))
+
+        c4 = {**_ci(bootstrap(lambda idx: pbat_gap(idx) - undef_gap(idx), n, n_boot)),
+              "at_low_bits": {"bits": low, **_ci(bootstrap(lambda idx: gap("PBAT", low)(idx) - gap(undefended, low)(idx),
+                                                           n, n_boot))},
+              "pbat_gap": _ci(bootstrap(pbat_gap, n, n_boot)), "undefended_gap": _ci(bootstrap(undef_gap, n, n_boot)),
+              "seen_low": asr_ci("seen"), "unseen_low": asr_ci("unseen"),
+              "seen_low_robust": robust_ci("seen"), "unseen_low_robust": robust_ci("unseen")}
+    else:
+        c4 = {**NAN_CI, "at_low_bits": {"bits": min(bits), **NAN_CI}, "pbat_gap": dict(NAN_CI),
+              "undefended_gap": dict(NAN_CI), "seen_low": dict(NAN_CI), "unseen_low": dict(NAN_CI),
+              "seen_low_robust": dict(NAN_CI), "unseen_low_robust": dict(NAN_CI)}
+    c4.update({"excluded_bits": out4, "defends": {d: defends[d] for d in ["PBAT"] if d in defends},
+               "threats": "white-box only", **common,
+               "attack_strength": attack_strength(ev, ["PBAT", undefended],
+                                                  exclude=adaptive + [t.name for t in threats if t.source != "white-box"])})
 
     def correct(d: str, b: int) -> np.ndarray:
         return clean[(clean.defense == d) & (clean.bits == b)].sort_values("image").correct.to_numpy(float)
@@ -196,14 +305,136 @@ def defense_claims(ev: Evaluation, clean: pd.DataFrame, distributions: Mapping[s
 
 def ablation_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution], bit_set: Sequence[int],
                    meta: Mapping, full: str = "QADT-R", removed: Mapping[str, str] | None = None,
-                   n_boot: int = 2000) -> dict[str, dict]:
-    """C7: rise of the mean unseen ASR over widths when each component is removed (QADT-R's unseen threats)."""
+                   n_boot: int = 2000, collapsed: Collection[tuple[str, int]] = (),
+                   threats: Sequence[Threat] = THREATS) -> dict[str, dict]:
+    """C7: drop of the mean unseen robust accuracy over widths when each component is removed (QADT-R's
+    unseen threats), as ``increase`` (positive = the component helped); widths where the full model or
+    the variant collapsed are left out of that component's mean (NaN if all are)."""
     removed = removed or {"A-QAPA": "without A-QAPA", "DBWT": "without DBWT", "GIR": "without GIR"}
     pi, bits = ev.per_image, list(bit_set)
-    base = _mean([rate(pi, distributions, full, b, "unseen") for b in bits])
-    inc = {}
+    inc, excluded = {}, {}
     for comp, name in removed.items():
-        var = _mean([rate(pi, distributions, name, b, "unseen", as_defense=full) for b in bits])
-        inc[comp] = _ci(bootstrap(lambda idx, var=var: var(idx) - base(idx), ev.n, n_boot))
-    return {"C7": {"increase": inc, "n": ev.n, "seeds": list(meta["seeds"]), "profile": meta["profile"],
-                   "attack_strength": attack_strength(ev, [full, *removed.values()])}}
+        out = _excluded(bits, [full, name], collapsed)
+        kept = [b for b in bits if str(b) not in out]
+        if out:
+            excluded[comp] = out
+        if not kept:
+            inc[comp] = dict(NAN_CI)
+            continue
+        base = _mean([robust(pi, distributions, full, b, "unseen", threats=threats) for b in kept])
+        var = _mean([robust(pi, distributions, name, b, "unseen", as_defense=full, threats=threats) for b in kept])
+        inc[comp] = _ci(bootstrap(lambda idx, var=var, base=base: base(idx) - var(idx), ev.n, n_boot))
+    return {"C7": {"increase": inc, "excluded_bits": excluded, "n": ev.n, "seeds": list(meta["seeds"]),
+                   "profile": meta["profile"], "metric": METRIC,
+                   "attack_strength": attack_strength(ev, [full, *removed.values()], exclude=_adaptive_names(threats))}}
+
+
+def _robust_per_image(per_image: pd.DataFrame, defense: str, bits: int, threat: str) -> np.ndarray | None:
+    g = per_image[(per_image.defense == defense) & (per_image.bits == bits) & (per_image.threat == threat)]
+    if g.empty:
+        return None
+    g = g.sort_values("image")
+    return (g.clean_ok.to_numpy(bool) & ~g.broken.to_numpy(bool)).astype(float)
+
+
+def defends_table(per_image: pd.DataFrame, seen: Mapping[str, str | None], starts: Mapping[str, str | None],
+                  collapsed: Collection[tuple[str, int]] = (), n_boot: int = 2000) -> pd.DataFrame:
+    """Does every defense defend? Per defense of ``seen`` (defense -> its own seen threat) and width: its
+    white-box robust accuracy and ASR on that threat beside its undefended start's (``starts``), the
+    paired bootstrap interval of the robust-accuracy difference (points), and a row "mean" over the widths
+    it serves with the verdict ``defends``: True if no width collapsed and the mean difference's lower
+    bound is above 0 (see the module doc). A defense without a seen threat or a start is left out."""
+    flagged = {(d, int(b)) for d, b in collapsed}
+    rows = []
+    for d, threat in seen.items():
+        start = starts.get(d)
+        if not threat or not start:
+            continue
+        bits = sorted({int(b) for b in per_image.bits[(per_image.defense == d) & (per_image.threat == threat)]},
+                      reverse=True)
+        per, diffs = [], []
+        for b in bits:
+            a, s = _robust_per_image(per_image, d, b, threat), _robust_per_image(per_image, start, b, threat)
+            if a is None or s is None:
+                continue
+            iv = paired_bootstrap(a, s, n_boot=n_boot)
+            g = per_image[(per_image.defense == d) & (per_image.bits == b) & (per_image.threat == threat)]
+            gs = per_image[(per_image.defense == start) & (per_image.bits == b) & (per_image.threat == threat)]
+            asr = 100 * (g.broken & g.clean_ok).sum() / max(int(g.clean_ok.sum()), 1)
+            asr_s = 100 * (gs.broken & gs.clean_ok).sum() / max(int(gs.clean_ok.sum()), 1)
+            is_c = (d, b) in flagged
+            per.append({"defense": d, "start": start, "threat": threat, "bits": str(b), "robust": 100 * a.mean(),
+                        "start robust": 100 * s.mean(), "difference": 100 * iv.value, "ci_low": 100 * iv.low,
+                        "ci_high": 100 * iv.high, "asr": asr, "start asr": asr_s, "collapsed": is_c, "n": len(a),
+                        "defends": (not is_c) and iv.low > 0})
+            diffs.append(a - s)
+        if not per:
+            continue
+        stack = np.stack(diffs)
+        m = bootstrap(lambda idx, stack=stack: 100 * stack[:, idx].mean(-1).mean(0), stack.shape[1], n_boot)
+        any_c = any(r["collapsed"] for r in per)
+        rows.extend(per)
+        rows.append({"defense": d, "start": start, "threat": threat, "bits": "mean",
+                     "robust": float(np.mean([r["robust"] for r in per])),
+                     "start robust": float(np.mean([r["start robust"] for r in per])), "difference": m.value,
+                     "ci_low": m.low, "ci_high": m.high, "asr": float(np.mean([r["asr"] for r in per])),
+                     "start asr": float(np.mean([r["start asr"] for r in per])), "collapsed": any_c,
+                     "n": per[0]["n"], "defends": (not any_c) and m.low > 0})
+    return pd.DataFrame(rows, columns=["defense", "start", "threat", "bits", "robust", "start robust", "difference",
+                                       "ci_low", "ci_high", "asr", "start asr", "collapsed", "n", "defends"])
+
+
+def defends_of(table: pd.DataFrame) -> dict[str, bool]:
+    """``{defense: defends}`` from the "mean" rows of a :func:`defends_table`."""
+    m = table[table.bits == "mean"]
+    return {str(d): bool(v) for d, v in zip(m.defense, m.defends)}
+
+
+def _none_if_nan(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def defense_entries(threats: pd.DataFrame, clean: pd.DataFrame, budget: pd.DataFrame,
+                    models: Mapping[str, Mapping[int, TrainedModel]], starts: Mapping[str, str | None],
+                    collapsed: Collection[tuple[str, int]] = (), chapter: str = "") -> list[dict[str, Any]]:
+    """One ``defenses.json`` entry per model and width: ``defense``, ``bits``, ``seed``, ``steps`` (optimiser
+    steps at that width, from the budget table), ``fidelity`` (the last epoch's; None without an inner
+    attack), ``clean`` (clean accuracy, %), ``robust`` with ``robust_ci_low`` / ``robust_ci_high`` (the
+    worst-case robust accuracy over every threat, %, Wilson interval), ``start_robust`` (its undefended
+    start's, None for an undefended model), ``n`` (evaluation images), ``collapsed`` (bool), and
+    ``chapter``, ``start``, ``robust_reading``. ``threats`` is an :func:`~qadtr_core.robustness.asr_table`,
+    ``clean`` a :func:`~qadtr_core.robustness.clean_table`."""
+    flagged = {(d, int(b)) for d, b in collapsed}
+    worst = threats[threats.threat == WORST].set_index(["defense", "bits"])
+    acc = clean.set_index(["defense", "bits"]).clean_acc
+    steps = budget.set_index("defense")
+    out = []
+    for d, per_bits in models.items():
+        for b, tm in per_bits.items():
+            history = tm.record.get("history") or [{}]
+            w = worst.loc[(d, b)]
+            start = starts.get(d)
+            col = f"steps at {b} b"
+            k = steps.loc[d, col] if d in steps.index and col in steps.columns else None
+            out.append({"chapter": chapter, "defense": d, "bits": int(b), "seed": int(tm.config.seed),
+                        "steps": None if k is None or (isinstance(k, float) and math.isnan(k)) else int(k),
+                        "fidelity": _none_if_nan(history[-1].get("fidelity")),
+                        "clean": float(acc.loc[(d, b)]), "robust": float(w.robust),
+                        "robust_ci_low": float(w.robust_ci_low), "robust_ci_high": float(w.robust_ci_high),
+                        "start": start, "start_robust": float(worst.loc[(start, b)].robust) if start else None,
+                        "n": int(w.n_images), "collapsed": (d, int(b)) in flagged,
+                        "robust_reading": "worst case over every threat (white-box, transfer, random search)"})
+    return out
+
+
+def write_defenses_json(path: str | Path, chapter: str, profile: str, entries: Sequence[Mapping[str, Any]]) -> dict:
+    """Write ``entries`` of ``chapter`` into ``defenses.json`` at ``path``, keeping the other chapters' entries
+    (and this chapter's entries of other seeds) where the file already holds the same profile; returns it."""
+    path = Path(path)
+    old = read_json(path) if path.exists() else {}
+    seeds = {e["seed"] for e in entries}
+    kept = [e for e in old.get("entries", []) if old.get("profile") == profile
+            and not (e.get("chapter") == chapter and e.get("seed") in seeds)]
+    record = {"profile": profile, "entries": sorted([*kept, *entries], key=lambda e: (e["chapter"], e["seed"]))}
+    write_json(path, record)
+    return record

@@ -49,6 +49,8 @@ FAULT_VAR = "QADTR_FAULT_ONCE"  # "<job key>:<marker file>": the job kills its o
 # "baselines:<param>" = the FP model and the QAT models at the widths of the notebook parameter <param>;
 # "defenses:<param>" / "ablations:<param>" = defense_configs / ablation_configs over that bit set;
 # "surrogate:" = the defense chapters' common transfer surrogate (recipes.surrogate_config).
+# "certified:<param>" = zoo.masked_config at the widths of <param>, and zoo.masked_multiwidth_config over the
+# notebook's multiwidth_bit_set (when not empty), with their parents.
 CHAPTER_MODELS: dict[str, tuple[str, ...]] = {
     "00_baselines": ("baselines:qat_bits",),
     "01_transferability": ("baselines:qat_bits", "dwq:dwq_reading"),
@@ -59,6 +61,7 @@ CHAPTER_MODELS: dict[str, tuple[str, ...]] = {
     "06_patch_visibility": ("baselines:bit_widths",),
     "07_scorecard": (),
     "08_reproduce": (),
+    "09_certified": ("certified:bit_widths",),
 }
 # Chapters that read the other chapters' results: they run after every other chapter of the graph.
 SUMMARY_CHAPTERS = ("07_scorecard", "08_reproduce")
@@ -132,6 +135,13 @@ def chapter_configs(chapter: str, profile: Profile, seed: int = 0) -> list[Train
 
             out += [dwq_config(profile, (FULL_PRECISION, *params.get("qat_bits", [8, 5, 4, 2])), seed)] if params.get(param) else []
             continue
+        if what == "certified":  # chapter 09: every width's masking-fine-tuned base model, and the multi-width one
+            from .zoo import masked_config, masked_multiwidth_config
+
+            out += [masked_config(profile, b, seed) for b in params[param]]
+            mw = tuple(params.get("multiwidth_bit_set") or ())
+            out += [masked_multiwidth_config(profile, mw, seed)] if mw else []
+            continue
         bits = list(params[param])
         if what == "baselines":
             out += [fp_config(profile, seed)] + [qat_config(profile, b, seed) for b in bits if b != FULL_PRECISION]
@@ -188,7 +198,9 @@ def build_graph(profile: Profile | str, seeds: Iterable[int] = (0,), only: str |
         return graph
     for seed in seeds:
         notebook_keys: dict[str, str] = {}
-        for chapter in (names if only is None else [only]):
+        # the summary chapters last, so that they follow every other chapter (09 sorts after 07 and 08)
+        order = [c for c in names if c not in SUMMARY_CHAPTERS] + [c for c in names if c in SUMMARY_CHAPTERS]
+        for chapter in (order if only is None else [only]):
             keys = [_add_train_jobs(graph, cfg, chapter) for cfg in chapter_configs(chapter, profile, seed)]
             if models_only:
                 continue
@@ -320,7 +332,8 @@ def _run_book_notebook(job: Job, device: str, book: Path, commit: str | None = N
 
     book = book.resolve()
     params = _parameters(job, seed=job.seed, device=device, progress=False, static_dir=str(book.parent / "_static"),
-                         scorecard_json=str(book / "scorecard.json"))
+                         scorecard_json=str(book / "scorecard.json"), defenses_json=str(book / "defenses.json"),
+                         certified_json=str(book / "certified.json"))
     book.mkdir(parents=True, exist_ok=True)
     out = book / f"{job.chapter}.ipynb"
     papermill.execute_notebook(str(NOTEBOOK_DIR / f"{job.chapter}.ipynb"), str(out), parameters=params,

@@ -1,6 +1,7 @@
 """Patch masks and batched placement: the one way a patch is put on an image.
 
-A patch is a ``(C, s, s)`` tensor in [0, 1] with a ``(1, s, s)`` mask (square or circle). Placement is
+A patch is a ``(C, s, s)`` tensor in [0, 1] with a ``(1, s, s)`` mask (square, circle, or a bar: a
+rectangle of a quarter of the side across the whole width, e.g. 4x16 in a 16 px box). Placement is
 batched: every image gets its own location (top-left corner, in pixels) and optionally its own
 rotation (degrees) and scale. Without rotation or scale the paste is pixel-exact (indexing); with them
 it goes through ``affine_grid``/``grid_sample`` (bilinear). Both are differentiable in the patch.
@@ -15,7 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Shape = Literal["square", "circle"]
+Shape = Literal["square", "circle", "bar"]
 Box = tuple[int, int, int, int]  # (row, col, height, width)
 
 
@@ -26,7 +27,9 @@ def central_box(size: int = 10, image_size: int = 32) -> Box:
 
 
 def make_mask(size: int, shape: Shape = "square", image_size: int = 32) -> torch.Tensor:
-    """A ``(1, size, size)`` float mask: all ones (square) or the inscribed disc (circle)."""
+    """A ``(1, size, size)`` float mask: all ones (square), the inscribed disc (circle), or a horizontal bar
+    ``max(1, size // 4)`` px high across the whole width, centred vertically (bar: 4x16 in a 16 px box).
+    Placement and the region a patch must avoid go by the ``size x size`` box, whatever the shape."""
     if not isinstance(size, int) or not 1 <= size <= image_size:
         raise ValueError(f"patch size {size!r} px must be an integer from 1 to the image size {image_size}")
     if shape == "square":
@@ -35,7 +38,13 @@ def make_mask(size: int, shape: Shape = "square", image_size: int = 32) -> torch
         c = (size - 1) / 2
         yy, xx = torch.meshgrid(torch.arange(size) - c, torch.arange(size) - c, indexing="ij")
         return ((yy**2 + xx**2) <= (size / 2) ** 2).float()[None]
-    raise ValueError(f"unknown patch shape {shape!r}; allowed: 'square', 'circle'")
+    if shape == "bar":
+        h = max(1, size // 4)
+        top = (size - h) // 2
+        mask = torch.zeros(1, size, size)
+        mask[:, top:top + h] = 1.0
+        return mask
+    raise ValueError(f"unknown patch shape {shape!r}; allowed: 'square', 'circle', 'bar'")
 
 
 def area_share(mask: torch.Tensor, image_size: int = 32) -> float:

@@ -192,19 +192,20 @@ def location_heatmap(tables: dict[str, pd.DataFrame], title: str) -> plt.Figure:
     return fig
 
 
-def defense_bars(summary: pd.DataFrame, title: str) -> plt.Figure:
-    """ASR (%) per bit-width and defense, one panel per row kind of a robustness summary (seen, unseen, ...).
+def defense_bars(summary: pd.DataFrame, title: str, label: str = "ASR (%)") -> plt.Figure:
+    """``label`` (default ASR, %) per bit-width and defense, one panel per row kind of a robustness summary
+    (seen, unseen, ...).
 
     ``summary`` is indexed by (defense, kind) with one column per bit-width (and an optional "mean").
     """
-    long = summary.drop(columns="mean", errors="ignore").stack().rename("ASR (%)").reset_index()
-    long.columns = ["defense", "kind", "bits", "ASR (%)"]
+    long = summary.drop(columns="mean", errors="ignore").stack().rename(label).reset_index()
+    long.columns = ["defense", "kind", "bits", label]
     kinds = list(dict.fromkeys(long["kind"]))
     order = _bit_axis(long)
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(1, len(kinds), figsize=(4.4 * len(kinds), 3.6), sharey=True, squeeze=False)
         for ax, kind in zip(axes[0], kinds):
-            sns.barplot(long[long["kind"] == kind], x="bit-width", y="ASR (%)", hue="defense", order=order, ax=ax,
+            sns.barplot(long[long["kind"] == kind], x="bit-width", y=label, hue="defense", order=order, ax=ax,
                         palette="deep")
             ax.set_title(kind, fontsize=10)
             ax.set_ylim(0, 100)
@@ -256,6 +257,59 @@ def answer_figure(threats: pd.DataFrame, profile: str) -> plt.Figure:
         ax.set_title(f"Per-image patches, worst case over all threats tried, by bit-width and defense, with 95 % "
                      f"intervals; n up to {n} ({profile} profile)", fontsize=8)
         ax.legend(title=None, fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def certified_brackets(table: pd.DataFrame, title: str) -> plt.Figure:
+    """The bracket certified <= true robust <= attacked robust accuracy (%) per bit-width, one panel per patch
+    size, one colour per model: a bar from the certified accuracy (lower bound, ``v``) to the robust
+    accuracy under attack (upper bound, ``^``), each with its Wilson 95 % interval beside the bar (the
+    certified one left, the attacked one right), and the double-masking clean accuracy (the ceiling, ``_``). ``table`` is :attr:`qadtr_core.certified_study.CertifiedTable.table`."""
+    from matplotlib.lines import Line2D
+
+    sizes = sorted(table["patch"].unique())
+    models = list(dict.fromkeys(table["model"]))
+    widths = sorted(table["bits"].unique(), reverse=True)
+    colours = dict(zip(models, sns.color_palette("deep", len(models))))
+    offsets = np.linspace(-0.18, 0.18, len(models)) if len(models) > 1 else [0.0]
+
+    def err(r: pd.Series, rate: str) -> list[list[float]]:
+        return [[100 * max(r[rate] - r[f"{rate}_ci_low"], 0)], [100 * max(r[f"{rate}_ci_high"] - r[rate], 0)]]
+
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(sizes), figsize=(0.9 + 1.3 * len(widths) * len(sizes) + 1.6, 3.8), sharey=True,
+                                 squeeze=False)
+        for ax, p in zip(axes[0], sizes):
+            for m, off in zip(models, offsets):
+                sub = table[(table["patch"] == p) & (table["model"] == m)].set_index("bits")
+                c = colours[m]
+                for i, b in enumerate(widths):
+                    if b not in sub.index:
+                        continue
+                    r, x = sub.loc[b], i + off
+                    ax.vlines(x, 100 * r["certified"], 100 * r["attacked_robust"], color=c, lw=7, alpha=0.35)
+                    # each bound's interval just beside the bar (certified left, attacked right), so both read
+                    ax.errorbar(x - 0.06, 100 * r["certified"], yerr=err(r, "certified"), fmt="none", ecolor=c,
+                                capsize=2, lw=0.8)
+                    ax.errorbar(x + 0.06, 100 * r["attacked_robust"], yerr=err(r, "attacked_robust"), fmt="none", ecolor=c,
+                                capsize=2, lw=0.8)
+                    ax.plot(x, 100 * r["certified"], marker="v", color=c, ms=6, ls="none")
+                    ax.plot(x, 100 * r["attacked_robust"], marker="^", color=c, ms=6, ls="none")
+                    ax.plot(x, 100 * r["masked_clean"], marker="_", color=c, ms=14, mew=2)
+            ax.set_xticks(range(len(widths)), [bit_label(b) for b in widths])
+            ax.set_xlim(-0.6, len(widths) - 0.4)
+            ax.set_ylim(0, 100)
+            ax.set_title(f"{p}x{p} px patch", fontsize=9)
+            ax.set_xlabel("bit-width (FP = 32 bits)")
+        axes[0][0].set_ylabel("accuracy (%)")
+        handles = [Line2D([], [], color=colours[m], lw=7, alpha=0.5, label=m) for m in models] + [
+            Line2D([], [], color="black", marker="^", ls="none", label="attacked robust (upper bound)"),
+            Line2D([], [], color="black", marker="v", ls="none", label="certified robust (lower bound)"),
+            Line2D([], [], color="black", marker="_", ms=12, mew=2, ls="none", label="double masking, clean")]
+        axes[0][-1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -55,6 +55,18 @@ class Profile:
         n_defense_eval: evaluation images of the defense chapters' threat tables (clean accuracy uses
             ``n_eval``); defense_attack_steps, defense_attack_restarts and defense_location_opt: the
             per-image patch attack that evaluates them.
+        defense_rs_queries: query budget per image of the gradient-free random search (Sparse-RS) that every
+            defense meets on the images no gradient threat broke (Sparse-RS's own budget: 10,000).
+        defense_rp_draws: seeded draws of DWQ's random-precision predictor each threat is scored over.
+        certify_epochs: epochs of PatchCleanser's masking fine-tune (:func:`qadtr_core.zoo.masked_config`) per
+            bit-width: a per-width model takes ``certify_epochs`` from its QAT model (the FP model at 32 bits),
+            the multi-width model ``len(bit_set) x certify_epochs`` (equal steps per width); at ``qat_lr``.
+        certify_n: test images the certified-robustness chapter certifies and attacks (the first ``certify_n``).
+        certify_patch_sizes: patch sides (px) certified against; the models train on the largest one's masks.
+        certify_masks_per_side: PatchCleanser's mask budget ``k`` per side (:func:`qadtr_core.certify.mask_set`).
+        certify_rs_queries: queries per image of the random-search patch attack on the double-masking predictor
+            (:func:`qadtr_core.attacks.random_search_patch`), run on the images neither certified nor broken
+            by the per-image patch.
     """
 
     name: str
@@ -93,6 +105,13 @@ class Profile:
     defense_attack_steps: int = 100
     defense_attack_restarts: int = 3
     defense_location_opt: bool = False
+    defense_rs_queries: int = 10000
+    defense_rp_draws: int = 10
+    certify_epochs: int = 10
+    certify_n: int = 1000
+    certify_patch_sizes: tuple[int, ...] = (4, 6, 8)
+    certify_masks_per_side: int = 6
+    certify_rs_queries: int = 1000
 
     def qat_epochs_for(self, bits: int) -> int:
         """QAT epochs at ``bits`` under this profile."""
@@ -107,7 +126,12 @@ PROFILES: dict[str, Profile] = {
                      image_patch_restarts=2, n_attribution=16, ig_steps=16, n_location=64, location_stride=8,
                      defense_n_train=256, defense_epochs=1, defense_batch=64, defense_lr=0.01, defense_inner_steps=2,
                      defense_probe_every=2,
-                     n_defense_eval=48, defense_attack_steps=5, defense_attack_restarts=1),
+                     n_defense_eval=48, defense_attack_steps=5, defense_attack_restarts=1,
+                     defense_rs_queries=40, defense_rp_draws=3,
+                     certify_epochs=1, certify_n=32, certify_patch_sizes=(4, 8), certify_masks_per_side=3,
+                     certify_rs_queries=10,
+                     # the three "without X" ablations, as at the quick profile (the paper profile has them all)
+                     ablation_variants=("QADT-R", "without A-QAPA", "without DBWT", "without GIR")),
     "quick": Profile("quick", "resnet20", n_train=50000, fp_epochs=15, qat_epochs=2, batch_size=256,
                      fp_lr=0.3, qat_lr=0.02, n_eval=1000, qat_epochs_by_bits=((8, 1), (2, 4)),
                      n_attack=1000, patch_steps=500, patch_batch=64, n_patch_train=50000,
@@ -123,7 +147,22 @@ PROFILES: dict[str, Profile] = {
                      # ablations only (the "X only" variants in the paper profile)
                      defense_n_train=50000, defense_epochs=2, defense_batch=128, defense_lr=0.01, defense_inner_steps=4,
                      ablation_variants=("QADT-R", "without A-QAPA", "without DBWT", "without GIR"),
-                     n_defense_eval=200, defense_attack_steps=10, defense_attack_restarts=1),
+                     n_defense_eval=200, defense_attack_steps=10, defense_attack_restarts=1,
+                     # random search on what the gradient threats left: 500 queries per image (Sparse-RS uses
+                     # 10,000; the paper profile keeps that), random precision scored over 10 draws
+                     defense_rs_queries=500, defense_rp_draws=10,
+                     # certification (chapter 09), sized for 20 minutes on 2 CPU cores (one thread per chapter):
+                     # measured here on a masking-fine-tuned FP ResNet-20 (84 % clean), 100 images, one thread, a
+                     # loaded machine (2026-12-01): k=6 masks per side costs 0.27 s/image to certify at 8 px (25
+                     # masks) and 0.76 at 4 px (36), k=4 (16 masks at every size) 0.11 and 0.13, and certified as
+                     # many (8 px: 14 % vs 11 %; 4 px: 25 % vs 31 %); the per-image patch (20 x 2, on the
+                     # attacked images) and 20 random-search queries (on what it left) add about 0.3 s/image; a
+                     # cell then costs about 0.4 s/image at FP and 0.55-0.6 quantized. 250 images (+-6 points),
+                     # k=4, the 8 px patch of the study's threat only, 20 queries: the chapter's 6 cells (FP, 4b,
+                     # 2b; per-width and multi-width models) take about 13 minutes. More sizes, a finer mask set,
+                     # more images and queries in the paper profile. Masking fine-tune: QAT's default 2 epochs per width
+                     certify_epochs=2, certify_n=250, certify_patch_sizes=(8,), certify_masks_per_side=4,
+                     certify_rs_queries=20),
     # The paper's budgets as far as they are known. Sources: TriQDef (arXiv 2508.12132, the same authors'
     # follow-up; paper.md 3.2) and protocol.md; "reconstruction" = not stated anywhere, our choice.
     # Budgets only: every definition (patch sizes, placements, step size 0.05, bit set) is the quick profile's.
@@ -158,6 +197,13 @@ PROFILES: dict[str, Profile] = {
         n_defense_eval=1000,   # protocol.md: the first 1,000 test images
         defense_attack_steps=100,  # protocol.md: per-image patch, 100 steps (Rao et al.)
         defense_attack_restarts=3,  # protocol.md: restarts at evaluation (count: reconstruction)
+        defense_rs_queries=10000,  # Sparse-RS (Croce et al. 2022): 10,000 queries per image
+        defense_rp_draws=10,   # reconstruction: draws of DWQ's random-precision predictor per threat
+        certify_epochs=10,     # reconstruction: the masking fine-tune's length (PatchCleanser's for CIFAR-10 not used here)
+        certify_n=1000,        # protocol.md: the first 1,000 test images
+        certify_patch_sizes=(4, 6, 8),  # issue 19: 4x4, 6x6 and 8x8 patches (1.6 %, 3.5 %, 6.25 % of the image)
+        certify_masks_per_side=6,  # PatchCleanser's default k = 6 masks per side
+        certify_rs_queries=1000,  # reconstruction: a tenth of Sparse-RS's 10,000 (each query is a full double masking)
     ),
 }
 

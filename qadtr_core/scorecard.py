@@ -53,10 +53,11 @@ ASR = "ASR over clean-correct images"
 METRICS: dict[str, str] = {
     "C1": f"{ASR} (targeted readings: over images not of the target class)",
     "C2": f"relative transfer of the {ASR}, above each attack's null floor",
-    "C3": ASR, "C4": ASR,
+    "C3": "robust accuracy over all evaluation images (collapsed widths left out)",
+    "C4": "robust accuracy over all evaluation images, white-box threats",
     "C5": "clean accuracy",
     "C6": "HOG cosine of input gradients across bit-widths, over its baseline",
-    "C7": ASR,
+    "C7": "robust accuracy over all evaluation images (collapsed widths left out)",
 }
 
 
@@ -231,6 +232,12 @@ def verdict_c2(c: Mapping[str, Any]) -> Ruling:
     return ruling("inconclusive", f"the difference {_fmt(c, digits=2)} straddles 0 and reaches 0.1")
 
 
+def _not_defending(c: Mapping[str, Any]) -> str | None:
+    """Why a defense claim cannot be read: the defenses of ``defends`` that do not beat their start (or None)."""
+    weak = [d for d, ok in c.get("defends", {}).items() if not ok]
+    return f"{', '.join(weak)} does not beat its undefended start on its own seen threat" if weak else None
+
+
 def _by_bits_corrected(c: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
     """C3's per-width intervals, Bonferroni-corrected for the number of widths (stored by
     :func:`qadtr_core.defense_claims.defense_claims`; widened from the 95 % ones for older entries)."""
@@ -242,9 +249,11 @@ def _by_bits_corrected(c: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
 
 
 def verdict_c3(c: Mapping[str, Any]) -> Ruling:
-    """**C3** (QADT-R lowers ASR by up to 25 points against PBAT and DWQ): per bit-width, the better
-    baseline's unseen ASR minus QADT-R's (points, paired intervals); ``value`` is the mean over widths.
-    *Inconclusive* if an attack has not converged. Then, in this order (disjoint regions): *not reproduced*
+    """**C3** (QADT-R lowers ASR by up to 25 points against PBAT and DWQ): per bit-width, QADT-R's robust
+    accuracy on the threats unseen by all three minus the better baseline's (points, paired intervals; a
+    width where a compared model collapsed is left out); ``value`` is the mean over widths.
+    *Inconclusive* if an attack has not converged, or if a defense the claim compares does not beat its
+    undefended start on its own seen threat (``defends``). Then, in this order (disjoint regions): *not reproduced*
     if the mean is below 2 points (whole interval: a reduction under 2 points is none); *reproduced* if
     some width's reduction is at least 15 points, read on its interval Bonferroni-corrected for the w
     widths (each at 1 - 0.05/w, since the best of w is taken), and the mean and the mean reduction of the
@@ -258,6 +267,8 @@ def verdict_c3(c: Mapping[str, Any]) -> Ruling:
 
     if not converged(c):
         return ruling("inconclusive", _not_converged_reason(c))
+    if weak := _not_defending(c):
+        return ruling("inconclusive", weak)
     if c["ci_high"] < 2:
         return ruling("not reproduced")
     best_low = max(v["ci_low"] for v in _by_bits_corrected(c).values())
@@ -269,12 +280,15 @@ def verdict_c3(c: Mapping[str, Any]) -> Ruling:
 
 
 def verdict_c4(c: Mapping[str, Any]) -> Ruling:
-    """**C4** (PBAT resists seen patches, not unseen ones) as a generalisation gap: PBAT's unseen-minus-seen
-    ASR gap minus the same gap of the undefended model (points, paired intervals). *Inconclusive* if an
-    attack has not converged. Then, in this order (disjoint regions): *reproduced* if the relative gap at
+    """**C4** (PBAT resists seen patches, not unseen ones) as a generalisation gap: PBAT's seen-minus-unseen
+    robust-accuracy gap on white-box threats minus the same gap of the undefended model (points, paired
+    intervals). *Inconclusive* if an
+    attack has not converged, or if PBAT does not beat its undefended start on its own seen threat
+    (``defends``). A relative gap is credited only where PBAT's own gap (``pbat_gap``) is above 0 (lower
+    bound). Then, in this order (disjoint regions): *reproduced* if credited and the relative gap at
     the lowest width is at least 10 points (lower bound; the paper's is about 20); *not reproduced* if the
     mean relative gap over widths is below 3 points and the lowest width's below 10 (whole intervals: a gap
-    that small is none, even if above 0); *partly* if the mean is above 0 (lower bound); else
+    that small is none, even if above 0); *partly* if credited and the mean is above 0 (lower bound); else
     *inconclusive*."""
     low = c["at_low_bits"]
     bits = low.get("bits", "?")
@@ -286,12 +300,18 @@ def verdict_c4(c: Mapping[str, Any]) -> Ruling:
 
     if not converged(c):
         return ruling("inconclusive", _not_converged_reason(c))
-    if low["ci_low"] >= 10:
+    if weak := _not_defending(c):
+        return ruling("inconclusive", weak)
+    own = c.get("pbat_gap")
+    credited = own is None or own["ci_low"] > 0  # PBAT's own gap must be positive before a relative gap counts
+    if credited and low["ci_low"] >= 10:
         return ruling("reproduced")
     if c["ci_high"] < 3 and low["ci_high"] < 10:
         return ruling("not reproduced")
-    if c["ci_low"] > 0:
+    if credited and c["ci_low"] > 0:
         return ruling("partly")
+    if not credited:
+        return ruling("inconclusive", f"PBAT's own gap {_fmt(own, unit=' pts')} is not above 0: no gap to credit")
     if c["ci_high"] >= 3:
         return ruling("inconclusive", f"the mean gap {_fmt(c, unit=' pts')} straddles 0 and reaches 3 points")
     return ruling("inconclusive", f"the mean gap is below 3 points, but the gap at {bits} bits "
@@ -346,8 +366,9 @@ def _smallest_rise(c: Mapping[str, Any]) -> tuple[str, Mapping[str, float]]:
 
 
 def verdict_c7(c: Mapping[str, Any]) -> Ruling:
-    """**C7** (each of A-QAPA, DBWT and GIR contributes): the rise of the mean unseen ASR over widths when a
-    component is removed (points, paired intervals). *Inconclusive* if an attack has not converged. A
+    """**C7** (each of A-QAPA, DBWT and GIR contributes): the fall of the mean robust accuracy on QADT-R's
+    unseen threats over widths when a component is removed (points, paired intervals; collapsed widths left
+    out); called its *rise* below, as for an attack's success. *Inconclusive* if an attack has not converged. A
     component *contributes* if its rise is above 0 (lower bound) and not below 2 points (upper bound at
     least 2); it is *negligible* if its rise is below 2 points (upper bound: a rise under 2 points, or a
     fall, is none); else it is unresolved. *Reproduced* if every component contributes; *not reproduced*

@@ -3,27 +3,47 @@
 The notebooks call :func:`defense_study` and :func:`ablation_study`; ``python -m qadtr_core.studies``
 runs the same calls ahead of time (on a GPU, say) so that the notebooks find every model and every
 crafted patch in the cache and only evaluate. Both studies use one evaluation: every threat of
-:data:`~qadtr_core.threats.THREATS` on the first ``Profile.n_defense_eval`` test images (transfer from
-one common surrogate, an independently seeded undefended FP model: :func:`~qadtr_core.defenses.recipes.surrogate_config`),
-kept per image, and clean accuracy per image on
-the first ``Profile.n_eval``.
+:data:`~qadtr_core.threats.THREATS` on the first ``Profile.n_defense_eval`` test images (transfers from
+one common surrogate, an independently seeded undefended FP model:
+:func:`~qadtr_core.defenses.recipes.surrogate_config`; the universal patch crafted on its training images;
+random search on what the gradient threats left, ``Profile.defense_rs_queries`` queries per image), DWQ's
+random-precision inference (EOT, ``Profile.defense_rp_draws`` draws), L-inf PGD against DWQ and its start
+(DWQ's own seen threat), kept per image, and clean accuracy per image on the first ``Profile.n_eval``.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
-from .data import Cifar10, load_cifar10
-from .defenses.recipes import ablation_configs, budget_table, defense_configs, surrogate_config, train_all
+from .data import Cifar10, load_cifar10, to_float
+from .defense_claims import defends_of, defends_table, defense_entries, write_defenses_json
+from .defenses.recipes import ablation_configs, budget_table, defense_configs, fidelity_table, surrogate_config, train_all
 from .profiles import Profile, get_profile
-from .robustness import Evaluation, asr_table, clean_outcomes, clean_table, evaluate_threats
-from .threats import THREATS, PatchDistribution, distribution_of
+from .robustness import (
+    PGD_THREAT,
+    Evaluation,
+    aqapa_table,
+    asr_table,
+    clean_outcomes,
+    clean_table,
+    collapse_table,
+    collapsed_cells,
+    evaluate_threats,
+    gradient_norm_table,
+    pgd_outcomes,
+    random_precision_table,
+    starts_of,
+    surrogate_universal_patch,
+)
+from .threats import THREATS, PatchDistribution, distribution_of, own_seen_threat
 from .train import TrainConfig
 from .zoo import TrainedModel, get_or_train
 
 ATTACK_SEED_OFFSET = 4242  # evaluation attacks never share a seed with the training inner attacks
+N_GRADIENT_NORM = 100  # evaluation images of the input-gradient norm table
 
 
 @dataclass
@@ -34,9 +54,16 @@ class Study:
         configs, models: per defense, ``{bits: ...}``.
         distributions: each defense's training patches (what "seen" means for it).
         evaluation: per-image threat outcomes and attack strength (n = ``n_eval`` images).
-        threats: the :func:`~qadtr_core.robustness.asr_table` of ``evaluation``.
+        threats: the :func:`~qadtr_core.robustness.asr_table` of ``evaluation`` (robust accuracy and ASR,
+            collapsed cells flagged).
         clean_per_image, clean: clean correctness per image and its table (n = ``n_clean`` images).
         budget: :func:`~qadtr_core.defenses.recipes.budget_table` with wall times.
+        starts: each defense's undefended start (None for the undefended models).
+        collapsed: the (defense, bits) cells flagged collapsed in their model's build record.
+        seen: each defended model's own seen threat (DWQ: L-inf PGD, the attack it trains on).
+        pgd: per-image PGD outcomes of the PGD-trained defenses and their starts.
+        defends: :func:`~qadtr_core.defense_claims.defends_table`.
+        collapse, gradient_norms, aqapa, fidelity, random_precision: the chapters' diagnostic tables.
     """
 
     configs: dict[str, dict[int, TrainConfig]]
@@ -49,6 +76,32 @@ class Study:
     budget: pd.DataFrame
     n_eval: int
     n_clean: int
+    starts: dict[str, str | None]
+    collapsed: set[tuple[str, int]]
+    seen: dict[str, str | None]
+    pgd: pd.DataFrame
+    defends: pd.DataFrame
+    collapse: pd.DataFrame
+    gradient_norms: pd.DataFrame
+    aqapa: pd.DataFrame
+    fidelity: pd.DataFrame
+    random_precision: pd.DataFrame
+
+    def defends_by_defense(self) -> dict[str, bool]:
+        """``{defense: beats its start on its own seen threat}`` (:func:`~qadtr_core.defense_claims.defends_of`)."""
+        return defends_of(self.defends)
+
+    def entries(self, chapter: str) -> list[dict]:
+        """This study's ``defenses.json`` entries (:func:`~qadtr_core.defense_claims.defense_entries`)."""
+        return defense_entries(self.threats, self.clean, self.budget, self.models, self.starts, self.collapsed, chapter)
+
+    def write_entries(self, path: str | Path, chapter: str, profile: str) -> dict:
+        """Merge :meth:`entries` into ``defenses.json`` at ``path`` (the other chapter's entries kept)."""
+        return write_defenses_json(path, chapter, profile, self.entries(chapter))
+
+
+def _strategy(per_bits: dict[int, TrainConfig]) -> str:
+    return next(iter(per_bits.values())).strategy
 
 
 def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed: int = 0, data: Cifar10 | None = None,
@@ -58,15 +111,38 @@ def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed
     models = train_all(configs, data, progress=progress, device=device)
     surrogate = get_or_train(surrogate_config(profile, seed), data, progress=progress, device=device)
     dists = {name: distribution_of(next(iter(per.values())).strategy_params) for name, per in configs.items()}
+    starts = starts_of(configs)
+    collapsed = collapsed_cells(models)
+    attack_seed = seed + ATTACK_SEED_OFFSET
     x, y = (t.to(device) for t in data.test_subset(profile.n_defense_eval))
+    universal = {}
+    if any(t.family == "universal" for t in THREATS):
+        n_train = min(profile.n_patch_train, len(data.x_train))
+        xt, yt = to_float(data.x_train[:n_train]).to(device), data.y_train[:n_train].to(device)
+        universal = {t.name: surrogate_universal_patch(surrogate, xt, yt, t, profile.patch_steps, profile.patch_batch,
+                                                       attack_seed) for t in THREATS if t.family == "universal"}
+        del xt, yt
+    randomised = {name: tuple(next(iter(per.values())).strategy_params.bit_set) for name, per in configs.items()
+                  if _strategy(per) == "dwq"}
     ev = evaluate_threats(models, x, y, surrogate, THREATS, steps=profile.defense_attack_steps,
-                          restarts=profile.defense_attack_restarts, seed=seed + ATTACK_SEED_OFFSET,
-                          location_opt=profile.defense_location_opt, progress=progress)
+                          restarts=profile.defense_attack_restarts, seed=attack_seed,
+                          location_opt=profile.defense_location_opt, progress=progress, universal=universal,
+                          rs_queries=profile.defense_rs_queries, randomised=randomised, rp_draws=profile.defense_rp_draws)
+    bit_set = list(dict.fromkeys(b for per in configs.values() for b in per))
+    seen = {name: (PGD_THREAT if _strategy(configs[name]) == "dwq" else own_seen_threat(dists[name], bit_set))
+            for name, start in starts.items() if start}
+    pgd_models = {m: models[m] for name, th in seen.items() if th == PGD_THREAT for m in (name, starts[name])}
+    pgd = pgd_outcomes(pgd_models, x, y, seed=attack_seed)
+    defends = defends_table(pd.concat([ev.per_image, pgd], ignore_index=True), seen, starts, collapsed)
     xc, yc = (t.to(device) for t in data.test_subset(profile.n_eval))
     clean = clean_outcomes(models, xc, yc)
+    k = min(N_GRADIENT_NORM, len(x))
+    norms = gradient_norm_table(models, x[:k], y[:k], starts)
     budget = budget_table(configs, models, len(data.x_train))
-    return Study(configs, models, dists, ev, asr_table(ev.per_image, dists), clean, clean_table(clean), budget,
-                 len(x), len(xc))
+    return Study(configs, models, dists, ev, asr_table(ev.per_image, dists, collapsed=collapsed), clean,
+                 clean_table(clean), budget, len(x), len(xc), starts, collapsed, seen, pgd, defends,
+                 collapse_table(models), norms, aqapa_table(models), fidelity_table(models),
+                 random_precision_table(ev.random_precision))
 
 
 def defense_study(profile: Profile, bit_set: Sequence[int], seed: int = 0, data: Cifar10 | None = None,
@@ -97,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         s = study(profile, args.bits, args.seed, data, args.device, progress=not args.quiet)
         print(s.budget.to_string(), flush=True)
         print(s.clean.round(1).to_string(), flush=True)
-        print(s.threats.groupby(["defense", "threat"], sort=False).asr.mean().round(1).to_string(), flush=True)
+        print(s.threats.groupby(["defense", "threat"], sort=False)[["robust", "asr"]].mean().round(1).to_string(),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,31 @@
-"""The per-image patch threats of the defense chapters, and what "seen" means for each defense.
+"""The patch threats of the defense chapters, and what "seen" means for each defense.
 
-A *threat* is one way of crafting untargeted per-image patches (Rao et al.'s attack): its patch size,
-shape, whether it may cover the central 10x10, and its source:
+A *threat* is one way of crafting untargeted patches: its patch size, shape, the region it may go in,
+its family (Rao et al.'s per-image patch, or one universal patch for every image) and its source:
 
-- "white-box": crafted against the evaluated model at the evaluated width;
+- "white-box": crafted against the evaluated model at the evaluated width (Rao et al.'s attack);
 - "transfer": crafted on one common surrogate, an undefended full-precision model seeded independently
   of every evaluated model (not the 32-bit undefended model, not PBAT-32's parent), and applied to every
-  defense alike (so no defense meets a near-white-box "transfer" that another does not);
-- "adaptive": crafted against the defense's expectation over what it serves: its mean log-probability
-  over the bit set (a shared-weight model) or over its per-width models as an ensemble (PBAT,
-  undefended QAT). It enters the worst case, never the seen/unseen means.
+  defense alike (so no defense meets a near-white-box "transfer" that another does not); the per-image
+  patch of the 8x8 threat, and (family "universal") a universal 8x8 patch, a different attack family;
+- "random search": gradient-free (Sparse-RS, :func:`~qadtr_core.attacks.random_search.random_search_patch`)
+  against the evaluated model at the evaluated width, on the images no gradient threat broke, so that
+  an input-gradient that points nowhere (gradient masking) does not pass for robustness;
+- "EOT": only where inference is randomised (DWQ's random precision): crafted against the expectation
+  over the widths the predictor draws (the loss averaged over the bit set every step) and evaluated
+  against the random-precision predictor itself.
 
-"Seen" is defined per defense by its own :class:`PatchDistribution` (the patches it trained on):
-a white-box threat is seen when its size, shape, location rule and source width all lie inside it.
-Transfer from another model is unseen for every defense (none trains on another model's patches).
+The sizes, shapes and regions are chosen so that "unseen" means unseen (issue 18): squares of 4 and 12
+px (no defense trains on either; no 12 px square fits outside the central 10x10 of a 32 px image, so it
+always covers part of the centre), a 4x16 bar (not inside any square a defense trains on; its 16 px box
+cannot avoid the centre either), a circle of diameter 10, an 8x8 patch *inside* the central 10x10 (the
+region every defense's training avoids), and the two transfers. The 8x8 square (PBAT's and QADT-R's
+training patch) and the 10x10 square (seen by QADT-R only) stay.
+
+"Seen" is defined per defense by its own :class:`PatchDistribution` (the patches it trained on): a
+white-box threat is seen when its size, shape, region and source width all lie inside it. A transfer is
+unseen for every defense (none trains on another model's patches). Random search and EOT are neither:
+they enter only the worst case ("adaptive").
 """
 from __future__ import annotations
 
@@ -25,42 +37,78 @@ import pandas as pd
 
 from .patches import Shape, make_mask
 
-Source = Literal["white-box", "transfer", "adaptive"]
-SOURCES: tuple[str, ...] = ("white-box", "transfer", "adaptive")
+Source = Literal["white-box", "transfer", "random search", "EOT"]
+SOURCES: tuple[str, ...] = ("white-box", "transfer", "random search", "EOT")
+Region = Literal["outside centre", "anywhere", "centre"]
+REGIONS: tuple[str, ...] = ("outside centre", "anywhere", "centre")
+Family = Literal["per-image", "universal"]
+ADAPTIVE_SOURCES: tuple[str, ...] = ("random search", "EOT")  # only in the worst case
+CENTRE = 10  # the central region every defense's training patches avoid (Rao et al.: the central 10x10)
 
 
 @dataclass(frozen=True)
 class Threat:
-    """One per-image patch threat (see the module doc).
+    """One patch threat (see the module doc).
 
     Attributes:
         name: label in tables.
-        size: patch side in pixels. (Default: 8)
-        shape: "square" or "circle". (Default: "square")
-        anywhere: patches may cover the central 10x10 (no defense trains there). (Default: False)
-        source: "white-box", "transfer" or "adaptive". (Default: "white-box")
+        size: side in pixels of the patch's square box. (Default: 8)
+        shape: "square", "circle" or "bar" (:func:`~qadtr_core.patches.make_mask`). (Default: "square")
+        region: "outside centre" (the patch's box misses the central 10x10, as in training), "anywhere"
+            (it may cover the centre) or "centre" (inside the central 10x10). (Default: "outside centre")
+        source: "white-box", "transfer", "random search" or "EOT". (Default: "white-box")
+        family: "per-image" (Rao et al.) or "universal" (one patch for every image; transfer only).
+            (Default: "per-image")
     """
 
     name: str
     size: int = 8
     shape: Shape = "square"
-    anywhere: bool = False
+    region: Region = "outside centre"
     source: Source = "white-box"
+    family: Family = "per-image"
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"unknown threat source {self.source!r}; allowed: {', '.join(SOURCES)}")
+        if self.region not in REGIONS:
+            raise ValueError(f"unknown threat region {self.region!r}; allowed: {', '.join(REGIONS)}")
+        if self.family not in ("per-image", "universal"):
+            raise ValueError(f"unknown threat family {self.family!r}; allowed: 'per-image', 'universal'")
+        if self.family == "universal" and self.source != "transfer":
+            raise ValueError("a universal patch is evaluated as a transfer from the surrogate only")
+        if self.region == "centre" and self.size >= CENTRE:
+            raise ValueError(f"a patch inside the central {CENTRE}x{CENTRE} must be smaller than {CENTRE} px")
+        if self.region == "outside centre" and self.size > (32 - CENTRE) // 2:
+            raise ValueError(f"no {self.size} px box fits outside the central {CENTRE}x{CENTRE} of a 32 px image: "
+                             "use region='anywhere'")
         make_mask(self.size, self.shape)
+
+    @property
+    def anywhere(self) -> bool:
+        """The patch may lie in the central region (no defense trains there)."""
+        return self.region != "outside centre"
+
+    @property
+    def adaptive(self) -> bool:
+        """Random search and EOT: in the worst case only, neither seen nor unseen."""
+        return self.source in ADAPTIVE_SOURCES
 
 
 THREATS: tuple[Threat, ...] = (
     Threat("8x8 square"),
     Threat("10x10 square", size=10),
-    Threat("circle, 8 px", shape="circle"),
-    Threat("8x8 anywhere", anywhere=True),
+    Threat("4x4 square", size=4),
+    Threat("12x12 square, over the centre", size=12, region="anywhere"),
+    Threat("4x16 bar, anywhere", size=16, shape="bar", region="anywhere"),
+    Threat("circle, 10 px", size=10, shape="circle"),
+    Threat("8x8 in the centre", region="centre"),
     Threat("transfer from FP surrogate", source="transfer"),
-    Threat("adaptive EOT", source="adaptive"),
+    Threat("universal 8x8 from FP surrogate", source="transfer", family="universal"),
+    Threat("random search, 8x8", source="random search"),
 )
+# The attack on a randomised predictor (DWQ's random-precision inference), never on a fixed-width model.
+EOT_THREAT = Threat("EOT over the drawn widths, 8x8", source="EOT")
 WORST = "worst case (any threat)"
 
 
@@ -90,8 +138,8 @@ class PatchDistribution:
         return self.source_bits is None or bits in self.source_bits
 
     def kind(self, threat: Threat, bits: int) -> str:
-        """"seen", "unseen" or "adaptive" (the adaptive threat is neither: it only enters the worst case)."""
-        if threat.source == "adaptive":
+        """"seen", "unseen" or "adaptive" (random search and EOT are neither: they only enter the worst case)."""
+        if threat.adaptive:
             return "adaptive"
         return "seen" if self.sees(threat, bits) else "unseen"
 
@@ -105,20 +153,30 @@ def distribution_of(strategy_params: object) -> PatchDistribution:
     return fn() if callable(fn) else NO_PATCHES
 
 
+def own_seen_threat(dist: PatchDistribution, bit_set: Sequence[int], threats: Sequence[Threat] = THREATS) -> str | None:
+    """The white-box threat a defense saw at the most widths of ``bit_set`` (the first such in ``threats``),
+    or None if it saw none (no patch training)."""
+    counts = [(sum(dist.sees(t, b) for b in bit_set), -i, t.name) for i, t in enumerate(threats) if t.source == "white-box"]
+    best = max(counts, default=(0, 0, None))
+    return best[2] if best[0] else None
+
+
 def seen_table(distributions: Mapping[str, PatchDistribution], bit_set: Sequence[int],
                threats: Sequence[Threat] = THREATS) -> pd.DataFrame:
-    """Which threat is seen or unseen for which defense: rows threats, columns defenses.
+    """Which threat is seen or unseen for which defense: one row per threat (its name, source and family
+    in the first columns), one column per defense.
 
-    A cell reads "seen", "unseen", "adaptive" or, where it depends on the width, "seen at 32 b" etc.
+    A cell reads "seen", "unseen", "adaptive" (worst case only) or, where it depends on the width,
+    "seen at 32 b; else unseen".
     """
-    rows = {}
+    rows = []
     for t in threats:
-        row = {}
+        row = {"threat": t.name, "source": t.source + (" (universal)" if t.family == "universal" else "")}
         for name, dist in distributions.items():
             kinds = {b: dist.kind(t, b) for b in bit_set}
             if len(set(kinds.values())) == 1:
                 row[name] = next(iter(kinds.values()))
             else:
                 row[name] = "seen at " + ", ".join(f"{b} b" for b, k in kinds.items() if k == "seen") + "; else unseen"
-        rows[t.name] = row
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("threat")
+        rows.append(row)
+    return pd.DataFrame(rows)

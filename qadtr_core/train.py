@@ -8,7 +8,9 @@ seeded by ``(seed, epoch)``.
 Strategies are *registered*, not chained: :func:`register_strategy` maps a name to a factory
 ``TrainConfig -> BatchLoss`` and :func:`strategy_loss` looks it up. This module registers the two
 undefended strategies ("standard" and "multiwidth"); each defense module registers itself when it is
-imported (``import qadtr_core.defenses``), so adding a defense touches only its own file.
+imported (``import qadtr_core.defenses``), so adding a defense touches only its own file, and so does
+PatchCleanser's masking fine-tune (``qadtr_core.certify``: "masked", "masked_multiwidth").
+:func:`strategy_loss` imports those modules (:data:`STRATEGY_MODULES`) when it meets a name not registered yet.
 """
 from __future__ import annotations
 
@@ -131,14 +133,25 @@ def registered_strategies() -> tuple[str, ...]:
     return tuple(_STRATEGIES)
 
 
+# The modules that register strategies when imported: the defenses, and PatchCleanser's masking fine-tune.
+# A name not registered yet is looked up again after importing them, so that any config of the study
+# trains in a fresh process whatever it imported.
+STRATEGY_MODULES: tuple[str, ...] = ("qadtr_core.defenses", "qadtr_core.certify")
+
+
 def strategy_loss(config: TrainConfig) -> BatchLoss:
     """The batch loss of ``config.strategy`` (built by its registered factory from ``config``)."""
+    if config.strategy not in _STRATEGIES:
+        import importlib
+
+        for module in STRATEGY_MODULES:
+            importlib.import_module(module)
     try:
         factory = _STRATEGIES[config.strategy]
     except KeyError:
         raise ValueError(
             f"unknown strategy {config.strategy!r}; registered: {', '.join(_STRATEGIES)} "
-            "(defenses register themselves when qadtr_core.defenses is imported)") from None
+            f"(strategies register themselves when their module is imported: {', '.join(STRATEGY_MODULES)})") from None
     return factory(config)
 
 

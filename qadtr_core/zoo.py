@@ -18,6 +18,7 @@ from torch import nn
 
 from .artifacts import (CorruptArtifact, artifact_dir, cache_version, file_lock, load_tensors, provenance, read_json,
                         save_tensors, write_json)
+from .certify import MaskedMultiWidthConfig, MaskedTrainingConfig
 from .data import Cifar10, load_cifar10, to_float
 from .models import build_model
 from .profiles import Profile
@@ -75,6 +76,43 @@ def multiwidth_config(profile: Profile, bit_set: tuple[int, ...] = (32, 8, 5, 4,
     shares = multiwidth_shares(profile, bit_set)
     return dataclasses.replace(parent, epochs=sum(shares), lr=profile.qat_lr, schedule="cosine", init=parent,
                                strategy="multiwidth", strategy_params=MultiWidthConfig(bit_set, shares))
+
+
+def masked_config(profile: Profile, bits: int, seed: int = 0, patch_size: int | None = None) -> TrainConfig:
+    """PatchCleanser's base model at ``bits``: the QAT model (the FP model at 32 bits) fine-tuned with the
+    masking augmentation (strategy "masked", :class:`~qadtr_core.certify.MaskedTrainingConfig`).
+
+    ``profile.certify_epochs`` epochs at every width (equal steps), at the QAT learning rate with cosine
+    decay, on the masks of ``profile.certify_masks_per_side`` for ``patch_size`` px patches (default: the
+    largest of ``profile.certify_patch_sizes``, whose masks are the largest; one model serves every size).
+    """
+    check_bits(bits)
+    parent = qat_config(profile, bits, seed)
+    params = MaskedTrainingConfig(_masking_patch(profile, patch_size), profile.certify_masks_per_side, seed=seed)
+    return dataclasses.replace(parent, epochs=profile.certify_epochs, lr=profile.qat_lr, schedule="cosine", init=parent,
+                               strategy="masked", strategy_params=params)
+
+
+def masked_multiwidth_config(profile: Profile, bit_set: tuple[int, ...] = (32, 8, 5, 4, 2), seed: int = 0,
+                             patch_size: int | None = None) -> TrainConfig:
+    """The multi-width model (:func:`multiwidth_config` over ``bit_set``) fine-tuned with the masking
+    augmentation at every width of ``bit_set`` in turn (strategy "masked_multiwidth": the width drawn per
+    batch without replacement within each run of ``len(bit_set)`` batches), ``len(bit_set) x
+    profile.certify_epochs`` epochs: each width gets the steps of one per-width :func:`masked_config`."""
+    bit_set = check_bit_set(tuple(bit_set))
+    parent = multiwidth_config(profile, bit_set, seed)
+    masking = MaskedTrainingConfig(_masking_patch(profile, patch_size), profile.certify_masks_per_side, seed=seed)
+    return dataclasses.replace(parent, epochs=profile.certify_epochs * len(bit_set), lr=profile.qat_lr,
+                               schedule="cosine", init=parent, strategy="masked_multiwidth",
+                               strategy_params=MaskedMultiWidthConfig(masking, bit_set))
+
+
+def _masking_patch(profile: Profile, patch_size: int | None) -> int:
+    if patch_size is not None:
+        return patch_size
+    if not profile.certify_patch_sizes:
+        raise ValueError(f"profile {profile.name!r} certifies no patch size; give patch_size")
+    return max(profile.certify_patch_sizes)
 
 
 def get_or_train(

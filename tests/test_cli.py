@@ -20,8 +20,9 @@ BUDGET_FIELDS = {
     "n_patch_train", "image_patch_steps",
     "image_patch_restarts", "n_attribution", "ig_steps", "n_location", "location_stride", "defense_n_train",
     "defense_epochs", "defense_batch", "defense_lr", "defense_inner_steps", "n_defense_eval",
-    "defense_attack_steps", "defense_attack_restarts", "defense_probe_every",
+    "defense_attack_steps", "defense_attack_restarts", "defense_probe_every", "defense_rs_queries", "defense_rp_draws",
     "ablation_variants",  # fewer cells at the quick budget (issue 17: the three "without X" variants), never other ones
+    "certify_epochs", "certify_n", "certify_patch_sizes", "certify_masks_per_side", "certify_rs_queries",
 }
 
 

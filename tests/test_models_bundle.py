@@ -168,3 +168,18 @@ def test_a_build_rewrites_the_bundle_after_every_model(tmp_path, monkeypatch):
     assert cli.main(["build", "--profile", "smoke", "--device", "cpu", "--models-only",
                      "--bundle", str(tmp_path / "m.tar")]) == 0
     assert sorted(e.split("/")[1] for e in models_bundle.read_manifest(tmp_path / "m.tar")["entries"]) == sorted(graph)
+
+
+def test_the_committed_bundle_is_current_small_and_intact(tmp_path):
+    """The bundle the repository ships: under the cap, of the quick profile, every model in the current
+    configs (not stale), every file matching its checksum (a real import into an empty cache)."""
+    from pathlib import Path
+
+    archive = Path(__file__).resolve().parents[1] / models_bundle.DEFAULT_ARCHIVE
+    assert archive.is_file(), f"{archive} is missing: `make models-bundle` writes it"
+    assert archive.stat().st_size <= models_bundle.MAX_BYTES
+    manifest = models_bundle.read_manifest(archive)
+    assert manifest["profile"] == "quick" and manifest["kind"] == "models" and manifest["entries"]
+    assert stale_reason(manifest) is None
+    summary = import_models(archive, tmp_path / "cache")
+    assert len(summary["added"]) == len(manifest["entries"])

@@ -14,10 +14,14 @@ from qadtr_core.quant import prepare_bits, set_bits
 from qadtr_core.robustness import (
     BitEnsemble, Ensemble, Evaluation, asr_table, attack_config, clean_outcomes, clean_table, evaluate_threats, summary,
 )
+from qadtr_core.scorecard import verdict_c3
 from qadtr_core.testing import synthetic_cifar
-from qadtr_core.threats import NO_PATCHES, THREATS, PatchDistribution, Threat, distribution_of, seen_table
+from qadtr_core.threats import NO_PATCHES, THREATS, WORST, PatchDistribution, Threat, distribution_of, seen_table
 from qadtr_core.train import TrainConfig
 from qadtr_core.zoo import TrainedModel
+
+UNIVERSAL = "universal 8x8 from FP surrogate"
+RS = "random search, 8x8"
 
 
 def _tm(seed: int, bit_set=(32, 4, 2), model=None) -> TrainedModel:
@@ -42,15 +46,18 @@ def test_seen_is_defined_per_defense_from_its_training_distribution():
     no_aqapa = distribution_of(QADTRConfig(aqapa=False))
     by = {t.name: t for t in THREATS}
     assert pbat.sees(by["8x8 square"], 2) and not pbat.sees(by["10x10 square"], 2)
-    assert qadtr.sees(by["10x10 square"], 2) and not qadtr.sees(by["circle, 8 px"], 2)
-    assert not any(d.sees(by["transfer from FP surrogate"], 32) for d in (pbat, qadtr, NO_PATCHES))
+    assert qadtr.sees(by["10x10 square"], 2) and not qadtr.sees(by["circle, 10 px"], 2)
+    assert not any(d.sees(by[name], 32) for d in (pbat, qadtr, NO_PATCHES)
+                   for name in ("transfer from FP surrogate", UNIVERSAL, "8x8 in the centre"))
     assert no_aqapa.sees(by["8x8 square"], 32) and not no_aqapa.sees(by["8x8 square"], 4)
-    table = seen_table({"PBAT": pbat, "QADT-R": qadtr, "DWQ": NO_PATCHES, "no A-QAPA": no_aqapa}, (32, 4))
+    table = seen_table({"PBAT": pbat, "QADT-R": qadtr, "DWQ": NO_PATCHES, "no A-QAPA": no_aqapa}, (32, 4)).set_index("threat")
     assert table.loc["10x10 square", "PBAT"] == "unseen" and table.loc["10x10 square", "QADT-R"] == "seen"
-    assert table.loc["8x8 square", "DWQ"] == "unseen" and table.loc["adaptive EOT", "PBAT"] == "adaptive"
+    assert table.loc["8x8 square", "DWQ"] == "unseen" and table.loc[RS, "PBAT"] == "adaptive"
     assert table.loc["8x8 square", "no A-QAPA"].startswith("seen at 32 b")
     with pytest.raises(ValueError, match="unknown threat source"):
         Threat("x", source="32-bit")
+    with pytest.raises(ValueError, match="outside the central"):
+        Threat("x", size=12)  # no 12 px box avoids the central 10x10 of a 32 px image
 
 
 class _Toy(nn.Module):
@@ -74,7 +81,7 @@ def test_the_adaptive_attack_beats_plain_transfer_on_a_known_weak_randomised_mod
     y = torch.zeros(6, dtype=torch.long)
     target = _Toy()
     surrogate = set_bits(_Toy(), 32)  # honest: an independent model that equals the target at full precision
-    cfg = attack_config(Threat("t", size=12, anywhere=True), steps=30, restarts=1, seed=0)
+    cfg = attack_config(Threat("t", size=12, region="anywhere"), steps=30, restarts=1, seed=0)
     transfer = image_patch_attack(surrogate, x, y, cfg).apply(x)
     adaptive = image_patch_attack(Ensemble([(target, 32), (target, 2)]), x, y, cfg).apply(x)
     with torch.no_grad():
@@ -92,74 +99,127 @@ def test_evaluate_threats_is_per_image_symmetric_and_cached(tmp_path, monkeypatc
     x, y = d.x_test.float() / 255, d.y_test
     multi = _tm(1)
     defenses = {"single": {32: _tm(2), 2: _tm(3)}, "multi": {b: multi for b in (32, 4, 2)}}
-    ev = evaluate_threats(defenses, x, y, surrogate=_tm(9), steps=2, progress=False)
+    universal = {UNIVERSAL: torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))}
+    kw = dict(surrogate=_tm(9), steps=2, progress=False, universal=universal, rs_queries=8)
+    ev = evaluate_threats(defenses, x, y, **kw)
     pi = ev.per_image
     assert len(pi) == 12 * 5 * len(THREATS) and not (pi.broken & ~pi.clean_ok).any()
-    adaptive = {t for t in ev.strength.target if t.endswith("ensemble")}
-    assert adaptive == {"single ensemble", "multi ensemble"}  # every defense meets the adaptive threat
     assert (ev.strength.target == "FP surrogate").sum() == 1  # one common surrogate for every defense
+    assert ev.random_precision.empty  # no defense is randomised here: no EOT at all
+    # random search attacks exactly the images that no gradient threat of the cell broke
+    for (dname, b), g in pi.groupby(["defense", "bits"]):
+        wide = g.pivot(index="image", columns="threat", values="broken")
+        ok = g[g.threat == RS].sort_values("image").clean_ok.to_numpy()
+        left = ok & ~wide.drop(columns=RS).to_numpy(bool).any(1)
+        assert not (wide[RS].to_numpy(bool) & ~left).any()
+        rs = ev.strength[(ev.strength.threat == RS) & (ev.strength.target == f"{dname} {b} b")]
+        assert (rs.n_ok.sum() if len(rs) else 0) == left.sum()
     dists = {"single": PatchDistribution(sizes=(8,)), "multi": NO_PATCHES}
-    table = asr_table(pi, dists)
-    worst = table[table.kind == "worst case"].set_index(["defense", "bits"]).broken
-    others = table[table.kind != "worst case"].groupby(["defense", "bits"]).broken.max()
-    assert (worst >= others.reindex(worst.index)).all() and table.ci_low.le(table.asr).all()
+    table = asr_table(pi, dists, collapsed={("single", 2)})
+    worst = table[table.kind == "worst case"].set_index(["defense", "bits"])
+    others = table[table.kind != "worst case"].groupby(["defense", "bits"])
+    assert (worst.broken >= others.broken.max().reindex(worst.index)).all() and table.ci_low.le(table.asr).all()
+    assert (worst.robust <= others.robust.min().reindex(worst.index) + 1e-9).all()
+    assert table.robust_ci_low.le(table.robust).all() and (table.n_images == 12).all()
+    assert set(table[table.collapsed].set_index(["defense", "bits"]).index) == {("single", 2)}
     s = summary(table)
     assert np.isnan(s.loc[("multi", "seen"), 32])  # nothing is seen by a model without patch training
-    again = evaluate_threats(defenses, x, y, surrogate=_tm(9), steps=2, progress=False)
+    again = evaluate_threats(defenses, x, y, **kw)
     pd.testing.assert_frame_equal(pi, again.per_image)
     with pytest.raises(ValueError, match="surrogate"):
         evaluate_threats(defenses, x, y, steps=1, progress=False)
+    with pytest.raises(ValueError, match="universal"):
+        evaluate_threats(defenses, x, y, surrogate=_tm(9), steps=1, progress=False)
 
 
-def _outcomes(spec, n=100):
-    """Hand-made per-image outcomes: spec[(defense, bits, threat)] = number of broken images (of n, all clean-correct)."""
+def _outcomes(spec, n=100, clean=None):
+    """Hand-made per-image outcomes: spec[(defense, bits, threat)] = number of broken images (of n; by default
+    all clean-correct; ``clean[(defense, bits)]`` = how many are)."""
     rows = []
     for (d, b, th), k in spec.items():
-        rows.append(pd.DataFrame({"defense": d, "bits": b, "threat": th, "image": np.arange(n), "clean_ok": True,
-                                  "broken": np.arange(n) < k}))
+        ok = np.arange(n) < (clean or {}).get((d, b), n)
+        rows.append(pd.DataFrame({"defense": d, "bits": b, "threat": th, "image": np.arange(n), "clean_ok": ok,
+                                  "broken": (np.arange(n) < k) & ok}))
     pi = pd.concat(rows, ignore_index=True)
     strength = pd.DataFrame([{"threat": "8x8 square", "target": "QADT-R 4 b", "defense": "QADT-R", "bits": 4, "steps": 10,
                               "n_ok": 100, "k_full": 90, "k_half": 88}])
     return Evaluation(pi, strength, n)
 
 
-def test_claims_by_hand_with_intervals():
-    seen, big, circle = "8x8 square", "10x10 square", "circle, 8 px"
+SEEN, BIG, CIRCLE, BAR = "8x8 square", "10x10 square", "circle, 10 px", "4x16 bar, anywhere"
+DISTS = {"QAT (undefended)": NO_PATCHES, "PBAT": PatchDistribution(sizes=(8,)), "DWQ": NO_PATCHES,
+         "QADT-R": PatchDistribution(sizes=(8, 10), source_bits=(4, 2))}
+
+
+def _clean(n=100):
+    return pd.concat([pd.DataFrame({"defense": d, "bits": b, "image": np.arange(n), "correct": np.arange(n) < a})
+                      for d, b, a in [("multi-width (undefended)", 4, 90), ("multi-width (undefended)", 2, 85),
+                                      ("QADT-R", 4, 88), ("QADT-R", 2, 80)]])
+
+
+def test_claims_by_hand_on_robust_accuracy_with_intervals():
     asr = {"QAT (undefended)": (50, 70, 60), "PBAT": (20, 60, 50), "DWQ": (40, 50, 40), "QADT-R": (30, 30, 20)}
     spec = {(d, b, th): a + (10 if b == 2 else 0) for d, v in asr.items() for b in (4, 2)
-            for th, a in zip((seen, big, circle), v)}
-    dists = {"QAT (undefended)": NO_PATCHES, "PBAT": PatchDistribution(sizes=(8,)), "DWQ": NO_PATCHES,
-             "QADT-R": PatchDistribution(sizes=(8, 10), source_bits=(4, 2))}
-    n = 100
-    clean = pd.concat([pd.DataFrame({"defense": d, "bits": b, "image": np.arange(n), "correct": np.arange(n) < a})
-                       for d, b, a in [("multi-width (undefended)", 4, 90), ("multi-width (undefended)", 2, 85),
-                                       ("QADT-R", 4, 88), ("QADT-R", 2, 80)]])
-    c = defense_claims(_outcomes(spec), clean, dists, (4, 2), {"seeds": [0], "profile": "test"}, n_boot=200)
-    # C3 on the threats unseen by all three (the circle only): min(PBAT 50, DWQ 40) - QADT-R 20 = 20 at both
-    # widths (each defense's own unseen mean, PBAT 55, DWQ 43.3, QADT-R 20, would give a biased 23.3)
+            for th, a in zip((SEEN, BIG, CIRCLE), v)}
+    c = defense_claims(_outcomes(spec), _clean(), DISTS, (4, 2), {"seeds": [0], "profile": "test"}, n_boot=200)
+    # every image clean-correct: robust = 100 - broken. C3 on the threats unseen by all three (the circle only):
+    # QADT-R 80 - max(PBAT 50, DWQ 60) = 20 at 4 bits, 70 - 50 = 20 at 2 bits
     assert c["C3"]["value"] == pytest.approx(20) and c["C3"]["by_bits"]["2"]["value"] == pytest.approx(20)
     assert c["C3"]["ci_low"] <= c["C3"]["value"] <= c["C3"]["ci_high"] and set(c["C3"]["by_bits"]) == {"4", "2"}
-    # C4: PBAT gap 55 - 20 = 35; undefended under PBAT's definitions 65 - 50 = 15 -> 20 points
+    assert c["C3"]["metric"] == "robust accuracy" and c["C3"]["excluded_bits"] == {}
+    # C4, white-box threats only: PBAT seen - unseen = 80 - 45 = 35; undefended under PBAT's definitions 50 - 35 = 15
     assert c["C4"]["value"] == pytest.approx(20) and c["C4"]["pbat_gap"]["value"] == pytest.approx(35)
     assert c["C4"]["seen_low"]["value"] == pytest.approx(30) and c["C4"]["at_low_bits"]["bits"] == 2
+    assert c["C4"]["seen_low_robust"]["value"] == pytest.approx(70) and c["C4"]["metric"] == "robust accuracy"
     assert c["C5"]["value"] == pytest.approx(5) and c["C5"]["mean_drop"]["value"] == pytest.approx(3.5)
     strength = c["C3"]["attack_strength"][0]
     assert strength["white_box_asr"] == 0.9 and strength["white_box_asr_half_steps"] == 0.88
 
 
+def test_c4_reads_white_box_threats_only():
+    # a weak transfer (unseen) would drag PBAT's unseen mean down and fake a negative gap: it must not count
+    spec = {(d, b, th): k for d in ("QAT (undefended)", "PBAT", "DWQ", "QADT-R") for b in (4, 2)
+            for th, k in ((SEEN, 50 if d == "QAT (undefended)" else 20), (CIRCLE, 60), ("transfer from FP surrogate", 0))}
+    c = defense_claims(_outcomes(spec), _clean(), DISTS, (4, 2), {"seeds": [0], "profile": "t"}, n_boot=100)["C4"]
+    assert c["pbat_gap"]["value"] == pytest.approx(40)  # 80 - 40 on the white-box threats; with the transfer: 10
+    assert c["threats"] == "white-box only"
+
+
+def test_a_collapsed_cell_never_counts_as_robust_in_a_claim():
+    # QADT-R at 2 bits collapsed: 10 images of 100 right, none broken (ASR 0 over them: "perfectly robust");
+    # QADT-R at 4 bits is worse than the baselines. The collapsed width must not make C3 look good.
+    spec = {}
+    for d, k4 in (("QAT (undefended)", 60), ("PBAT", 30), ("DWQ", 30), ("QADT-R", 50)):
+        for b in (4, 2):
+            spec.update({(d, b, th): (0 if (d, b) == ("QADT-R", 2) else k4) for th in (SEEN, BIG, CIRCLE)})
+    clean = {("QADT-R", 2): 10}
+    ev = _outcomes(spec, clean=clean)
+    table = asr_table(ev.per_image, DISTS, collapsed={("QADT-R", 2)})
+    cell = table[(table.defense == "QADT-R") & (table.bits == 2) & (table.threat == CIRCLE)].iloc[0]
+    assert cell.asr == 0 and cell.robust == pytest.approx(10) and cell.collapsed  # ASR rewards it; robust does not
+    c3 = defense_claims(ev, _clean(), DISTS, (4, 2), {"seeds": [0], "profile": "t"}, n_boot=100,
+                        collapsed={("QADT-R", 2)}, defends={"PBAT": True, "DWQ": True, "QADT-R": False})["C3"]
+    assert set(c3["by_bits"]) == {"4"} and c3["excluded_bits"] == {"2": "QADT-R collapsed"}
+    assert c3["value"] == pytest.approx(-20)  # 50 - 70 at 4 bits only
+    assert c3["defends"] == {"PBAT": True, "DWQ": True, "QADT-R": False}
+    everywhere = defense_claims(ev, _clean(), DISTS, (4, 2), {"seeds": [0], "profile": "t"}, n_boot=100,
+                                collapsed={("QADT-R", 2), ("DWQ", 4)})["C3"]
+    assert np.isnan(everywhere["value"]) and everywhere["by_bits"] == {}
+    assert everywhere["defends"] == {"DWQ": False, "QADT-R": False}  # a collapsed defense never defends
+    assert verdict_c3({**everywhere, "attack_strength": []})[1] == "inconclusive"  # no verdict, and no crash
+
+
 def test_c3_is_zero_when_every_defense_has_the_same_per_image_outcomes():
     rng = np.random.default_rng(0)
-    threats = ["8x8 square", "10x10 square", "circle, 8 px", "8x8 anywhere", "transfer from FP surrogate",
-               "adaptive EOT"]
+    threats = [SEEN, BIG, CIRCLE, BAR, "transfer from FP surrogate", RS]
     rate = dict(zip(threats, (0.2, 0.6, 0.3, 0.4, 0.1, 0.5)))  # 8x8 and 10x10 squares stronger than the rest
     outcome = {(b, th): rng.random(100) < rate[th] for b in (4, 2) for th in threats}
     pi = pd.concat([pd.DataFrame({"defense": d, "bits": b, "threat": th, "image": np.arange(100), "clean_ok": True,
                                   "broken": outcome[b, th]})
                     for d in ("QAT (undefended)", "PBAT", "DWQ", "QADT-R") for (b, th) in outcome], ignore_index=True)
-    strength = pd.DataFrame([{"threat": "8x8 square", "target": "x", "defense": "PBAT", "bits": 4, "steps": 10,
+    strength = pd.DataFrame([{"threat": SEEN, "target": "x", "defense": "PBAT", "bits": 4, "steps": 10,
                               "n_ok": 100, "k_full": 90, "k_half": 90}])
-    dists = {"QAT (undefended)": NO_PATCHES, "PBAT": PatchDistribution(sizes=(8,)), "DWQ": NO_PATCHES,
-             "QADT-R": PatchDistribution(sizes=(6, 8, 10), source_bits=(4, 2))}
+    dists = {**DISTS, "QADT-R": PatchDistribution(sizes=(6, 8, 10), source_bits=(4, 2))}
     clean = pd.concat([pd.DataFrame({"defense": d, "bits": b, "image": np.arange(100), "correct": True})
                        for d in ("multi-width (undefended)", "QADT-R") for b in (4, 2)])
     c3 = defense_claims(Evaluation(pi, strength, 100), clean, dists, (4, 2), {"seeds": [0], "profile": "t"},
@@ -167,41 +227,47 @@ def test_c3_is_zero_when_every_defense_has_the_same_per_image_outcomes():
     # DWQ's own "unseen" holds the strong squares, QADT-R's does not: only the shared set makes this 0
     assert c3["value"] == pytest.approx(0) and c3["ci_low"] <= 0 <= c3["ci_high"]
     assert all(v["value"] == pytest.approx(0) and v["ci_low"] <= 0 <= v["ci_high"] for v in c3["by_bits"].values())
-    assert common_unseen(pi, dists, ["PBAT", "DWQ", "QADT-R"], 4) == ["8x8 anywhere", "circle, 8 px",
-                                                                     "transfer from FP surrogate"]
+    assert common_unseen(pi, dists, ["PBAT", "DWQ", "QADT-R"], 4) == [BAR, CIRCLE, "transfer from FP surrogate"]
 
 
 def test_attack_convergence_is_per_model_and_claims_keep_the_worst_defended_one():
-    rows = [("8x8 square", "QAT (undefended)", 4, 400, 399, 399), ("8x8 square", "QAT (undefended)", 2, 400, 400, 400),
-            ("8x8 square", "QADT-R", 4, 50, 30, 20), ("8x8 square", "PBAT", 4, 100, 50, 49),
+    rows = [(SEEN, "QAT (undefended)", 4, 400, 399, 399), (SEEN, "QAT (undefended)", 2, 400, 400, 400),
+            (SEEN, "QADT-R", 4, 50, 30, 20), (SEEN, "PBAT", 4, 100, 50, 49),
             ("transfer from FP surrogate", "FP surrogate", 32, 100, 95, 95),
-            ("adaptive EOT", "DWQ", None, 80, 40, 38), ("adaptive EOT", "QADT-R", None, 80, 30, 30)]
-    strength = pd.DataFrame([{"threat": th, "target": f"{d} {b} b" if b else f"{d} ensemble", "defense": d, "bits": b,
+            (RS, "DWQ", 4, 80, 40, 30), (BAR, "QADT-R", 2, 80, 30, 30)]
+    strength = pd.DataFrame([{"threat": th, "target": f"{d} {b} b", "defense": d, "bits": b,
                               "steps": 10, "n_ok": n, "k_full": kf, "k_half": kh} for th, d, b, n, kf, kh in rows])
     ev = Evaluation(pd.DataFrame(), strength, 100)
     conv = convergence(ev)
     assert len(conv) == len(rows) and list(conv.converged) == [True, True, False, True, True, False, True]
     # pooled over every model the 8x8 attack looked converged, (879 - 868) / 950 = 1.2 points; on QADT-R it gains 20
-    entries = {e["name"]: e for e in attack_strength(ev, ["PBAT", "DWQ", "QADT-R"])}
+    entries = {e["name"]: e for e in attack_strength(ev, ["PBAT", "DWQ", "QADT-R"], exclude=[RS])}
     assert set(entries) == {"8x8 square on QADT-R 4 b", "transfer from FP surrogate on FP surrogate 32 b",
-                            "adaptive EOT on DWQ ensemble"}
+                            f"{BAR} on QADT-R 2 b"}  # random search is shown, never a claim's convergence check
     assert entries["8x8 square on QADT-R 4 b"]["white_box_asr"] - entries["8x8 square on QADT-R 4 b"][
         "white_box_asr_half_steps"] == pytest.approx(0.2)
-    assert [e["name"] for e in attack_strength(ev, ["PBAT", "QAT (undefended)"], exclude=["adaptive EOT"])] == [
+    assert [e["name"] for e in attack_strength(ev, ["PBAT", "QAT (undefended)"], exclude=[RS, BAR])] == [
         "8x8 square on PBAT 4 b", "transfer from FP surrogate on FP surrogate 32 b"]
 
 
-def test_ablation_claim_by_hand():
-    circle, seen = "circle, 8 px", "8x8 square"
+def test_ablation_claim_by_hand_on_robust_accuracy():
     spec = {}
     for d, a in [("QADT-R", 30), ("without A-QAPA", 40), ("without DBWT", 29), ("without GIR", 35)]:
-        spec.update({(d, 4, circle): a, (d, 4, seen): 0})
-    q = PatchDistribution(sizes=(8,), source_bits=(4,))
+        spec.update({(d, 4, CIRCLE): a, (d, 4, SEEN): 0, (d, 2, CIRCLE): a, (d, 2, SEEN): 0})
+    q = PatchDistribution(sizes=(8,), source_bits=(4, 2))
     dists = {"QADT-R": q, "without A-QAPA": NO_PATCHES, "without DBWT": q, "without GIR": q}
-    c = ablation_claim(_outcomes(spec), dists, (4,), {"seeds": [0], "profile": "test"}, n_boot=200)
+    c = ablation_claim(_outcomes(spec), dists, (4, 2), {"seeds": [0], "profile": "test"}, n_boot=200)
     inc = c["C7"]["increase"]
     assert {k: round(v["value"], 6) for k, v in inc.items()} == {"A-QAPA": 10.0, "DBWT": -1.0, "GIR": 5.0}
-    assert all(v["ci_low"] <= v["value"] <= v["ci_high"] for v in inc.values())
+    assert all(v["ci_low"] <= v["value"] <= v["ci_high"] for v in inc.values()) and c["C7"]["metric"] == "robust accuracy"
+    # the issue's case: "without DBWT" collapsed at 2 bits (10 % right, nothing broken: ASR 0) must not count
+    ev = _outcomes({**spec, ("without DBWT", 2, CIRCLE): 0}, clean={("without DBWT", 2): 10})
+    flagged = ablation_claim(ev, dists, (4, 2), {"seeds": [0], "profile": "t"}, n_boot=100,
+                             collapsed={("without DBWT", 2)})["C7"]
+    assert flagged["increase"]["DBWT"]["value"] == pytest.approx(-1.0)  # 4 bits only
+    assert flagged["excluded_bits"] == {"DBWT": {"2": "without DBWT collapsed"}}
+    every = ablation_claim(ev, dists, (2,), {"seeds": [0], "profile": "t"}, n_boot=100, collapsed={("without DBWT", 2)})
+    assert np.isnan(every["C7"]["increase"]["DBWT"]["value"])
 
 
 def test_clean_table_counts_every_width_with_wilson_intervals():
@@ -209,3 +275,11 @@ def test_clean_table_counts_every_width_with_wilson_intervals():
     tm = _tm(4)
     t = clean_table(clean_outcomes({"m": {32: tm, 2: tm}}, d.x_test.float() / 255, d.y_test))
     assert list(t.bits) == [32, 2] and (t.n == 10).all() and (t.ci_low <= t.clean_acc).all()
+
+
+def test_a_model_wrong_everywhere_has_robust_accuracy_zero_not_asr_zero():
+    pi = pd.DataFrame({"defense": "broken", "bits": 4, "threat": SEEN, "image": np.arange(50), "clean_ok": False,
+                       "broken": False})
+    row = asr_table(pi, {"broken": NO_PATCHES})
+    w = row[row.threat == WORST].iloc[0]
+    assert w.asr == 0 and w.n == 0 and w.robust == 0 and w.n_images == 50

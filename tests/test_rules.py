@@ -231,7 +231,7 @@ def test_defense_claims_store_per_width_intervals_corrected_for_the_widths():
     from qadtr_core.threats import NO_PATCHES, PatchDistribution
 
     rng = np.random.default_rng(0)
-    threats = ["8x8 square", "circle, 8 px"]
+    threats = ["8x8 square", "circle, 10 px"]  # "circle, 8 px" became a 10 px circle (issue 18: unseen threats)
     pi = pd.concat([pd.DataFrame({"defense": d, "bits": b, "threat": th, "image": np.arange(100), "clean_ok": True,
                                   "broken": rng.random(100) < (0.3 if d == "QADT-R" else 0.5)})
                     for d in ("QAT (undefended)", "PBAT", "DWQ", "QADT-R") for b in (4, 2) for th in threats],
