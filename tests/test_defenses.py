@@ -281,8 +281,11 @@ def _fidelity(strategy, model, x, y):
 
 @pytest.mark.parametrize("name", list(INNER))
 def test_the_training_attack_reaches_80_percent_of_a_fresh_20_step_attack(name):
+    from qadtr_core.profiles import get_profile
+
     model, (x, y) = _trained_tiny(), _batch(32)
-    assert _fidelity(INNER[name](4), model, x, y) >= 0.8  # the shared default: 4 steps per batch
+    k = get_profile("quick").defense_inner_steps  # the quick profile's shared inner steps
+    assert _fidelity(INNER[name](k), model, x, y) >= 0.8
 
 
 def test_a_one_step_or_carried_patch_falls_short_of_the_fidelity_bar():

@@ -32,7 +32,7 @@ class DWQConfig:
     Attributes:
         bit_set: bit-widths trained and drawn at inference. (Default: (32, 8, 5, 4, 2), the study's set;
             DWQ itself used 4..16 bits)
-        pgd_steps: PGD steps of the training attack per batch, from a random start (DWQ: 7). (Default: 4)
+        pgd_steps: PGD steps of the training attack per batch, from a random start (DWQ: 7). (Default: 10)
         eps: L-inf radius. (Default: 8/255, DWQ's training setting)
         schedule: "shuffle" (random per batch, equal steps per width), "sample" or "cycle". (Default: "shuffle")
         probe_every: training steps between fidelity probes (0 = never). (Default: 50)
@@ -40,7 +40,7 @@ class DWQConfig:
     """
 
     bit_set: tuple[int, ...] = (32, 8, 5, 4, 2)
-    pgd_steps: int = 4
+    pgd_steps: int = 10
     eps: float = 8 / 255
     schedule: Literal["cycle", "sample", "shuffle"] = "shuffle"
     probe_every: int = 50

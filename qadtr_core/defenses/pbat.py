@@ -32,7 +32,7 @@ class PBATConfig:
     Attributes:
         patch_size: training patch side in pixels. (Default: 8)
         inner_steps: signed-gradient steps of the per-image inner attack, from a fresh random start every
-            batch. (Default: 4)
+            batch. (Default: 10)
         inner_step_size: inner step in [0, 1] pixel units; None = ``1 / inner_steps``, so that a pixel can cross
             the whole range in the inner steps (the evaluation's 20-step attack takes 0.05 = 1/20 too).
             (Default: None)
@@ -44,7 +44,7 @@ class PBATConfig:
     """
 
     patch_size: int = 8
-    inner_steps: int = 4
+    inner_steps: int = 10
     inner_step_size: float | None = None
     location_opt: bool = True
     adv_fraction: float = 0.5

@@ -56,7 +56,7 @@ class QADTRConfig:
         aqapa: switch A-QAPA on. (Default: True)
         patch_sizes: patch sides (pixels) A-QAPA draws from. (Default: (6, 8, 10))
         inner_steps, inner_step_size: signed steps of the per-image inner attack, from a fresh start every
-            batch, and their size (None = ``1 / inner_steps``, as for PBAT). (Default: 4, None)
+            batch, and their size (None = ``1 / inner_steps``, as for PBAT). (Default: 10, None)
         location_opt: optimise each patch's location during the inner steps. (Default: True)
         adv_fraction: share of each batch that is patched. (Default: 0.5)
         ema: smoothing of the per-cell hardness. (Default: 0.9)
@@ -77,7 +77,7 @@ class QADTRConfig:
     block_steps: int = 200
     aqapa: bool = True
     patch_sizes: tuple[int, ...] = (6, 8, 10)
-    inner_steps: int = 4
+    inner_steps: int = 10
     inner_step_size: float | None = None
     location_opt: bool = True
     adv_fraction: float = 0.5
