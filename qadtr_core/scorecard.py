@@ -39,12 +39,14 @@ log = logging.getLogger(__name__)
 VERDICTS_ALLOWED = ("reproduced", "partly", "not reproduced", "inconclusive")
 
 CLAIMS: dict[str, tuple[str, str, str]] = {
-    "C1": ("Patches transfer from FP to QAT models with ASR > 70 % even at 2 bits", "> 70 % (73.08 % on 2-bit ResNet-56)", "01_transferability"),
+    "C1": ("Patches transfer from FP to QAT models with ASR > 70 % even at 2 bits", "> 70 % (73.08 % on 2-bit ResNet-56)",
+           "01_transferability"),
     "C2": ("Pixel-level attacks transfer poorly across bit-widths", "low off-diagonal success (DWQ)", "01_transferability"),
     "C3": ("QADT-R lowers ASR by up to 25 points against PBAT and DWQ", "up to 25 points", "02_defenses"),
     "C4": ("PBAT resists seen patches but not unseen ones", "57.86 % seen vs 78.34 % unseen at 2 bits", "02_defenses"),
     "C5": ("QADT-R keeps clean accuracy", "within a few points", "02_defenses"),
-    "C6": ("Input gradients across bit-widths: low cosine, high structural similarity", "cosine 0.05-0.25, HOG cosine about 0.8", "04_gradient_alignment"),
+    "C6": ("Input gradients across bit-widths: low cosine, high structural similarity",
+           "cosine 0.05-0.25, HOG cosine about 0.8", "04_gradient_alignment"),
     "C7": ("Each of A-QAPA, DBWT and GIR contributes", "not published", "03_ablations"),
 }
 
@@ -325,7 +327,8 @@ def verdict_c5(c: Mapping[str, Any]) -> Ruling:
     (lower bound), whatever the mean; *partly* if the mean drop over widths is at most 5 (upper bound);
     else *inconclusive*."""
     ours = f"largest drop {_fmt(c, unit=' pts')}; mean {_fmt(c['mean_drop'], unit=' pts')}"
-    reading = c.get("reading") or (f"largest drop over widths, at {c['bits']} bits" if "bits" in c else "largest drop over widths")
+    reading = c.get("reading") or (f"largest drop over widths, at {c['bits']} bits" if "bits" in c
+                                   else "largest drop over widths")
     by = c["by_bits"].values()
     if all(v["ci_high"] <= 3 for v in by):
         return Ruling(ours, "reproduced", reading=reading)
@@ -524,9 +527,38 @@ def judge(claim: str, c: Mapping[str, Any]) -> Ruling:
     return Ruling(ours, verdict, reason, ruled.reading, ruled.headline)
 
 
+# The question each claim answers, for a reader outside the project.
+QUESTIONS: dict[str, str] = {
+    "C1": "Do patches crafted on the full-precision model still fool 2-bit models more than 70 % of the time?",
+    "C2": "Do pixel-level (PGD) attacks transfer across bit-widths worse than patches do?",
+    "C3": "Does QADT-R beat PBAT and DWQ, by up to 25 points, on patches none of them trained on?",
+    "C4": "Does PBAT resist the patches it trained on but not unseen ones?",
+    "C5": "Does QADT-R keep the clean accuracy of the undefended model?",
+    "C6": "Are input gradients of different bit-widths dissimilar in direction yet similar in structure?",
+    "C7": "Does each of A-QAPA, DBWT and GIR add robustness?",
+}
+_ANSWERS = {"reproduced": "Yes, as the paper says", "not reproduced": "No, unlike the paper",
+            "partly": "Partly", "inconclusive": "Not decided at this budget", "not measured": "Not measured yet"}
+
+
+def answer(cid: str, c: Mapping[str, Any] | None) -> str:
+    """A plain-language answer to the claim's question, computed from the same results and rule as its
+    verdict: the verdict in words, what we measured (and on which reading), what the paper reports, and,
+    where the verdict is *inconclusive*, why (the rule's reason)."""
+    _, paper, _ = CLAIMS[cid]
+    if c is None:
+        return f"{_ANSWERS['not measured']}: no result of this claim at this profile (the paper: {paper})."
+    ruled = judge(cid, c)
+    reading = f" ({ruled.reading})" if ruled.reading else ""
+    out = f"{_ANSWERS.get(ruled[1], ruled[1])}: we measured {ruled[0]}{reading}; the paper reports {paper}."
+    if ruled.reason:
+        out += f" Why: {ruled.reason}."
+    return out
+
+
 def scorecard(claims: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per claim C1..C7: the claim, the paper's figure, ours with its interval, profile, n,
-    seeds, verdict and chapter."""
+    """One row per claim C1..C7: the claim, its question and plain-language :func:`answer`, the paper's
+    figure, ours with its interval, profile, n, seeds, verdict and chapter."""
     rows = []
     for cid, (text, paper, chapter) in CLAIMS.items():
         c = claims.get(cid)
@@ -535,8 +567,9 @@ def scorecard(claims: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
         else:
             ours, verdict = judge(cid, c)
             profile, n, seeds = c.get("profile", "-"), c.get("n", "-"), ", ".join(map(str, c.get("seeds", [])))
-        rows.append({"claim": cid, "statement": text, "paper": paper, "ours": ours, "profile": profile, "n": n,
-                     "seeds": seeds, "verdict": verdict, "chapter": chapter})
+        rows.append({"claim": cid, "statement": text, "question": QUESTIONS[cid], "answer": answer(cid, c),
+                     "paper": paper, "ours": ours, "profile": profile, "n": n, "seeds": seeds, "verdict": verdict,
+                     "chapter": chapter})
     return pd.DataFrame(rows)
 
 
@@ -562,8 +595,12 @@ def scorecard_record(claims: Mapping[str, dict[str, Any]], profile: str, commit:
         out[cid] = {"value": value, "ci_low": lo, "ci_high": hi, "n": c.get("n"), "seeds": c.get("seeds", []),
                     "profile": c.get("profile", profile), "verdict": ruled[1], "rule": rule_text(cid),
                     "reading": ruled.reading, "metric": c.get("metric", METRICS[cid]), "reason": ruled.reason,
-                    "attack_strength": [{k: a[k] for k in ("name", "white_box_asr", "white_box_asr_half_steps",
-                                                           "clean_floor", "steps")} for a in c.get("attack_strength", [])]}
+                    "answer": answer(cid, c),
+                    "attack_strength": [{**{k: a[k] for k in ("name", "white_box_asr", "white_box_asr_half_steps",
+                                                              "clean_floor", "steps")},
+                                         "converged": _attack_problem(a) is None,
+                                         **{k: a.get(k) for k in ("image_steps_run", "image_steps_full_budget")}}
+                                        for a in c.get("attack_strength", [])]}
     return {"profile": profile, "commit": commit, "claims": out}
 
 

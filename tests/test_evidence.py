@@ -8,18 +8,27 @@ import pandas as pd
 import pytest
 import torch
 
-from qadtr_core.analysis.alignment import member_gradients, mismatched_alignment, pairwise_alignment
+from qadtr_core.analysis.alignment import mismatched_alignment, pairwise_alignment
+from qadtr_core.artifacts import write_json
 from qadtr_core.attacks import ImagePatchConfig, UniversalPatchAttack, UniversalPatchConfig, image_patch_attack
 from qadtr_core.claims import PatchReading, c1_claim, c2_claim, c6_claim
 from qadtr_core.metrics import Rate, targeted_asr
-from qadtr_core.patches import Placement, apply_patch, bounding_mask, make_mask, random_placement
+from qadtr_core.patches import apply_patch, bounding_mask, make_mask, random_placement
 from qadtr_core.scorecard import (
-    CLAIMS, VERDICTS, load_claims, rule_text, scorecard, scorecard_record, verdict_c3, verdict_c4, verdict_c5, verdict_c7,
+    CLAIMS,
+    VERDICTS,
+    load_claims,
+    rule_text,
+    scorecard,
+    scorecard_record,
+    verdict_c3,
+    verdict_c4,
+    verdict_c5,
+    verdict_c7,
 )
 from qadtr_core.stats import across_seeds, bootstrap_mean, paired_bootstrap, wilson
 from qadtr_core.strength import AttackStrength, converge_universal, image_patch_curve, image_patch_strength, universal_strength
 from qadtr_core.testing import ChannelMeanModel, RegionModel
-from qadtr_core.artifacts import write_json
 
 
 def _images(n=32, seed=0):
@@ -175,7 +184,8 @@ def test_c1_null_patch_is_never_reproduced_or_partly_and_a_strong_one_is_reprodu
     noise = _outcomes(0.15, seed=8)
     untargeted_null = PatchReading("random patch", noise, noise, noise, AttackStrength("random", 0.15, 0.15, 0.0, 10, 500))
     assert VERDICTS["C1"](c1_claim([untargeted_null], "2b", "test", [0]))[1] == "not reproduced"
-    strong = PatchReading("strong", white_box=_outcomes(0.95), transfer=_outcomes(0.85, seed=2), floor=floor, strength=_strength())
+    strong = PatchReading("strong", white_box=_outcomes(0.95), transfer=_outcomes(0.85, seed=2), floor=floor,
+                          strength=_strength())
     assert VERDICTS["C1"](c1_claim([null, strong], "2b", "test", [0]))[1] == "reproduced"
     weak = PatchReading("weak but real", _outcomes(0.6), _outcomes(0.4, seed=3), floor, _strength())
     assert VERDICTS["C1"](c1_claim([weak], "2b", "test", [0]))[1] == "partly"
@@ -280,7 +290,8 @@ def test_scorecard_reads_every_seed_and_writes_the_committed_layout(tmp_path):
     assert record["profile"] == "smoke" and record["commit"] == "abc123"
     assert {"value", "ci_low", "ci_high", "n", "seeds", "profile", "verdict", "rule", "attack_strength"} <= set(c1)
     assert c1["verdict"] in ("reproduced", "partly", "not reproduced", "inconclusive")
-    assert set(c1["attack_strength"][0]) == {"name", "white_box_asr", "white_box_asr_half_steps", "clean_floor", "steps"}
+    assert set(c1["attack_strength"][0]) == {"name", "white_box_asr", "white_box_asr_half_steps", "clean_floor", "steps",
+                                             "converged", "image_steps_run", "image_steps_full_budget"}
     assert "lower bound" in rule_text("C1")
     assert reading.entry()["converged"]
 
@@ -288,7 +299,8 @@ def test_scorecard_reads_every_seed_and_writes_the_committed_layout(tmp_path):
 def test_seeds_are_each_judged_and_their_interval_never_shrinks(tmp_path):
     floor = _outcomes(0.02, seed=1)
     for seed, rate in ((0, 0.90), (1, 0.30)):  # one seed clears 70 %, the other does not: no verdict
-        entry = c1_claim([PatchReading("p", _outcomes(0.95), _outcomes(rate, seed=seed), floor, _strength())], "2b", "q", [seed])
+        entry = c1_claim([PatchReading("p", _outcomes(0.95), _outcomes(rate, seed=seed), floor, _strength())], "2b", "q",
+                         [seed])
         write_json(tmp_path / "results" / "01_transferability" / "q" / f"claims-seed{seed}.json", {"C1": entry})
     # an unseeded file with the same seed as a seeded one is a duplicate, not a third seed
     write_json(tmp_path / "results" / "01_transferability" / "q" / "claims.json", {"C1": entry})

@@ -14,8 +14,17 @@ from qadtr_core.attacks import UniversalPatchAttack, UniversalPatchConfig
 from qadtr_core.claims import PatchReading, c1_claim
 from qadtr_core.metrics import Rate
 from qadtr_core.scorecard import (
-    CLAIMS, VERDICTS, _aggregate, load_claims, scorecard, scorecard_record, verdict_c2, verdict_c3, verdict_c4,
-    verdict_c5, verdict_c7,
+    CLAIMS,
+    VERDICTS,
+    _aggregate,
+    load_claims,
+    scorecard,
+    scorecard_record,
+    verdict_c2,
+    verdict_c3,
+    verdict_c4,
+    verdict_c5,
+    verdict_c7,
 )
 from qadtr_core.stats import across_seeds, paired_bootstrap
 from qadtr_core.strength import AttackStrength, converge_universal, is_converged, universal_strength
@@ -144,8 +153,10 @@ def test_converge_universal_records_how_far_the_patch_moved_between_checkpoints(
 def test_a_noop_attack_behind_a_null_effect_gives_no_verdict():
     noop = [AttackStrength("no-op", 0.0, 0.0, 0.0, 100, 500).record()]
     by = {str(b): _iv(0.0, -1, 1) for b in (32, 8, 2)}
-    assert verdict_c3({**_iv(0.0, -1, 1), "by_bits": by, "worst_case": _iv(0, -1, 1), "attack_strength": noop})[1] == "inconclusive"
-    assert verdict_c4({**_iv(0.0, -1, 1), "at_low_bits": {"bits": 2, **_iv(0, -1, 1)}, "attack_strength": noop})[1] == "inconclusive"
+    assert verdict_c3({**_iv(0.0, -1, 1), "by_bits": by, "worst_case": _iv(0, -1, 1),
+                       "attack_strength": noop})[1] == "inconclusive"
+    assert verdict_c4({**_iv(0.0, -1, 1), "at_low_bits": {"bits": 2, **_iv(0, -1, 1)},
+                       "attack_strength": noop})[1] == "inconclusive"
     inc = {k: _iv(0.0, -0.5, 0.5) for k in ("A-QAPA", "DBWT", "GIR")}
     ruling = verdict_c7({"increase": inc, "attack_strength": noop})
     assert ruling[1] == "inconclusive" and "no-op" in ruling.reason
@@ -312,10 +323,12 @@ def test_every_claim_in_the_record_has_reading_metric_and_reason():
     c1 = c1_claim([PatchReading("p", _exact(480, 500), _exact(450, 500), floor, _converged())], "2b", "t", [0])
     by = {str(b): _iv(1.0, 0.5, 1.5) for b in (8, 2)}
     claims = {"C1": c1, "C2": _c2((0.06, 0.02, 0.10)),
-              "C3": {**_iv(1.0, -1, 3), "by_bits": by, "worst_case": _iv(1, 0, 2), "attack_strength": [_unconverged("8x8").record()]},
+              "C3": {**_iv(1.0, -1, 3), "by_bits": by, "worst_case": _iv(1, 0, 2),
+                     "attack_strength": [_unconverged("8x8").record()]},
               "C4": {**_iv(1.0, -1, 3), "at_low_bits": {"bits": 2, **_iv(1, -1, 12)}, "attack_strength": CONV},
               "C5": {**_iv(1.0, 0, 2), "bits": 2, "by_bits": {"2": _iv(1, 0, 2)}, "mean_drop": _iv(1, 0, 2)},
-              "C6": {**_iv(0.2, 0.15, 0.25), "cosine": _iv(0.1, 0.05, 0.15), "cosine_null": _iv(0, 0, 0), "hog": _iv(0.9, 0.85, 0.95)},
+              "C6": {**_iv(0.2, 0.15, 0.25), "cosine": _iv(0.1, 0.05, 0.15), "cosine_null": _iv(0, 0, 0),
+                     "hog": _iv(0.9, 0.85, 0.95)},
               "C7": {"increase": {k: _iv(5, 3, 7) for k in "AB"}, "attack_strength": CONV}}
     out = scorecard_record(claims, "t", "abc")["claims"]
     assert set(out) == set(CLAIMS)
@@ -325,3 +338,21 @@ def test_every_claim_in_the_record_has_reading_metric_and_reason():
     assert out["C1"]["reading"] == "p" and out["C2"]["reading"].startswith("per-image patch")
     assert "8x8" in out["C3"]["reason"] and "straddles" in out["C4"]["reason"]
     assert set(scorecard(claims).verdict) <= {"reproduced", "partly", "not reproduced", "inconclusive"}
+
+
+def test_every_claim_gets_a_plain_answer_computed_from_its_rule():
+    from qadtr_core.scorecard import QUESTIONS, answer, judge
+
+    assert set(QUESTIONS) == set(CLAIMS) and answer("C1", None).startswith("Not measured yet")
+    by = {str(b): _iv(1.0, 0.5, 1.5) for b in (8, 2)}
+    c3 = {**_iv(1.0, -1, 3), "by_bits": by, "worst_case": _iv(1, 0, 2), "attack_strength": [_unconverged("8x8").record()]}
+    text = answer("C3", c3)
+    assert text.startswith("Not decided at this budget: we measured " + judge("C3", c3)[0])
+    assert "the paper reports up to 25 points" in text and "Why: not converged: 8x8" in text
+    c5 = {**_iv(1.0, 0, 2), "bits": 2, "by_bits": {"2": _iv(1, 0, 2)}, "mean_drop": _iv(1, 0, 2)}
+    assert judge("C5", c5)[1] == "reproduced" and answer("C5", c5).startswith("Yes, as the paper says")
+    assert "Why:" not in answer("C5", c5)
+    row = scorecard({"C3": c3}).set_index("claim").loc["C3"]
+    assert row["answer"] == text and row["question"] == QUESTIONS["C3"]
+    entry = scorecard_record({"C3": c3}, "t", "abc")["claims"]["C3"]
+    assert entry["answer"] == text and entry["attack_strength"][0]["converged"] is False
