@@ -47,7 +47,8 @@ def main() -> None:
     print("| strategy | s / step | time vs QAT | peak MB | memory vs QAT |")
     print("|---|---|---|---|---|")
     for name, r in out.items():
-        print(f"| {name} | {r['seconds_per_step']:.2f} | {r['time_ratio']:.2f} | {r['peak_mb']:.0f} | {r['memory_ratio']:.2f} |")
+        print(f"| {name} | {r['seconds_per_step']:.2f} | {r['time_ratio']:.2f} | {r['peak_mb']:.0f} "
+              f"| {r['memory_ratio']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,14 @@ import time
 
 import torch
 
-from qadtr_core.attacks import ImagePatchConfig, PGDConfig, UniversalPatchAttack, UniversalPatchConfig, image_patch_attack, pgd_attack
+from qadtr_core.attacks import (
+    ImagePatchConfig,
+    PGDConfig,
+    UniversalPatchAttack,
+    UniversalPatchConfig,
+    image_patch_attack,
+    pgd_attack,
+)
 from qadtr_core.data import Cifar10
 from qadtr_core.models import build_model
 from qadtr_core.quant import prepare_bits, set_bits
@@ -32,10 +39,13 @@ def main() -> None:
     dev = args.device
     g = torch.Generator().manual_seed(0)
     n = args.n_train
-    data = Cifar10(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g),
-                   torch.randint(0, 256, (500, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (500,), generator=g),
+    data = Cifar10(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                   torch.randint(0, 10, (n,), generator=g),
+                   torch.randint(0, 256, (500, 3, 32, 32), dtype=torch.uint8, generator=g),
+                   torch.randint(0, 10, (500,), generator=g),
                    source="synthetic")
-    print(f"{args.arch} on {dev} ({torch.cuda.get_device_name() if dev.startswith('cuda') else 'cpu'}), torch {torch.__version__}")
+    print(f"{args.arch} on {dev} ({torch.cuda.get_device_name() if dev.startswith('cuda') else 'cpu'}), "
+          f"torch {torch.__version__}")
     for bits in (32, 2):
         torch.manual_seed(0)
         model = build_model(args.arch).to(dev)

@@ -45,8 +45,9 @@ def art_seconds(model, x, y, cfg: UniversalPatchConfig, steps: int) -> tuple[flo
     clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=10,
                             clip_values=(0.0, 1.0), device_type="cpu")
     scale = cfg.size / x.shape[-1]  # ART scales a patch relative to the image edge
-    ap = AdversarialPatchPyTorch(clf, rotation_max=cfg.max_angle, scale_min=scale, scale_max=scale, learning_rate=cfg.step_size,
-                                 max_iter=steps, batch_size=len(x), patch_shape=(3, cfg.size, cfg.size), patch_type="square",
+    ap = AdversarialPatchPyTorch(clf, rotation_max=cfg.max_angle, scale_min=scale, scale_max=scale,
+                                 learning_rate=cfg.step_size, max_iter=steps, batch_size=len(x),
+                                 patch_shape=(3, cfg.size, cfg.size), patch_type="square",
                                  optimizer="Adam", targeted=cfg.target is not None, verbose=False)
     target = np.full(len(x), cfg.target if cfg.target is not None else 0)
     onehot = np.eye(10, dtype=np.float32)[target if cfg.target is not None else y.numpy()]
@@ -73,7 +74,8 @@ def main() -> None:
     print(f"ours:                          {1000 * ours:7.1f} ms/step  {1 / ours:6.2f} steps/s  {ours / floor:.2f}x the floor")
     try:
         art, _ = art_seconds(model, x, y, cfg, max(2, args.steps // 2))
-        print(f"ART AdversarialPatchPyTorch:   {1000 * art:7.1f} ms/step  {1 / art:6.2f} steps/s  ours is {art / ours:.2f}x faster")
+        print(f"ART AdversarialPatchPyTorch:   {1000 * art:7.1f} ms/step  {1 / art:6.2f} steps/s  "
+              f"ours is {art / ours:.2f}x faster")
     except ImportError:
         print("ART is not installed (pip install adversarial-robustness-toolbox): comparison skipped")
         return

@@ -43,7 +43,8 @@ def main() -> None:
         for seed in args.seeds:
             cfg = TrainConfig(arch=args.arch, epochs=args.epochs, lr=0.2, bits=bits, batch_size=128, n_train=args.n_train,
                               seed=seed, profile="runtime-check")
-            for label, gpu_data, bf16 in (("fp32", False, False), ("fp32 gpu-data", True, False), ("bf16 gpu-data", True, True)):
+            for label, gpu_data, bf16 in (("fp32", False, False), ("fp32 gpu-data", True, False),
+                                          ("bf16 gpu-data", True, True)):
                 with tempfile.TemporaryDirectory() as root:
                     os.environ["QADTR_ARTIFACTS"] = root
                     t0 = time.perf_counter()

@@ -17,8 +17,8 @@ import logging
 import os
 import platform
 import tempfile
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch

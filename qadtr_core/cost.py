@@ -100,7 +100,8 @@ def training_cost(configs: dict[str, TrainConfig], reference: str, steps: int = 
     if reference not in configs:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(configs)}")
     threads = threads or torch.get_num_threads()
-    measure = (lambda cfg: _measure(cfg, steps, device)) if device.startswith("cuda") else (lambda cfg: _child(cfg, steps, threads))
+    measure = ((lambda cfg: _measure(cfg, steps, device)) if device.startswith("cuda")
+               else (lambda cfg: _child(cfg, steps, threads)))
     raw = {name: measure(cfg) for name, cfg in configs.items()}
     ref = raw[reference]
     out = {}

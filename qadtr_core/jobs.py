@@ -133,7 +133,8 @@ def chapter_configs(chapter: str, profile: Profile, seed: int = 0) -> list[Train
         if what == "dwq":  # the transferability chapter's DWQ reading of C2 (the defenses chapter's model)
             from .defenses.recipes import dwq_config
 
-            out += [dwq_config(profile, (FULL_PRECISION, *params.get("qat_bits", [8, 5, 4, 2])), seed)] if params.get(param) else []
+            out += ([dwq_config(profile, (FULL_PRECISION, *params.get("qat_bits", [8, 5, 4, 2])), seed)]
+                    if params.get(param) else [])
             continue
         if what == "certified":  # chapter 09: every width's masking-fine-tuned base model, and the multi-width one
             from .zoo import masked_config, masked_multiwidth_config
@@ -480,7 +481,8 @@ def _attack_seconds(chapter: str, profile: Profile, params: Mapping[str, Any]) -
     if chapter == "01_transferability":
         sources = 1 + len(params.get("qat_bits", ()))
         return ((2 * sources + 1) * universal  # two patch sizes per source, plus the convergence curve on FP
-                + sources * est.image_patch_seconds(a, profile.n_attack, profile.image_patch_steps, profile.image_patch_restarts)
+                + sources * est.image_patch_seconds(a, profile.n_attack, profile.image_patch_steps,
+                                                    profile.image_patch_restarts)
                 + sources * est.pgd_seconds(a, profile.n_attack))
     if chapter in ("02_defenses", "03_ablations"):
         from .defenses.recipes import ablation_configs, defense_configs

@@ -56,7 +56,8 @@ def untargeted_asr(clean_pred: torch.Tensor, adv_pred: torch.Tensor, y: torch.Te
 def targeted_asr(adv_pred: torch.Tensor, y: torch.Tensor, target: int) -> Rate:
     """Among images whose label is not ``target``, the share classified as ``target`` when attacked."""
     keep = y != target
-    return Rate(int((adv_pred[keep] == target).sum()), int(keep.sum()), f"targeted ASR (target {target}) over non-target images")
+    return Rate(int((adv_pred[keep] == target).sum()), int(keep.sum()),
+                f"targeted ASR (target {target}) over non-target images")
 
 
 def robust_accuracy(clean_pred: torch.Tensor, adv_pred: torch.Tensor, y: torch.Tensor) -> Rate:

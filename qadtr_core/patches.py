@@ -103,7 +103,8 @@ def random_placement(
     scales = lo + torch.rand(n, generator=generator) * (hi - lo)
     ext = _extent(size, angles, scales)
     if (ext > image_size).any():
-        raise ValueError(f"a {size} px patch scaled up to {hi} and rotated by {max_angle} deg does not fit a {image_size} px image")
+        raise ValueError(f"a {size} px patch scaled up to {hi} and rotated by {max_angle} deg "
+                         f"does not fit a {image_size} px image")
     tries = 64
     span = (image_size - ext + 1).float()[:, None]
     # Bounding-box corners; the patch's own top-left is centred inside the box below.
@@ -186,7 +187,8 @@ def apply_patch(images: torch.Tensor, patch: torch.Tensor, mask: torch.Tensor, p
     theta = torch.stack([torch.stack([cos, sin, cx - cos * ucx - sin * ucy], 1),
                          torch.stack([-sin, cos, cy + sin * ucx - cos * ucy], 1)], 1)
     grid = F.affine_grid(theta, (n, c + 1, h, w), align_corners=False)
-    warped = F.grid_sample(torch.cat([canvas_p, canvas_m], 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped = F.grid_sample(torch.cat([canvas_p, canvas_m], 1), grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
     p, m = warped[:, :c], warped[:, c:]
     return images * (1 - m) + p * m
 

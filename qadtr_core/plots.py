@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.container import BarContainer
-import torch
 import numpy as np
 import pandas as pd
 import seaborn as sns
-
+import torch
+from matplotlib.container import BarContainer
 
 from .utils import bit_label  # noqa: F401  (re-exported: the notebooks label their axes with it)
 
@@ -41,8 +40,9 @@ def accuracy_by_bits(table: pd.DataFrame, title: str) -> plt.Figure:
                         x = bar.get_x() + bar.get_width() / 2
                         lo, hi = r["accuracy"] - r["ci_low"], r["ci_high"] - r["accuracy"]
                         if min(lo, hi) < -1e-6:
-                            raise ValueError(f"interval [{r['ci_low']}, {r['ci_high']}] of {method} {label} does not hold its "
-                                             f"accuracy {r['accuracy']}: give accuracy and interval in the same units (shares)")
+                            raise ValueError(f"interval [{r['ci_low']}, {r['ci_high']}] of {method} {label} "
+                                             f"does not hold its accuracy {r['accuracy']}: give accuracy and interval "
+                                             "in the same units (shares)")
                         ax.errorbar(x, 100 * r["accuracy"], yerr=[[100 * max(lo, 0)], [100 * max(hi, 0)]], color="black",
                                     lw=0.8, capsize=2)  # max: rounding when the rate sits on its bound (0 or 1)
         if df["method"].nunique() <= 4:  # more bars than that and the labels overlap
@@ -155,7 +155,8 @@ def map_grid(maps: dict[str, dict[str, torch.Tensor]], title: str, image: torch.
     rows = list(maps)
     cols = list(next(iter(maps.values())))
     extra = image is not None
-    fig, axes = plt.subplots(len(rows), len(cols) + extra, figsize=(1.7 * (len(cols) + extra), 1.7 * len(rows) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(cols) + extra, figsize=(1.7 * (len(cols) + extra), 1.7 * len(rows) + 0.5),
+                             squeeze=False)
     for i, r in enumerate(rows):
         if extra:
             axes[i, 0].imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
@@ -163,7 +164,8 @@ def map_grid(maps: dict[str, dict[str, torch.Tensor]], title: str, image: torch.
         for j, c in enumerate(cols):
             m = maps[r][c]
             ax = axes[i, j + extra]
-            ax.imshow((m / m.max().clamp_min(1e-12)).detach().cpu().numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow((m / m.max().clamp_min(1e-12)).detach().cpu().numpy(), cmap="magma", vmin=0, vmax=1,
+                      interpolation="nearest")
             if i == 0:
                 ax.set_title(c, fontsize=8)
             if j + extra == 0:
@@ -266,7 +268,8 @@ def certified_brackets(table: pd.DataFrame, title: str) -> plt.Figure:
     """The bracket certified <= true robust <= attacked robust accuracy (%) per bit-width, one panel per patch
     size, one colour per model: a bar from the certified accuracy (lower bound, ``v``) to the robust
     accuracy under attack (upper bound, ``^``), each with its Wilson 95 % interval beside the bar (the
-    certified one left, the attacked one right), and the double-masking clean accuracy (the ceiling, ``_``). ``table`` is :attr:`qadtr_core.certified_study.CertifiedTable.table`."""
+    certified one left, the attacked one right), and the double-masking clean accuracy (the ceiling, ``_``).
+    ``table`` is :attr:`qadtr_core.certified_study.CertifiedTable.table`."""
     from matplotlib.lines import Line2D
 
     sizes = sorted(table["patch"].unique())

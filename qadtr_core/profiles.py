@@ -175,7 +175,8 @@ PROFILES: dict[str, Profile] = {
         fp_epochs=200,         # TriQDef: 200 epochs on CIFAR-10 (paper.md 3.2)
         qat_epochs=30,         # reconstruction: QAT fine-tuning length is not stated (TriQDef fine-tunes new bits, no count)
         batch_size=128,        # TriQDef: batch 128 (paper.md 3.2)
-        fp_lr=0.1,             # TriQDef: SGD, initial lr 0.1 (their decay is x0.1 at 50 % and 75 %; ours one-cycle, a definition kept from quick)
+        fp_lr=0.1,             # TriQDef: SGD, initial lr 0.1 (their decay is x0.1 at 50 % and 75 %; ours one-cycle,
+                               # a definition kept from quick)
         qat_lr=0.01,           # reconstruction: 0.1 x the from-scratch rate, as is usual for fine-tuning
         n_eval=1000,           # protocol.md: the first 1,000 test images (pixel-exact in the local copy)
         n_calib=512,           # reconstruction (PTQ contrast only)

@@ -78,7 +78,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_bits(self.bits)
         if self.epochs < 1 or self.batch_size < 1 or self.n_train < 1:
-            raise ValueError(f"epochs, batch_size and n_train must be positive, got {self.epochs}, {self.batch_size}, {self.n_train}")
+            raise ValueError(f"epochs, batch_size and n_train must be positive, "
+                             f"got {self.epochs}, {self.batch_size}, {self.n_train}")
         if self.schedule not in ("onecycle", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; allowed: 'onecycle', 'cosine'")
 
@@ -248,7 +249,8 @@ register_strategy("standard", lambda c: standard_loss(c.label_smoothing))
 register_strategy("multiwidth", lambda c: multiwidth_loss(c.strategy_params or MultiWidthConfig(), c.label_smoothing))
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def _optimizer(model: nn.Module, cfg: TrainConfig,
+               steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     decay = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     ids = {id(p) for p in decay}
     rest = [p for p in model.parameters() if id(p) not in ids]

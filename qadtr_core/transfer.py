@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-
-import numpy as np
 
 from .artifacts import cached_tensors
 from .attacks.image_patch import ImagePatchConfig, ImagePatches, image_patch_attack
@@ -184,7 +183,8 @@ def transfer_outcomes(adversarial: Mapping[str, torch.Tensor], targets: Mapping[
     out = {}
     for src, adv in adversarial.items():
         if adv.shape != images.shape:
-            raise ValueError(f"adversarial images of source {src!r} have shape {tuple(adv.shape)}, expected {tuple(images.shape)}")
+            raise ValueError(f"adversarial images of source {src!r} have shape {tuple(adv.shape)}, "
+                             f"expected {tuple(images.shape)}")
         for tgt, (model, b) in targets.items():
             out[(src, tgt)] = attack_outcomes(model, b, adv, images, labels, target_class, clean[tgt])
     return out

@@ -16,8 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import (CorruptArtifact, artifact_dir, cache_version, file_lock, load_tensors, provenance, read_json,
-                        save_tensors, write_json)
+from .artifacts import (
+    CorruptArtifact,
+    artifact_dir,
+    cache_version,
+    file_lock,
+    load_tensors,
+    provenance,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from .certify import MaskedMultiWidthConfig, MaskedTrainingConfig
 from .data import Cifar10, load_cifar10, to_float
 from .models import build_model
@@ -51,7 +60,8 @@ def qat_config(profile: Profile, bits: int, seed: int = 0) -> TrainConfig:
     parent = fp_config(profile, seed)
     if bits == FULL_PRECISION:
         return parent
-    return dataclasses.replace(parent, bits=bits, epochs=profile.qat_epochs_for(bits), lr=profile.qat_lr, schedule="cosine", init=parent)
+    return dataclasses.replace(parent, bits=bits, epochs=profile.qat_epochs_for(bits), lr=profile.qat_lr, schedule="cosine",
+                               init=parent)
 
 
 def multiwidth_shares(profile: Profile, bit_set: tuple[int, ...]) -> tuple[int, ...]:
@@ -183,7 +193,8 @@ def _train_model(config: TrainConfig, d, data: Cifar10 | None, loss_fn: BatchLos
     start = copy.deepcopy(model) if config.init is not None and config.strategy not in ("standard", "multiwidth") else None
     t0 = time.perf_counter()
 
-    train_data = dataclasses.replace(data, x_train=data.x_train.to(device), y_train=data.y_train.to(device)) if gpu_data else data
+    train_data = (dataclasses.replace(data, x_train=data.x_train.to(device), y_train=data.y_train.to(device)) if gpu_data
+                  else data)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         history = train(model, train_data, config, checkpoint=d / "train_state.pt",
                         loss_fn=loss_fn or strategy_loss(config), progress=progress)

@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from qadtr_core.analysis.alignment import (
-    cosine, edge_iou, edge_map, hog, hog_cosine, input_gradients, pairwise_alignment, summarize,
+    cosine,
+    edge_iou,
+    edge_map,
+    hog,
+    hog_cosine,
+    input_gradients,
+    pairwise_alignment,
+    summarize,
 )
 from qadtr_core.models import build_model
 from qadtr_core.quant import prepare_bits

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from qadtr_core import artifacts, zoo
-from qadtr_core.artifacts import CorruptArtifact, artifact_key, atomic_write_bytes, config_hash, load_tensors, read_json, save_tensors, write_json
+from qadtr_core.artifacts import (
+    CorruptArtifact,
+    artifact_key,
+    atomic_write_bytes,
+    config_hash,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from qadtr_core.profiles import get_profile
 from qadtr_core.testing import synthetic_cifar
 from qadtr_core.train import TrainConfig

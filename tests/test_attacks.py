@@ -4,12 +4,18 @@ import torch
 import torch.nn.functional as F
 
 from qadtr_core.attacks import (
-    ImagePatchConfig, PGDConfig, UniversalPatchAttack, UniversalPatchConfig, image_patch_attack, patch_loss, pgd_attack,
+    ImagePatchConfig,
+    PGDConfig,
+    UniversalPatchAttack,
+    UniversalPatchConfig,
+    image_patch_attack,
+    patch_loss,
+    pgd_attack,
     universal_patch,
 )
 from qadtr_core.metrics import Rate, clean_accuracy, targeted_asr, untargeted_asr
 from qadtr_core.models import build_model
-from qadtr_core.patches import central_box, make_mask, random_placement
+from qadtr_core.patches import make_mask, random_placement
 from qadtr_core.quant import prepare_bits
 from qadtr_core.testing import ChannelMeanModel
 from qadtr_core.transfer import add_relative, asr_matrix, patched_versions, transfer_table
@@ -56,7 +62,8 @@ def test_n_plus_n_steps_equal_2n_and_seeded_runs_repeat():
     resumed.load_state_dict(first.state_dict())
     assert torch.equal(resumed.run(3), full)
     assert torch.equal(UniversalPatchAttack([(ChannelMeanModel(), 32)], x, y, cfg).run(), full)
-    other = UniversalPatchAttack([(ChannelMeanModel(), 32)], x, y, UniversalPatchConfig(target=0, steps=6, batch_size=8, seed=1)).run()
+    other = UniversalPatchAttack([(ChannelMeanModel(), 32)], x, y,
+                                 UniversalPatchConfig(target=0, steps=6, batch_size=8, seed=1)).run()
     assert not torch.equal(other, full)
 
 

@@ -13,10 +13,21 @@ from torch import nn
 from qadtr_core import zoo
 from qadtr_core.artifacts import read_json
 from qadtr_core.certified_study import (
-    RATES, CertifiedStudyConfig, certified_cell, certified_entries, certified_models, certified_table, reader_table,
+    RATES,
+    CertifiedStudyConfig,
+    certified_cell,
+    certified_entries,
+    certified_models,
+    certified_table,
+    reader_table,
 )
 from qadtr_core.certify import (
-    CertifyConfig, MaskedMultiWidthConfig, MaskedTrainingConfig, certify, mask_set, masked_loss,
+    CertifyConfig,
+    MaskedMultiWidthConfig,
+    MaskedTrainingConfig,
+    certify,
+    mask_set,
+    masked_loss,
 )
 from qadtr_core.models import build_model
 from qadtr_core.plots import certified_brackets
@@ -165,7 +176,8 @@ def test_a_masked_config_trains_in_a_fresh_process(tmp_path):
         "from qadtr_core.profiles import get_profile\n"
         "from qadtr_core.testing import synthetic_cifar\n"
         "from qadtr_core.zoo import get_or_train, masked_config\n"
-        "P = dataclasses.replace(get_profile('smoke'), name='test', n_train=32, fp_epochs=1, batch_size=32, certify_epochs=1)\n"
+        "P = dataclasses.replace(get_profile('smoke'), name='test', n_train=32, fp_epochs=1, batch_size=32, "
+        "certify_epochs=1)\n"
         "tm = get_or_train(masked_config(P, 32), synthetic_cifar(32, 8), progress=False, device='cpu')\n"
         "print(tm.record['config'].strategy)\n")
     env = {"QADTR_ARTIFACTS": str(tmp_path), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
@@ -212,7 +224,8 @@ def test_the_table_is_a_direct_certify_call_plus_attacks_within_the_bracket():
         assert (cell.robust <= cell.result.masked_correct).all() and (cell.result.certified <= cell.robust).all()
         assert row["certified"] <= row["attacked_robust"] <= row["masked_clean"]
         ci = wilson(int(cell.robust.sum()), len(x))
-        assert (row["attacked_robust"], row["attacked_robust_ci_low"], row["attacked_robust_ci_high"]) == (ci.value, ci.low, ci.high)
+        assert ((row["attacked_robust"], row["attacked_robust_ci_low"], row["attacked_robust_ci_high"])
+                == (ci.value, ci.low, ci.high))
         # only the images double masking gets right without a certificate are attacked
         assert torch.equal(cell.attacked, cell.result.masked_correct & ~cell.result.certified)
         assert not ((cell.broken_image_patch | cell.broken_random_search) & ~cell.attacked).any()

@@ -7,8 +7,16 @@ from torch import nn
 
 from qadtr_core.attacks import ImagePatchConfig, RandomSearchConfig, image_patch_attack, random_search_patch
 from qadtr_core.certify import (
-    CertifyConfig, MaskSet, apply_masks, certify, covers, double_masking_classifier, double_masking_predict, mask_set,
-    random_mask_augment, uncovered,
+    CertifyConfig,
+    MaskSet,
+    apply_masks,
+    certify,
+    covers,
+    double_masking_classifier,
+    double_masking_predict,
+    mask_set,
+    random_mask_augment,
+    uncovered,
 )
 from qadtr_core.models import build_model
 from qadtr_core.quant import get_bits, prepare_bits, set_bits

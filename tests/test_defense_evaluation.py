@@ -15,7 +15,15 @@ from qadtr_core.defenses.recipes import MULTIWIDTH, UNDEFENDED, defense_configs
 from qadtr_core.patches import central_box, make_mask
 from qadtr_core.profiles import get_profile
 from qadtr_core.robustness import (
-    _InBox, aqapa_table, asr_table, attack_config, clean_table, collapse_table, collapsed_cells, craft, evaluate_threats,
+    _InBox,
+    aqapa_table,
+    asr_table,
+    attack_config,
+    clean_table,
+    collapse_table,
+    collapsed_cells,
+    craft,
+    evaluate_threats,
     starts_of,
 )
 from qadtr_core.scorecard import verdict_c3, verdict_c4
@@ -255,7 +263,8 @@ def test_defense_entries_and_the_merged_result_file(tmp_path):
     spec = {(d, b, th): k for d in ("multi", "QADT-R") for b in (32, 2) for th, k in (("8x8 square", 60), ("4x4 square", 30))}
     table = asr_table(_pi(spec), {"multi": NO_PATCHES, "QADT-R": NO_PATCHES}, collapsed=collapsed_cells(models))
     clean = clean_table(pd.concat([pd.DataFrame({"defense": d, "bits": b, "image": np.arange(10),
-                                                 "correct": np.arange(10) < 8}) for d in ("multi", "QADT-R") for b in (32, 2)]))
+                                                 "correct": np.arange(10) < 8})
+                                   for d in ("multi", "QADT-R") for b in (32, 2)]))
     budget = pd.DataFrame([{"defense": "multi", "steps at 32 b": 10, "steps at 2 b": 40},
                            {"defense": "QADT-R", "steps at 32 b": 20, "steps at 2 b": 20}])
     entries = defense_entries(table, clean, budget, models, {"multi": None, "QADT-R": "multi"}, collapsed_cells(models),

@@ -9,7 +9,16 @@ import torch
 from qadtr_core import zoo
 from qadtr_core.artifacts import load_tensors, save_tensors
 from qadtr_core.defenses import (
-    DWQ, PBAT, DWQConfig, PBATConfig, QADTR, QADTRConfig, RandomPrecision, dwq_loss, gir_penalty, pbat_loss, strategy_loss,
+    DWQ,
+    PBAT,
+    QADTR,
+    DWQConfig,
+    PBATConfig,
+    QADTRConfig,
+    RandomPrecision,
+    dwq_loss,
+    gir_penalty,
+    strategy_loss,
 )
 from qadtr_core.defenses.dwq import draw_bits
 from qadtr_core.defenses.qadtr import input_gradient

@@ -8,8 +8,7 @@ import torch
 
 from qadtr_core import cli, models_bundle, zoo
 from qadtr_core.bundle import BundleError, import_bundle
-from qadtr_core.models_bundle import (compact_state, ensure_models, export_models, import_models, restore_state,
-                                      stale_reason)
+from qadtr_core.models_bundle import compact_state, ensure_models, export_models, import_models, restore_state, stale_reason
 from qadtr_core.testing import synthetic_cifar
 from qadtr_core.train import TrainConfig
 

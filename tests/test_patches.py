@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from qadtr_core.patches import (
-    Placement, apply_patch, area_share, bounding_mask, central_box, fixed_placement, make_mask, random_placement,
+    Placement,
+    apply_patch,
+    area_share,
+    bounding_mask,
+    central_box,
+    fixed_placement,
+    make_mask,
+    random_placement,
 )
 
 

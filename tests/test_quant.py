@@ -3,11 +3,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qadtr_core.quant import (
-    QuantAct, QuantConv2d, SwitchBatchNorm2d, act_range, bits, check_bits, fake_quant, get_bits, mse_step,
-    prepare_bits, set_bits, weight_range,
-)
 from qadtr_core.models import build_model
+from qadtr_core.quant import (
+    QuantAct,
+    QuantConv2d,
+    SwitchBatchNorm2d,
+    act_range,
+    bits,
+    check_bits,
+    fake_quant,
+    get_bits,
+    mse_step,
+    prepare_bits,
+    set_bits,
+    weight_range,
+)
 
 
 @pytest.mark.parametrize("bad", [0, 1, 9, 16, 33, -4, 4.0, "4", True, None])

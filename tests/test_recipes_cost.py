@@ -5,7 +5,14 @@ import pytest
 
 from qadtr_core.cost import training_cost
 from qadtr_core.defenses.recipes import (
-    ABLATIONS, ablation_configs, budget_table, defense_configs, dwq_config, pbat_config, qadtr_config, steps_per_width,
+    ABLATIONS,
+    ablation_configs,
+    budget_table,
+    defense_configs,
+    dwq_config,
+    pbat_config,
+    qadtr_config,
+    steps_per_width,
     surrogate_config,
 )
 from qadtr_core.jobs import chapter_configs

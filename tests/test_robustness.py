@@ -12,7 +12,15 @@ from qadtr_core.defenses import PBATConfig, QADTRConfig
 from qadtr_core.models import build_model
 from qadtr_core.quant import prepare_bits, set_bits
 from qadtr_core.robustness import (
-    BitEnsemble, Ensemble, Evaluation, asr_table, attack_config, clean_outcomes, clean_table, evaluate_threats, summary,
+    BitEnsemble,
+    Ensemble,
+    Evaluation,
+    asr_table,
+    attack_config,
+    clean_outcomes,
+    clean_table,
+    evaluate_threats,
+    summary,
 )
 from qadtr_core.scorecard import verdict_c3
 from qadtr_core.testing import synthetic_cifar

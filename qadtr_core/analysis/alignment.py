@@ -98,7 +98,8 @@ def hog(m: torch.Tensor, cell: int = 4, bins: int = 9) -> torch.Tensor:
     return cells.flatten(1)
 
 
-def hog_cosine(g1: torch.Tensor, g2: torch.Tensor, region: torch.Tensor | None = None, cell: int = 4, bins: int = 9) -> torch.Tensor:
+def hog_cosine(g1: torch.Tensor, g2: torch.Tensor, region: torch.Tensor | None = None, cell: int = 4,
+               bins: int = 9) -> torch.Tensor:
     """Per-image cosine of the HOG descriptors of the two magnitude maps (optionally inside ``region``)."""
     m1, m2 = magnitude(g1), magnitude(g2)
     if region is not None:

@@ -51,7 +51,8 @@ def attribution_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, met
         elif method == "saliency":
             out = Saliency(model).attribute(x, target=target, abs=True).sum(1, keepdim=True)
         elif method == "integrated_gradients":
-            attr = IntegratedGradients(model).attribute(x, target=target, n_steps=ig_steps, internal_batch_size=internal_batch_size)
+            attr = IntegratedGradients(model).attribute(x, target=target, n_steps=ig_steps,
+                                                        internal_batch_size=internal_batch_size)
             out = attr.clamp_min(0).sum(1, keepdim=True)
         elif method == "gradcam":
             cam = LayerGradCam(model, layer or last_block(model)).attribute(x, target=target)

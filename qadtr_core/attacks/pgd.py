@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from captum.robust import PGD
 from torch import nn
+
 from ..utils import eval_mode
 
 

@@ -16,14 +16,12 @@ twice the steps of the previous one, which is exactly what the convergence rule 
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..metrics import check_target

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..patches import Box, central_box
-from ..quant import get_bits
 from ..threats import PatchDistribution
 from ..train import TrainConfig, register_strategy
 from ..utils import stream_seed

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..patches import Box, central_box
-from ..quant import FULL_PRECISION, bits as at_bits, set_bits
+from ..quant import FULL_PRECISION, set_bits
+from ..quant import bits as at_bits
 from ..threats import PatchDistribution
 from ..train import check_bit_set, draw_bits, register_strategy
 from ..utils import eval_mode, seeded_generator, stream_seed

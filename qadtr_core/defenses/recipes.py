@@ -160,7 +160,7 @@ def budget_table(configs: Mapping[str, Mapping[int, TrainConfig]],
                "inner steps": inner, "inner attack": kind, "batch": distinct[0].batch_size}
         if models is not None:
             hashes = {}
-            for b, tm in models[name].items():
+            for _b, tm in models[name].items():
                 hashes[tm.record["config_hash"]] = tm.record.get("train_seconds", float("nan"))
             row["train seconds"] = sum(hashes.values())
         rows.append(row)
@@ -180,7 +180,7 @@ def fidelity_table(models: Mapping[str, Mapping[int, TrainedModel]]) -> pd.DataF
         for b, tm in per_bits.items():
             if _inner(tm.config)[0]:
                 seen.setdefault(tm.record["config_hash"], []).append(b)
-        for h, bs in seen.items():
+        for _h, bs in seen.items():
             tm = per_bits[bs[0]]
             model = f"{bs[0]} b" if len(bs) == 1 else "shared"
             for e in tm.record.get("history", []):
