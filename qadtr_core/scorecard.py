@@ -240,6 +240,12 @@ def _not_defending(c: Mapping[str, Any]) -> str | None:
     return f"{', '.join(weak)} does not beat its undefended start on its own seen threat" if weak else None
 
 
+def _defense_claim_unreadable(c: Mapping[str, Any]) -> str | None:
+    """Why a claim that compares defenses cannot be read at all (an unconverged attack, or a defense that
+    does not beat its start), or None: the gate of C3 and C4."""
+    return _not_converged_reason(c) if not converged(c) else _not_defending(c)
+
+
 def _by_bits_corrected(c: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
     """C3's per-width intervals, Bonferroni-corrected for the number of widths (stored by
     :func:`qadtr_core.defense_claims.defense_claims`; widened from the 95 % ones for older entries)."""
@@ -267,10 +273,8 @@ def verdict_c3(c: Mapping[str, Any]) -> Ruling:
     def ruling(verdict: str, reason: str | None = None) -> Ruling:
         return Ruling(ours, verdict, reason, reading)
 
-    if not converged(c):
-        return ruling("inconclusive", _not_converged_reason(c))
-    if weak := _not_defending(c):
-        return ruling("inconclusive", weak)
+    if unreadable := _defense_claim_unreadable(c):
+        return ruling("inconclusive", unreadable)
     if c["ci_high"] < 2:
         return ruling("not reproduced")
     best_low = max(v["ci_low"] for v in _by_bits_corrected(c).values())
@@ -300,10 +304,8 @@ def verdict_c4(c: Mapping[str, Any]) -> Ruling:
     def ruling(verdict: str, reason: str | None = None) -> Ruling:
         return Ruling(ours, verdict, reason, reading)
 
-    if not converged(c):
-        return ruling("inconclusive", _not_converged_reason(c))
-    if weak := _not_defending(c):
-        return ruling("inconclusive", weak)
+    if unreadable := _defense_claim_unreadable(c):
+        return ruling("inconclusive", unreadable)
     own = c.get("pbat_gap")
     credited = own is None or own["ci_low"] > 0  # PBAT's own gap must be positive before a relative gap counts
     if credited and low["ci_low"] >= 10:

@@ -52,3 +52,28 @@ class RegionModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x[..., self.rows, self.cols])
+
+
+def colour_images(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` 3x12x12 images of one dominant colour of varying strength: red ones are class 0 and green-blue
+    ones class 1 for a mean-colour model, some by a wide margin, some by a hair (certification tests)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(n, 3, 12, 12, generator=g) * 0.2
+    strength = torch.linspace(0.05, 0.8, n // 2)
+    x[: n // 2, 0] += strength[:, None, None] + 0.2
+    x[n // 2 :, 1:] += (strength[:, None, None, None] / 2 + 0.1)
+    y = torch.cat([torch.zeros(n // 2, dtype=torch.long), torch.ones(n // 2, dtype=torch.long)])
+    return x.clamp(0, 1), y
+
+
+class TwoWidthToy(nn.Module):
+    """A two-width toy on the mean colour whose widths disagree: at 32 bits class 0 wins while red exceeds
+    green (``10 (r - g)``), at 2 bits while blue stays below 0.37 (``10 (0.37 - b)``). A patch crafted at
+    one width moves only that width's colours; only one crafted against both flips both."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, g, b = x.mean((2, 3)).unbind(1)
+        margin = 10 * (r - g) if getattr(self, "qadtr_bits", 32) == 32 else 10 * (0.37 - b)
+        out = torch.zeros(len(x), 10)
+        out[:, 0], out[:, 1] = margin / 2, -margin / 2
+        return out

@@ -34,7 +34,7 @@ from qadtr_core.plots import certified_brackets
 from qadtr_core.profiles import PROFILES, get_profile
 from qadtr_core.quant import get_bits, prepare_bits, set_bits
 from qadtr_core.stats import wilson
-from qadtr_core.testing import ChannelMeanModel, synthetic_cifar
+from qadtr_core.testing import ChannelMeanModel, colour_images, synthetic_cifar
 from qadtr_core.train import TrainConfig, registered_strategies, steps_by_width, strategy_loss, total_steps
 
 
@@ -49,6 +49,10 @@ class RecordingRegionModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.seen.append(x.detach().clone())
         return self.inner(x[..., :8, :8])
+
+
+CFG = CertifiedStudyConfig(patch_sizes=(2, 3), masks_per_side=3, rs_queries=40, image_patch_steps=10,
+                           image_patch_restarts=1)
 
 
 def _union_of(masked: torch.Tensor, masks: torch.Tensor, max_masks: int) -> bool:
@@ -186,25 +190,9 @@ def test_a_masked_config_trains_in_a_fresh_process(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "masked"
 
 
-def _colour_images(n: int = 32):
-    """3x12x12 images of one dominant colour of varying strength (as in test_certify): red ones are class 0
-    and green-blue ones class 1 for ChannelMeanModel, some by a wide margin, some by a hair."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(n, 3, 12, 12, generator=g) * 0.2
-    strength = torch.linspace(0.05, 0.8, n // 2)
-    x[: n // 2, 0] += strength[:, None, None] + 0.2
-    x[n // 2 :, 1:] += (strength[:, None, None, None] / 2 + 0.1)
-    y = torch.cat([torch.zeros(n // 2, dtype=torch.long), torch.ones(n // 2, dtype=torch.long)])
-    return x.clamp(0, 1), y
-
-
-CFG = CertifiedStudyConfig(patch_sizes=(2, 3), masks_per_side=3, rs_queries=40, image_patch_steps=10,
-                           image_patch_restarts=1)
-
-
 def test_the_table_is_a_direct_certify_call_plus_attacks_within_the_bracket():
     model = ChannelMeanModel()
-    x, y = _colour_images()
+    x, y = colour_images()
     study = certified_table({"colour": {32: model}}, x, y, CFG)
     t = study.table
     assert list(t.patch) == [2, 3] and set(t.model) == {"colour"} and (t.n == len(x)).all()
@@ -241,7 +229,7 @@ def test_the_table_is_a_direct_certify_call_plus_attacks_within_the_bracket():
 
 def test_a_certified_image_is_never_broken_by_either_attack_over_seeds():
     model = ChannelMeanModel()
-    x, y = _colour_images()
+    x, y = colour_images()
     for seed in range(3):
         cell = certified_cell(model, x, y, 3, dataclasses.replace(CFG, seed=seed))
         assert not (cell.result.certified & ~cell.robust).any()
@@ -281,7 +269,7 @@ def test_a_multiwidth_model_runs_at_each_width_and_gets_its_width_back():
 
 
 def test_entries_reader_table_and_figure():
-    x, y = _colour_images(16)
+    x, y = colour_images(16)
     t = certified_table({"a": {32: ChannelMeanModel()}, "b": {32: ChannelMeanModel(), 4: ChannelMeanModel()}}, x, y,
                         dataclasses.replace(CFG, rs_queries=4, image_patch_steps=2)).table
     entries = certified_entries(t)
@@ -317,7 +305,7 @@ def test_study_config_from_profile_and_errors():
                           (dict(masks_per_side=0), "masks_per_side"), (dict(fill=-1.0), "fill")]:
         with pytest.raises(ValueError, match=match):
             CertifiedStudyConfig(**kwargs)
-    x, y = _colour_images(4)
+    x, y = colour_images(4)
     with pytest.raises(ValueError, match="patch size 13 px must be from 1 to the image size 12 px"):
         certified_cell(ChannelMeanModel(), x, y, 13, CFG)
     with pytest.raises(ValueError, match="images must be square"):

@@ -21,7 +21,7 @@ from qadtr_core.certify import (
 from qadtr_core.models import build_model
 from qadtr_core.quant import get_bits, prepare_bits, set_bits
 from qadtr_core.stats import wilson
-from qadtr_core.testing import ChannelMeanModel
+from qadtr_core.testing import ChannelMeanModel, colour_images
 
 
 def _boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -296,21 +296,9 @@ def test_certify_runs_at_the_models_bit_width_and_matches_brute_force():
     assert torch.equal(double_masking_predict(model, x, ms), res.masked_pred)
 
 
-def _colour_images(n: int = 32):
-    """3x12x12 images of one dominant colour of varying strength: red ones are class 0 and green-blue
-    ones class 1 for the colour model, some by a wide margin, some by a hair."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(n, 3, 12, 12, generator=g) * 0.2
-    strength = torch.linspace(0.05, 0.8, n // 2)
-    x[: n // 2, 0] += strength[:, None, None] + 0.2
-    x[n // 2 :, 1:] += (strength[:, None, None, None] / 2 + 0.1)
-    y = torch.cat([torch.zeros(n // 2, dtype=torch.long), torch.ones(n // 2, dtype=torch.long)])
-    return x.clamp(0, 1), y
-
-
 def test_no_certified_image_is_ever_broken():
     model = ChannelMeanModel()
-    x, y = _colour_images()
+    x, y = colour_images()
     ms = mask_set(12, 3, 3)
     res = certify(model, x, y, ms, CertifyConfig(patch_size=3))
     cert = res.certified

@@ -28,7 +28,7 @@ from qadtr_core.robustness import (
 )
 from qadtr_core.scorecard import verdict_c3, verdict_c4
 from qadtr_core.tables import headline, show
-from qadtr_core.testing import RegionModel
+from qadtr_core.testing import RegionModel, TwoWidthToy
 from qadtr_core.threats import EOT_THREAT, NO_PATCHES, THREATS, PatchDistribution, Threat, own_seen_threat
 from qadtr_core.train import TrainConfig
 from qadtr_core.zoo import TrainedModel
@@ -136,18 +136,6 @@ def test_random_search_breaks_what_a_masked_gradient_hides(tmp_path, monkeypatch
 # ---------------------------------------------------------------- DWQ's random precision, attacked with EOT
 
 
-class _TwoWidths(nn.Module):
-    """Mean-colour toy whose widths disagree: at 32 bits class 0 while red exceeds green, at 2 bits while blue
-    stays below 0.37. An 8x8 patch can flip either width, but one crafted at one width leaves the other alone."""
-
-    def forward(self, x):
-        r, g, b = x.mean((2, 3)).unbind(1)
-        margin = 10 * (r - g) if getattr(self, "qadtr_bits", 32) == 32 else 10 * (0.37 - b)
-        out = torch.zeros(len(x), 10)
-        out[:, 0], out[:, 1] = margin / 2, -margin / 2
-        return out
-
-
 def test_random_precision_is_scored_per_draw_and_eot_breaks_every_width_it_draws(tmp_path, monkeypatch):
     from qadtr_core.robustness import _rp_predict
 
@@ -155,7 +143,7 @@ def test_random_precision_is_scored_per_draw_and_eot_breaks_every_width_it_draws
     x = torch.zeros(6, 3, 32, 32)
     x[:, 0], x[:, 1], x[:, 2] = 0.5, 0.45, 0.34
     y = torch.zeros(6, dtype=torch.long)
-    toy = _tm(_TwoWidths(), "toy")
+    toy = _tm(TwoWidthToy(), "toy")
     defenses = {"toy": {32: toy, 2: toy}}
     ev = evaluate_threats(defenses, x, y, threats=(SQUARE,), steps=30, progress=False, randomised={"toy": (32, 2)},
                           rp_draws=8)
@@ -169,7 +157,7 @@ def test_random_precision_is_scored_per_draw_and_eot_breaks_every_width_it_draws
     assert {b for _, b in draws} == {32, 2}
     assert all(((p == 0).all() if b == 2 else (p != 0).all()) for p, b in draws)
     with pytest.raises(ValueError, match="one shared model"):
-        evaluate_threats({"two": {32: toy, 2: _tm(_TwoWidths(), "other")}}, x, y, threats=(SQUARE,), steps=1,
+        evaluate_threats({"two": {32: toy, 2: _tm(TwoWidthToy(), "other")}}, x, y, threats=(SQUARE,), steps=1,
                          progress=False, randomised={"two": (32, 2)})
 
 

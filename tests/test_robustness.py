@@ -4,7 +4,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from qadtr_core.attacks.image_patch import image_patch_attack
 from qadtr_core.defense_claims import ablation_claim, attack_strength, common_unseen, convergence, defense_claims
@@ -23,7 +22,7 @@ from qadtr_core.robustness import (
     summary,
 )
 from qadtr_core.scorecard import verdict_c3
-from qadtr_core.testing import synthetic_cifar
+from qadtr_core.testing import TwoWidthToy, synthetic_cifar
 from qadtr_core.threats import NO_PATCHES, THREATS, WORST, PatchDistribution, Threat, distribution_of, seen_table
 from qadtr_core.train import TrainConfig
 from qadtr_core.zoo import TrainedModel
@@ -68,27 +67,14 @@ def test_seen_is_defined_per_defense_from_its_training_distribution():
         Threat("x", size=12)  # no 12 px box avoids the central 10x10 of a 32 px image
 
 
-class _Toy(nn.Module):
-    """A two-width toy on the mean colour whose widths disagree: at 32 bits class 0 wins while red exceeds
-    green (``10 (r - g)``), at 2 bits while blue stays below 0.37 (``10 (0.37 - b)``). A patch crafted at
-    one width moves only that width's colours; only one crafted against both flips both."""
-
-    def forward(self, x):
-        r, g, b = x.mean((2, 3)).unbind(1)
-        margin = 10 * (r - g) if getattr(self, "qadtr_bits", 32) == 32 else 10 * (0.37 - b)
-        out = torch.zeros(len(x), 10)
-        out[:, 0], out[:, 1] = margin / 2, -margin / 2
-        return out
-
-
 def test_the_adaptive_attack_beats_plain_transfer_on_a_known_weak_randomised_model():
     # Class-0 images (margin 0.5 at 32 bits, 0.7 at 2 bits); a 12x12 patch (14 % of the image) can flip
     # either width, but a patch crafted at 32 bits leaves blue at its random start: 2 bits stays right.
     x = torch.zeros(6, 3, 32, 32)
     x[:, 0], x[:, 1], x[:, 2] = 0.5, 0.45, 0.3
     y = torch.zeros(6, dtype=torch.long)
-    target = _Toy()
-    surrogate = set_bits(_Toy(), 32)  # honest: an independent model that equals the target at full precision
+    target = TwoWidthToy()
+    surrogate = set_bits(TwoWidthToy(), 32)  # honest: an independent model that equals the target at full precision
     cfg = attack_config(Threat("t", size=12, region="anywhere"), steps=30, restarts=1, seed=0)
     transfer = image_patch_attack(surrogate, x, y, cfg).apply(x)
     adaptive = image_patch_attack(Ensemble([(target, 32), (target, 2)]), x, y, cfg).apply(x)
