@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                         "book/results; figures into DIR/../_static), every chapter, cached or not")
     b.add_argument("--bundle", metavar="ARCHIVE", type=Path, default=None,
                    help="rewrite this models bundle after every model trained (e.g. bundle/quick-models.tar), so "
-                        "that a long CPU build can be committed model by model")
+                        "that a long CPU build can be committed model by model, and re-import it (a model fine-tuned from "
+                        "another starts from the bundle's weights)")
     b.add_argument("--dry-run", action="store_true", help="list the jobs to run, run nothing")
 
     s = sub.add_parser("status", help="what of a profile is cached, what is missing, estimated GPU cost")
@@ -99,10 +100,14 @@ def _build(args: argparse.Namespace) -> int:
     def done(r: dict) -> None:
         print(f"  done {r['label']} ({r['seconds']:.0f} s)", flush=True)
         if args.bundle is not None and r.get("ran") and graph[r["key"]].kind == "train":
-            from .models_bundle import export_models
+            from .models_bundle import export_models, import_models
 
             s = export_models(args.profile, args.bundle, args.seeds)
-            print(f"  {args.bundle}: {len(s['models'])} models, {s['bytes'] / 2**20:.1f} MiB", flush=True)
+            # The cache takes the bundle's compact weights back, so that a model fine-tuned from this one starts
+            # from exactly what a user of the bundle gets.
+            import_models(args.bundle)
+            print(f"  {args.bundle}: {len(s['models'])} models, {s['bytes'] / 2**20:.1f} MiB (cache re-imported)",
+                  flush=True)
 
     jobs.run_graph(graph, device=args.device, threads=threads, scheduler=args.scheduler, retries=args.retries,
                    workers=args.workers, book=args.book,

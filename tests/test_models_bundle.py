@@ -167,6 +167,13 @@ def test_a_build_rewrites_the_bundle_after_every_model(tmp_path, monkeypatch):
     assert cli.main(["build", "--profile", "smoke", "--device", "cpu", "--models-only",
                      "--bundle", str(tmp_path / "m.tar")]) == 0
     assert sorted(e.split("/")[1] for e in models_bundle.read_manifest(tmp_path / "m.tar")["entries"]) == sorted(graph)
+    # The cache holds the bundle's weights (float16-rounded), so a model fine-tuned from another starts from what
+    # a user of the bundle gets: a fresh import elsewhere gives the same tensors.
+    import_models(tmp_path / "m.tar", tmp_path / "fresh")
+    for key in graph:
+        cached = torch.load(root / "models" / key / "model.pt", weights_only=True)
+        fresh = torch.load(tmp_path / "fresh" / "models" / key / "model.pt", weights_only=True)
+        assert cached.keys() == fresh.keys() and all(torch.equal(cached[k], fresh[k]) for k in cached)
 
 
 def test_the_committed_bundle_is_current_small_and_intact(tmp_path):
