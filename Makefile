@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
-# The summary chapters run after every other chapter (as in qadtr_core.jobs.SUMMARY_CHAPTERS; 09 sorts after them).
+# The summary chapters run after every other chapter (as in qadtr_core.build.jobs.SUMMARY_CHAPTERS; 09 sorts after them).
 SUMMARY_NOTEBOOKS := notebooks/07_scorecard.ipynb notebooks/08_reproduce.ipynb
 NOTEBOOKS := $(filter-out $(SUMMARY_NOTEBOOKS),$(sort $(wildcard notebooks/*.ipynb))) $(SUMMARY_NOTEBOOKS)
 EXECUTED ?= book/results
@@ -33,7 +33,7 @@ export QADTR_DATA_DIR ?= $(CURDIR)/data
 .PHONY: venv book notebooks html test unit nbval book-smoke committed-book browser chromium bench clean lint export import \
 	models-bundle render-copy
 
-# The quick profile's trained models, shipped with the repository (qadtr_core.models_bundle): `make notebooks`
+# The quick profile's trained models, shipped with the repository (qadtr_core.build.models_bundle): `make notebooks`
 # (and so `make book`) imports it first when the cache lacks one of its models; `make models-bundle` rewrites it
 # from the cache (the models of the current configs only, weights in float16).
 MODELS_BUNDLE ?= bundle/quick-models.tar
@@ -50,20 +50,20 @@ venv: $(STAMP)
 
 notebooks: $(STAMP)
 	@mkdir -p $(EXECUTED)
-	@if [ -f $(MODELS_BUNDLE) ]; then $(PY) -m qadtr_core.cli import --missing-only --profile $(PROFILE) $(MODELS_BUNDLE); fi
-	@commit=$$($(PY) -m qadtr_core.bookconfig commit); \
+	@if [ -f $(MODELS_BUNDLE) ]; then $(PY) -m qadtr_core.build.cli import --missing-only --profile $(PROFILE) $(MODELS_BUNDLE); fi
+	@commit=$$($(PY) -m qadtr_core.build.bookconfig commit); \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb (profile $(PROFILE))"; \
 	  extra=(); case $$nb in *07_scorecard*) extra=(-p static_dir $(STATIC) -p scorecard_json $(abspath $(EXECUTED))/scorecard.json);; \
 	    *02_defenses*|*03_ablations*) extra=(-p defenses_json $(abspath $(EXECUTED))/defenses.json);; \
 	    *09_certified*) extra=(-p certified_json $(abspath $(EXECUTED))/certified.json);; esac; \
 	  $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb) -p profile $(PROFILE) "$${extra[@]}"; \
-	  $(PY) -m qadtr_core.bookconfig stamp --commit $$commit $(EXECUTED)/$$(basename $$nb); \
+	  $(PY) -m qadtr_core.build.bookconfig stamp --commit $$commit $(EXECUTED)/$$(basename $$nb); \
 	done
 
 # The book from the executed notebooks in book/results (committed ones in a fresh clone): nothing is executed.
 html: $(BOOK_DEPS)
-	$(BOOK_PY) -m qadtr_core.bookconfig $(EXECUTED) _build/_config.yml
+	$(BOOK_PY) -m qadtr_core.build.bookconfig $(EXECUTED) _build/_config.yml
 	$(JUPYTER_BOOK) build . --config _build/_config.yml --builder html -W -n --keep-going
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
@@ -87,7 +87,7 @@ book-smoke: $(STAMP)
 render-copy: $(STAMP)
 	@[ -n "$(DEST)" ] && [ -d "$(DEST)/book/results" ] || { echo "render-copy: DEST=$(DEST) has no book/results"; exit 2; }
 	cp _config.yml _toc.yml $(DEST)/ && cp book/*.md book/*.bib book/*.png $(DEST)/book/ && cp -r book/css $(DEST)/book/
-	cd $(DEST) && $(abspath $(PY)) -m qadtr_core.bookconfig book/results _build/_config.yml && \
+	cd $(DEST) && $(abspath $(PY)) -m qadtr_core.build.bookconfig book/results _build/_config.yml && \
 	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
 
 # The committed results (book/results, book/_static) rendered in a copy, as the publish workflow renders
@@ -100,7 +100,7 @@ committed-book: $(STAMP)
 	@if [ -n "$$(git ls-files 'book/results/*.ipynb')" ]; then \
 	  mkdir -p $(COMMITTED_BOOK)/book && \
 	  git archive HEAD book/results book/_static | tar -x -C $(COMMITTED_BOOK) && \
-	  $(PY) -m qadtr_core.bookconfig check $(COMMITTED_BOOK)/book/results && \
+	  $(PY) -m qadtr_core.build.bookconfig check $(COMMITTED_BOOK)/book/results && \
 	  $(MAKE) --no-print-directory render-copy DEST=$(COMMITTED_BOOK); \
 	else echo "no results committed under book/results: nothing to render"; fi
 
@@ -130,16 +130,16 @@ test: lint unit nbval book-smoke committed-book browser
 #   make export PROFILE=quick ARCHIVE=qadtr-quick.tar.gz   then, elsewhere,   make import ARCHIVE=qadtr-quick.tar.gz
 ARCHIVE ?= qadtr-$(PROFILE)-artifacts.tar.gz
 export: $(STAMP)
-	$(PY) -m qadtr_core.cli export --profile $(PROFILE) $(ARCHIVE)
+	$(PY) -m qadtr_core.build.cli export --profile $(PROFILE) $(ARCHIVE)
 
 import: $(STAMP)
-	$(PY) -m qadtr_core.cli import $(ARCHIVE)
+	$(PY) -m qadtr_core.build.cli import $(ARCHIVE)
 
 # Rewrite the committed models bundle from the cache, then re-import it, so that the chapters executed here
 # run on the float16-rounded weights a user of the bundle gets.
 models-bundle: $(STAMP)
-	$(PY) -m qadtr_core.cli export --profile quick --models-only --seeds $(BUNDLE_SEEDS) $(MODELS_BUNDLE)
-	$(PY) -m qadtr_core.cli import $(MODELS_BUNDLE)
+	$(PY) -m qadtr_core.build.cli export --profile quick --models-only --seeds $(BUNDLE_SEEDS) $(MODELS_BUNDLE)
+	$(PY) -m qadtr_core.build.cli import $(MODELS_BUNDLE)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

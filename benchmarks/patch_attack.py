@@ -87,10 +87,10 @@ def compare_asr(steps: int) -> None:
     """Targeted ASR of both patches after ``steps`` steps on the cached quick-profile FP model."""
     from qadtr_core.artifacts import artifact_dir
     from qadtr_core.data import load_cifar10, to_float
+    from qadtr_core.evaluation.transfer import evaluation_placement
     from qadtr_core.metrics import predict, targeted_asr
     from qadtr_core.patches import apply_patch, make_mask
     from qadtr_core.profiles import get_profile
-    from qadtr_core.transfer import evaluation_placement
     from qadtr_core.zoo import fp_config, get_or_train
 
     config = fp_config(get_profile("quick"))

@@ -160,8 +160,8 @@ def load_tensors(path: Path) -> Any:
 
 def git_commit() -> str:
     """The commit this library runs from: one definition for artifacts and the book's stamp
-    (:func:`qadtr_core.bookconfig.source_commit`, torch-free, which ignores the book's own outputs)."""
-    from .bookconfig import source_commit
+    (:func:`qadtr_core.build.bookconfig.source_commit`, torch-free, which ignores the book's own outputs)."""
+    from .build.bookconfig import source_commit
 
     return source_commit()
 

@@ -204,17 +204,22 @@ def defense_bars(summary: pd.DataFrame, title: str, label: str = "ASR (%)") -> p
     long.columns = ["defense", "kind", "bits", label]
     kinds = list(dict.fromkeys(long["kind"]))
     order = _bit_axis(long)
+    # one colour per defense in every panel (a panel without some defense, e.g. "seen" for a model without
+    # patch training, must not shift the colours of the others), and one legend for all panels, outside them
+    defenses = list(dict.fromkeys(long["defense"]))
+    colours = dict(zip(defenses, sns.color_palette("deep", len(defenses))))
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(1, len(kinds), figsize=(4.4 * len(kinds), 3.6), sharey=True, squeeze=False)
         for ax, kind in zip(axes[0], kinds):
             sns.barplot(long[long["kind"] == kind], x="bit-width", y=label, hue="defense", order=order, ax=ax,
-                        palette="deep")
+                        hue_order=defenses, palette=colours)
             ax.set_title(kind, fontsize=10)
             ax.set_ylim(0, 100)
             ax.set_xlabel("bit-width (FP = 32 bits)")
-            if ax is not axes[0][-1]:
+            if ax.get_legend() is not None:
                 ax.get_legend().remove()
-        axes[0][-1].legend(title=None, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[d]) for d in defenses]
+        axes[0][-1].legend(handles, defenses, title=None, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     plt.close(fig)

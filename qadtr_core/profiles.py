@@ -35,7 +35,7 @@ class Profile:
             2 points of white-box ASR or ``patch_max_steps`` is reached (a power-of-two multiple).
         image_patch_location_opt: the evaluation's per-image attack optimises location (Rao et al.).
         pgd_eps_grid: L-inf radii (in 1/255) of the PGD strength curve; C2 reads PGD at the radius
-            whose white-box ASR is closest to 50 %.
+            whose white-box ASR on FP is closest to the per-image patch's (matched strength).
         n_patch_train: training images a universal patch is optimised on.
         image_patch_steps, image_patch_restarts: budget of the per-image patch attack (Rao et al.).
         n_attribution: images per attribution map statistic; ig_steps: Integrated-Gradients steps.

@@ -1,7 +1,7 @@
 """Tables as a reader sees them in the defense chapters: percent with one decimal, intervals in brackets,
 human column names, bit-widths as "FP", "8b", ..., no index, and every collapsed cell flagged.
 
-Each function takes a library table (:mod:`qadtr_core.robustness`, :mod:`qadtr_core.defense_claims`) and
+Each function takes a library table (:mod:`qadtr_core.evaluation.robustness`, :mod:`qadtr_core.evaluation.defense_metrics`) and
 returns a plain DataFrame of strings and numbers; :func:`show` renders one without its index.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _width(b: object) -> str:
 
 
 def headline(table: pd.DataFrame, metric: str = "robust") -> pd.DataFrame:
-    """The chapter's headline (TriQDef's Table 5 layout) from an :func:`~qadtr_core.robustness.asr_table`: one
+    """The chapter's headline (TriQDef's Table 5 layout) from an :func:`~qadtr_core.evaluation.robustness.asr_table`: one
     row per defense and kind (seen / unseen mean of its own threats, worst case), one column per width and
     the mean over widths, ``metric`` ("robust" accuracy or "asr") in percent; a collapsed cell reads
     "12.3 (collapsed)" and the mean is over the widths that did not collapse."""
@@ -169,7 +169,7 @@ def random_precision_display(rp: pd.DataFrame) -> pd.DataFrame:
 
 
 def convergence_display(conv: pd.DataFrame) -> pd.DataFrame:
-    """:func:`~qadtr_core.defense_claims.convergence` for reading, largest gap first."""
+    """:func:`~qadtr_core.evaluation.defense_metrics.convergence` for reading, largest gap first."""
     t = conv.sort_values("gap", ascending=False)
     return pd.DataFrame({"threat": t.threat, "attacked model": t.target, "steps (queries)": t.steps, "n": t.n,
                          "white-box ASR (%)": [pct(100 * v) for v in t.white_box_asr],

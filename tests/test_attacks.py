@@ -13,12 +13,12 @@ from qadtr_core.attacks import (
     pgd_attack,
     universal_patch,
 )
+from qadtr_core.evaluation.transfer import add_relative, asr_matrix, patched_versions, transfer_table
 from qadtr_core.metrics import Rate, clean_accuracy, targeted_asr, untargeted_asr
 from qadtr_core.models import build_model
 from qadtr_core.patches import make_mask, random_placement
 from qadtr_core.quant import prepare_bits
 from qadtr_core.testing import ChannelMeanModel
-from qadtr_core.transfer import add_relative, asr_matrix, patched_versions, transfer_table
 
 
 def _images(n=32, seed=0):
@@ -194,7 +194,7 @@ def test_every_public_attack_runs_on_a_quantized_model(name):
 
 
 def test_universal_patches_are_cached_per_source(tmp_path, monkeypatch):
-    from qadtr_core import transfer
+    from qadtr_core.evaluation import transfer
 
     monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
     x, y = _images(16)

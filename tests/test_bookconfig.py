@@ -7,8 +7,8 @@ import pytest
 import yaml
 from sphinx.builders.html._assets import _JavaScript
 
-from qadtr_core import bookconfig
-from qadtr_core.bookconfig import _dedupe_scripts, executed_profile, executed_provenance, tuck_parameters
+from qadtr_core.build import bookconfig
+from qadtr_core.build.bookconfig import _dedupe_scripts, executed_profile, executed_provenance, tuck_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_the_banner_names_profile_and_commit(tmp_path, monkeypatch):
 
 
 def test_the_book_helper_does_not_import_torch():
-    code = "import sys, qadtr_core.bookconfig; assert 'torch' not in sys.modules"
+    code = "import sys, qadtr_core.build.bookconfig; assert 'torch' not in sys.modules"
     subprocess.run([__import__("sys").executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -134,7 +134,7 @@ def test_source_commit_outside_git_reads_the_setting(tmp_path, monkeypatch):
     assert bookconfig.source_commit(tmp_path) == "unknown"
     monkeypatch.setenv("QADTR_COMMIT", "abc123")
     assert bookconfig.source_commit(tmp_path) == "abc123"
-    repo = Path(bookconfig.__file__).resolve().parents[1]
+    repo = Path(bookconfig.__file__).resolve().parents[2]
     if (repo / ".git").exists():  # in a git checkout (not a copy without history) the setting is ignored
         assert bookconfig.source_commit(repo).split("-")[0] != "abc123"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qadtr_core import artifacts, zoo
-from qadtr_core.bundle import MANIFEST, BundleError, export_bundle, import_bundle, profile_entries
+from qadtr_core.build.bundle import MANIFEST, BundleError, export_bundle, import_bundle, profile_entries
 from qadtr_core.testing import synthetic_cifar
 from qadtr_core.train import TrainConfig
 

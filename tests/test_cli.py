@@ -9,7 +9,7 @@ import types
 import pandas as pd
 import pytest
 
-from qadtr_core import cli, jobs
+from qadtr_core.build import cli, jobs
 from qadtr_core.profiles import PROFILES
 
 # Fields a profile may change (protocol.md: "A profile changes budgets, never the definitions"); any other
@@ -114,13 +114,13 @@ def test_notebook_job_runs_once(empty_root):
 
 def test_export_and_import_call_the_bundle(monkeypatch, tmp_path):
     calls = []
-    fake = types.ModuleType("qadtr_core.bundle")
+    fake = types.ModuleType("qadtr_core.build.bundle")
     fake.export_bundle = lambda profile, archive, root=None: calls.append(("export", profile, archive, root)) or archive
     summary = {"profile": "smoke", "commit": "abc", "files": 3, "bytes": 10, "added": ["a"], "replaced": [], "unchanged": []}
     fake.import_bundle = lambda archive, root=None: calls.append(("import", archive, root)) or summary
     fake.read_manifest = lambda archive: {"profile": "smoke"}
     fake.BundleError = RuntimeError
-    monkeypatch.setitem(sys.modules, "qadtr_core.bundle", fake)
+    monkeypatch.setitem(sys.modules, "qadtr_core.build.bundle", fake)
     cli.main(["export", "--profile", "smoke", str(tmp_path / "a.tar")])
     cli.main(["import", str(tmp_path / "a.tar")])
     assert calls == [("export", "smoke", tmp_path / "a.tar", None), ("import", tmp_path / "a.tar", None)]
@@ -128,7 +128,7 @@ def test_export_and_import_call_the_bundle(monkeypatch, tmp_path):
 
 def test_aggregate_seeds_gives_t_intervals(empty_root):
     from qadtr_core.artifacts import save_table
-    from qadtr_core.seeds import aggregate_seeds, seed_tables
+    from qadtr_core.build.seeds import aggregate_seeds, seed_tables
 
     for s in (0, 1, 2):
         t = pd.DataFrame({"defense": ["A", "A", "B"], "bits": [2, 2, 4], "asr": [10.0 + s, 12.0 + s, 30.0]})
@@ -189,8 +189,8 @@ def test_book_build_refuses_models_only_and_several_seeds(capsys):
 def test_book_build_executes_cached_chapters_into_the_book_with_one_commit(empty_root, tmp_path, monkeypatch):
     """``book=``: a chapter whose scratch run is cached still executes, into the book folder, with the
     book's static folder and the commit the build started from (even if HEAD moves meanwhile)."""
-    from qadtr_core import bookconfig
     from qadtr_core.artifacts import save_table
+    from qadtr_core.build import bookconfig
 
     save_table("00_baselines", "smoke", "t", pd.DataFrame({"a": [1]}), {"seed": 0, "wall_seconds": 1.0})
     graph = jobs.build_graph("smoke", [0], only="08_reproduce")

@@ -9,12 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from qadtr_core.defense_claims import defends_of, defends_table, defense_entries, write_defenses_json
+from qadtr_core.claims import verdict_c3, verdict_c4
 from qadtr_core.defenses import PBATConfig, QADTRConfig
 from qadtr_core.defenses.recipes import MULTIWIDTH, UNDEFENDED, defense_configs
-from qadtr_core.patches import central_box, make_mask
-from qadtr_core.profiles import get_profile
-from qadtr_core.robustness import (
+from qadtr_core.evaluation.defense_metrics import defends_of, defends_table, defense_entries, write_defenses_json
+from qadtr_core.evaluation.robustness import (
     _InBox,
     aqapa_table,
     asr_table,
@@ -26,10 +25,11 @@ from qadtr_core.robustness import (
     evaluate_threats,
     starts_of,
 )
-from qadtr_core.scorecard import verdict_c3, verdict_c4
+from qadtr_core.evaluation.threats import EOT_THREAT, NO_PATCHES, THREATS, PatchDistribution, Threat, own_seen_threat
+from qadtr_core.patches import central_box, make_mask
+from qadtr_core.profiles import get_profile
 from qadtr_core.tables import headline, show
 from qadtr_core.testing import RegionModel, TwoWidthToy
-from qadtr_core.threats import EOT_THREAT, NO_PATCHES, THREATS, PatchDistribution, Threat, own_seen_threat
 from qadtr_core.train import TrainConfig
 from qadtr_core.zoo import TrainedModel
 
@@ -137,7 +137,7 @@ def test_random_search_breaks_what_a_masked_gradient_hides(tmp_path, monkeypatch
 
 
 def test_random_precision_is_scored_per_draw_and_eot_breaks_every_width_it_draws(tmp_path, monkeypatch):
-    from qadtr_core.robustness import _rp_predict
+    from qadtr_core.evaluation.robustness import _rp_predict
 
     monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
     x = torch.zeros(6, 3, 32, 32)

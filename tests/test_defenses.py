@@ -22,6 +22,7 @@ from qadtr_core.defenses import (
 )
 from qadtr_core.defenses.dwq import draw_bits
 from qadtr_core.defenses.qadtr import input_gradient
+from qadtr_core.evaluation.threats import seen_table
 from qadtr_core.models import build_model
 from qadtr_core.quant import bits as at_bits
 from qadtr_core.quant import prepare_bits, set_bits
@@ -133,6 +134,20 @@ def test_aqapa_scores_a_cell_at_its_own_width_and_records_draws():
         strategy(model.train(), x, y, step)
     rec = strategy.inner_record()
     assert sum(rec["aqapa_draws"].values()) == 6 and set(rec["aqapa_draws"]) == {"4b_4px", "4b_6px", "2b_4px", "2b_6px"}
+    # which width each batch's patches were crafted at, per width trained at (what "seen" rests on)
+    pairs = rec["patch_widths"]
+    assert sum(pairs.values()) == 6 and set(pairs) <= {"4b<-4b", "4b<-2b", "2b<-4b", "2b<-2b"}
+    assert sum(k for p, k in pairs.items() if p.startswith("4b")) == sum(strategy.train_bits(s) == 4 for s in range(6))
+    assert "patch_widths" not in strategy.inner_record()  # per epoch: the counts start again
+    from qadtr_core.evaluation.robustness import crafted_width_table
+    from qadtr_core.zoo import TrainedModel
+    tm = TrainedModel(model, TrainConfig(arch="smallcnn", epochs=1, lr=0.1), {"config_hash": "q", "history": [rec, rec]})
+    table = crafted_width_table({"QADT-R": {4: tm, 2: tm}}).set_index("bits")
+    same4 = 100 * pairs.get("4b<-4b", 0) / max(pairs.get("4b<-4b", 0) + pairs.get("4b<-2b", 0), 1)
+    assert table.loc[4, "crafted at the same width (%)"] == pytest.approx(same4) and len(table) == len(
+        {p.split("<-")[0] for p in pairs})
+    seen = seen_table({"QADT-R": strategy.config.training_patches()}, (4, 2)).set_index("threat")
+    assert strategy.config.training_patches().cross_width and "crafted at another width" in seen.loc["4x4 square", "QADT-R"]
     i = next(i for i, n in enumerate(strategy.visits) if n > 0)
     b, size = strategy.cells[i]
     # the hardness of a cell is the cross-entropy of its patched images at the cell's width: recompute one

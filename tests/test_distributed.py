@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from qadtr_core import jobs  # noqa: E402
+from qadtr_core.build import jobs  # noqa: E402
 from qadtr_core.testing import synthetic_cifar  # noqa: E402
 from qadtr_core.train import TrainConfig  # noqa: E402
 

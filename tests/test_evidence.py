@@ -11,12 +11,13 @@ import torch
 from qadtr_core.analysis.alignment import mismatched_alignment, pairwise_alignment
 from qadtr_core.artifacts import write_json
 from qadtr_core.attacks import ImagePatchConfig, UniversalPatchAttack, UniversalPatchConfig, image_patch_attack
-from qadtr_core.claims import PatchReading, c1_claim, c2_claim, c6_claim
-from qadtr_core.metrics import Rate, targeted_asr
-from qadtr_core.patches import apply_patch, bounding_mask, make_mask, random_placement
-from qadtr_core.scorecard import (
+from qadtr_core.claims import (
     CLAIMS,
     VERDICTS,
+    PatchReading,
+    c1_claim,
+    c2_claim,
+    c6_claim,
     load_claims,
     rule_text,
     scorecard,
@@ -26,8 +27,16 @@ from qadtr_core.scorecard import (
     verdict_c5,
     verdict_c7,
 )
+from qadtr_core.evaluation.strength import (
+    AttackStrength,
+    converge_universal,
+    image_patch_curve,
+    image_patch_strength,
+    universal_strength,
+)
+from qadtr_core.metrics import Rate, targeted_asr
+from qadtr_core.patches import apply_patch, bounding_mask, make_mask, random_placement
 from qadtr_core.stats import across_seeds, bootstrap_mean, paired_bootstrap, wilson
-from qadtr_core.strength import AttackStrength, converge_universal, image_patch_curve, image_patch_strength, universal_strength
 from qadtr_core.testing import ChannelMeanModel, RegionModel
 
 
@@ -207,8 +216,16 @@ def test_c2_rules():
                 enumerate((a, b) for a in names for b in names)}
 
     curve = pd.DataFrame({"eps_255": [1.0], "asr": [0.5]})
-    strong = c2_claim(matrix(0.5, 0.1), matrix(0.9, 0.85, seed=100), names, 1.0, curve, [_strength()], "test", [0], n_boot=200)
-    assert VERDICTS["C2"](strong)[1] == "reproduced"
+    # matched strength (white-box 85 % vs 90 %): PGD keeps 0.1 / 0.85 of it, the patch nearly all
+    strong = c2_claim(matrix(0.85, 0.1), matrix(0.9, 0.85, seed=100), names, 1.0, curve, [_strength()], "test", [0],
+                      n_boot=200)
+    assert abs(strong["strength_gap"]) <= 10 and VERDICTS["C2"](strong)[1] == "reproduced"
+    # the same transfer at unmatched strength (PGD 50 % vs the patch's 90 % white-box) is no comparison
+    unmatched = c2_claim(matrix(0.5, 0.1), matrix(0.9, 0.85, seed=100), names, 1.0, curve, [_strength()], "test", [0],
+                         n_boot=200)
+    assert unmatched["strength_gap"] < -30
+    r = VERDICTS["C2"](unmatched)
+    assert r.verdict == "inconclusive" and "not matched" in r.reason
     null = c2_claim(matrix(0.5, 0.45), matrix(0.5, 0.45), names, 1.0, curve, [_strength()], "test", [0], n_boot=200)
     assert VERDICTS["C2"](null)[1] == "not reproduced"
     # a patch that does nothing (at its random-patch floor everywhere) must not win C2 against a working PGD

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from qadtr_core.attacks.image_patch import ImagePatchConfig, _per_image_loss, image_patch_attack
-from qadtr_core.strength import AttackStrength, image_patch_curve, image_patch_strength
+from qadtr_core.evaluation.strength import AttackStrength, image_patch_curve, image_patch_strength
 from qadtr_core.testing import ChannelMeanModel
 
 

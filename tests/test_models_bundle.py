@@ -6,9 +6,17 @@ import tarfile
 import pytest
 import torch
 
-from qadtr_core import cli, models_bundle, zoo
-from qadtr_core.bundle import BundleError, import_bundle
-from qadtr_core.models_bundle import compact_state, ensure_models, export_models, import_models, restore_state, stale_reason
+from qadtr_core import zoo
+from qadtr_core.build import cli, models_bundle
+from qadtr_core.build.bundle import BundleError, import_bundle
+from qadtr_core.build.models_bundle import (
+    compact_state,
+    ensure_models,
+    export_models,
+    import_models,
+    restore_state,
+    stale_reason,
+)
 from qadtr_core.testing import synthetic_cifar
 from qadtr_core.train import TrainConfig
 
@@ -155,7 +163,7 @@ def test_a_build_rewrites_the_bundle_after_every_model(tmp_path, monkeypatch):
     """`qadtr build --bundle`: a long CPU build leaves a bundle holding every model finished so far."""
     root = tmp_path / "artifacts"
     monkeypatch.setenv("QADTR_ARTIFACTS", str(root))
-    from qadtr_core import jobs
+    from qadtr_core.build import jobs
     from qadtr_core.data import ENV_VAR
 
     data = synthetic_cifar(64, 16)
@@ -195,8 +203,8 @@ def test_a_restored_quantized_model_computes_exactly_what_the_original_did():
     """The bundle's float16 weights never move a weight to another grid level: at every width a model
     learned a step for, the restored model's logits equal the original's bit for bit (a first version
     that also rounded the per-channel steps changed 100 of 1,000 predictions of a 2-bit ResNet-20)."""
+    from qadtr_core.build.models_bundle import EXACT_INDEX
     from qadtr_core.models import build_model
-    from qadtr_core.models_bundle import EXACT_INDEX
     from qadtr_core.quant import set_bits
     from qadtr_core.train import train
 

@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 
+from qadtr_core.build.jobs import chapter_configs
 from qadtr_core.cost import training_cost
 from qadtr_core.defenses.recipes import (
     ABLATIONS,
@@ -15,7 +16,6 @@ from qadtr_core.defenses.recipes import (
     steps_per_width,
     surrogate_config,
 )
-from qadtr_core.jobs import chapter_configs
 from qadtr_core.profiles import get_profile
 from qadtr_core.train import TrainConfig, interleave, steps_by_width, total_steps
 from qadtr_core.zoo import fp_config, multiwidth_config, qat_config

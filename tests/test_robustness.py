@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from qadtr_core.attacks.image_patch import image_patch_attack
-from qadtr_core.defense_claims import ablation_claim, attack_strength, common_unseen, convergence, defense_claims
+from qadtr_core.claims import ablation_claim, defense_claims, verdict_c3
 from qadtr_core.defenses import PBATConfig, QADTRConfig
-from qadtr_core.models import build_model
-from qadtr_core.quant import prepare_bits, set_bits
-from qadtr_core.robustness import (
+from qadtr_core.evaluation.defense_metrics import attack_strength, common_unseen, convergence
+from qadtr_core.evaluation.robustness import (
     BitEnsemble,
     Ensemble,
     Evaluation,
@@ -18,12 +17,14 @@ from qadtr_core.robustness import (
     attack_config,
     clean_outcomes,
     clean_table,
+    craft,
     evaluate_threats,
     summary,
 )
-from qadtr_core.scorecard import verdict_c3
+from qadtr_core.evaluation.threats import NO_PATCHES, THREATS, WORST, PatchDistribution, Threat, distribution_of, seen_table
+from qadtr_core.models import build_model
+from qadtr_core.quant import prepare_bits, set_bits
 from qadtr_core.testing import TwoWidthToy, synthetic_cifar
-from qadtr_core.threats import NO_PATCHES, THREATS, WORST, PatchDistribution, Threat, distribution_of, seen_table
 from qadtr_core.train import TrainConfig
 from qadtr_core.zoo import TrainedModel
 
@@ -58,7 +59,9 @@ def test_seen_is_defined_per_defense_from_its_training_distribution():
                    for name in ("transfer from FP surrogate", UNIVERSAL, "8x8 in the centre"))
     assert no_aqapa.sees(by["8x8 square"], 32) and not no_aqapa.sees(by["8x8 square"], 4)
     table = seen_table({"PBAT": pbat, "QADT-R": qadtr, "DWQ": NO_PATCHES, "no A-QAPA": no_aqapa}, (32, 4)).set_index("threat")
-    assert table.loc["10x10 square", "PBAT"] == "unseen" and table.loc["10x10 square", "QADT-R"] == "seen"
+    assert table.loc["10x10 square", "PBAT"] == "unseen" and table.loc["8x8 square", "PBAT"] == "seen"
+    # QADT-R crafts at A-QAPA's cell width and trains at DBWT's batch width: seen, and labelled so
+    assert table.loc["10x10 square", "QADT-R"] == "seen (crafted at another width for most batches)"
     assert table.loc["8x8 square", "DWQ"] == "unseen" and table.loc[RS, "PBAT"] == "adaptive"
     assert table.loc["8x8 square", "no A-QAPA"].startswith("seen at 32 b")
     with pytest.raises(ValueError, match="unknown threat source"):
@@ -124,6 +127,34 @@ def test_evaluate_threats_is_per_image_symmetric_and_cached(tmp_path, monkeypatc
         evaluate_threats(defenses, x, y, steps=1, progress=False)
     with pytest.raises(ValueError, match="universal"):
         evaluate_threats(defenses, x, y, surrogate=_tm(9), steps=1, progress=False)
+
+
+START = "transfer from its undefended start, 8x8"
+
+
+def test_the_start_transfer_applies_the_starts_patches_to_the_defense(tmp_path, monkeypatch):
+    """A defense meets the 8x8 patches crafted on its undefended start at the same width (on every image); a
+    model without a start meets its own white-box 8x8 attack there."""
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
+    d = synthetic_cifar(8, 16)
+    x, y = d.x_test.float() / 255, d.y_test
+    start, other = _tm(4, (32,)), _tm(5, (32,))
+    defenses = {"start": {32: start}, "defense": {32: other}}
+    threats = [THREATS[0], next(t for t in THREATS if t.source == "start transfer")]  # the 8x8 square and it
+    ev = evaluate_threats(defenses, x, y, threats=threats, steps=4, progress=False, starts={"defense": "start"})
+    wide = {name: g.pivot(index="image", columns="threat", values="broken") for name, g in ev.per_image.groupby("defense")}
+    assert (wide["start"][START] == wide["start"]["8x8 square"]).all()  # no start: its own white-box attack
+    # the defense's start transfer is exactly the start's patches on it, not its own white-box attack
+    cfg = attack_config(THREATS[0], 4, 1, 0)
+    adv, _ = craft([(start.model, 32)], ["model4"], x, y, cfg)
+    with torch.no_grad():
+        ok = set_bits(other.model, 32)(x).argmax(1) == y
+        want = (other.model(adv).argmax(1) != y) & ok
+    assert (wide["defense"][START].to_numpy(bool) == want.numpy()).all()
+    seen = seen_table({"defense": PatchDistribution(sizes=(8,))}, (32,)).set_index("threat")
+    assert seen.loc[START, "defense"] == "adaptive"
+    with pytest.raises(ValueError, match="not among the evaluated models"):
+        evaluate_threats(defenses, x, y, threats=threats, steps=1, progress=False, starts={"defense": "missing"})
 
 
 def _outcomes(spec, n=100, clean=None):

@@ -11,12 +11,11 @@ import torch
 
 from qadtr_core.artifacts import write_json
 from qadtr_core.attacks import UniversalPatchAttack, UniversalPatchConfig
-from qadtr_core.claims import PatchReading, c1_claim
-from qadtr_core.metrics import Rate
-from qadtr_core.scorecard import (
+from qadtr_core.claims import (
     CLAIMS,
     VERDICTS,
-    _aggregate,
+    PatchReading,
+    c1_claim,
     load_claims,
     scorecard,
     scorecard_record,
@@ -26,8 +25,10 @@ from qadtr_core.scorecard import (
     verdict_c5,
     verdict_c7,
 )
+from qadtr_core.claims.scorecard import _aggregate
+from qadtr_core.evaluation.strength import AttackStrength, converge_universal, is_converged, universal_strength
+from qadtr_core.metrics import Rate
 from qadtr_core.stats import across_seeds, paired_bootstrap
-from qadtr_core.strength import AttackStrength, converge_universal, is_converged, universal_strength
 from qadtr_core.testing import ChannelMeanModel
 
 
@@ -237,9 +238,9 @@ def test_c3_takes_the_best_width_on_intervals_corrected_for_the_number_of_widths
 
 
 def test_defense_claims_store_per_width_intervals_corrected_for_the_widths():
-    from qadtr_core.defense_claims import defense_claims
-    from qadtr_core.robustness import Evaluation
-    from qadtr_core.threats import NO_PATCHES, PatchDistribution
+    from qadtr_core.claims import defense_claims
+    from qadtr_core.evaluation.robustness import Evaluation
+    from qadtr_core.evaluation.threats import NO_PATCHES, PatchDistribution
 
     rng = np.random.default_rng(0)
     threats = ["8x8 square", "circle, 10 px"]  # "circle, 8 px" became a 10 px circle (issue 18: unseen threats)
@@ -329,7 +330,9 @@ def test_every_claim_in_the_record_has_reading_metric_and_reason():
               "C5": {**_iv(1.0, 0, 2), "bits": 2, "by_bits": {"2": _iv(1, 0, 2)}, "mean_drop": _iv(1, 0, 2)},
               "C6": {**_iv(0.2, 0.15, 0.25), "cosine": _iv(0.1, 0.05, 0.15), "cosine_null": _iv(0, 0, 0),
                      "hog": _iv(0.9, 0.85, 0.95)},
-              "C7": {"increase": {k: _iv(5, 3, 7) for k in "AB"}, "attack_strength": CONV}}
+              "C7": {"increase": {k: _iv(5, 3, 7) for k in "AB"}, "attack_strength": CONV},
+              "B1": {**_iv(1.0, -1.0, 3.0), "high_bits": 32, "low_bits": 2, "patch": 8,
+                     "by_bits": {"32": {"certified": _iv(0.4, 0.35, 0.45)}, "2": {"certified": _iv(0.39, 0.34, 0.44)}}}}
     out = scorecard_record(claims, "t", "abc")["claims"]
     assert set(out) == set(CLAIMS)
     for cid, e in out.items():
@@ -337,11 +340,13 @@ def test_every_claim_in_the_record_has_reading_metric_and_reason():
         assert (e["reason"] is not None) == (e["verdict"] == "inconclusive"), cid
     assert out["C1"]["reading"] == "p" and out["C2"]["reading"].startswith("per-image patch")
     assert "8x8" in out["C3"]["reason"] and "straddles" in out["C4"]["reason"]
-    assert set(scorecard(claims).verdict) <= {"reproduced", "partly", "not reproduced", "inconclusive"}
+    assert set(scorecard(claims).verdict) <= {"reproduced", "partly", "not reproduced", "inconclusive", "holds",
+                                              "does not hold"}
+    assert out["B1"]["verdict"] == "holds" and out["B1"]["attack_strength"] == []
 
 
 def test_every_claim_gets_a_plain_answer_computed_from_its_rule():
-    from qadtr_core.scorecard import QUESTIONS, answer, judge
+    from qadtr_core.claims import QUESTIONS, answer, judge
 
     assert set(QUESTIONS) == set(CLAIMS) and answer("C1", None).startswith("Not measured yet")
     by = {str(b): _iv(1.0, 0.5, 1.5) for b in (8, 2)}

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..evaluation.threats import PatchDistribution
 from ..patches import Box, central_box
-from ..threats import PatchDistribution
 from ..train import TrainConfig, register_strategy
 from ..utils import stream_seed
 from .inner import FRESH_STEP_SIZE, FRESH_STEPS, InnerStrategy, check_inner, patch_inner

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..evaluation.threats import PatchDistribution
 from ..patches import Box, central_box
 from ..quant import FULL_PRECISION, set_bits
 from ..quant import bits as at_bits
-from ..threats import PatchDistribution
 from ..train import check_bit_set, draw_bits, register_strategy
 from ..utils import eval_mode, seeded_generator, stream_seed
 from .inner import FRESH_STEP_SIZE, FRESH_STEPS, InnerStrategy, check_inner, mean_ce, patch_inner
@@ -123,9 +123,13 @@ class QADTRConfig:
         return self.bit_set[min(step // self.block_steps, len(self.bit_set) - 1)]
 
     def training_patches(self) -> PatchDistribution:
-        """A-QAPA: every size of ``patch_sizes`` at every width of the bit set; off: the middle size at 32 bits."""
+        """A-QAPA: every size of ``patch_sizes`` at every width of the bit set; off: the middle size at 32 bits.
+        A-QAPA crafts at the sampled cell's width and the batch trains at DBWT's, so a white-box patch at
+        width b was trained on only in the batches whose cell width was b as well (``cross_width``; the build
+        record counts them: ``patch_widths``). Without A-QAPA the 32-bit batches train on 32-bit patches."""
         if self.aqapa:
-            return PatchDistribution(sizes=tuple(self.patch_sizes), anywhere=self.avoid is None, source_bits=self.bit_set)
+            return PatchDistribution(sizes=tuple(self.patch_sizes), anywhere=self.avoid is None, source_bits=self.bit_set,
+                                     cross_width=len(set(self.bit_set)) > 1)
         mid = self.patch_sizes[len(self.patch_sizes) // 2]
         return PatchDistribution(sizes=(mid,), anywhere=self.avoid is None, source_bits=(FULL_PRECISION,))
 
@@ -168,6 +172,7 @@ class QADTR(InnerStrategy):
         self.visits = torch.zeros(len(self.cells), dtype=torch.long)
         self._epoch_draws = torch.zeros(len(self.cells), dtype=torch.long)
         self._epoch_loss = torch.zeros(len(self.cells))
+        self._epoch_widths: dict[str, int] = {}  # "<trained>b<-<crafted>b" -> patched batches this epoch
         self.last_terms: dict[str, float] = {}
 
     def state_dict(self) -> dict:
@@ -218,6 +223,9 @@ class QADTR(InnerStrategy):
     def inner_record(self) -> dict:
         """The fidelity record and, with A-QAPA, per-cell draws and mean hardness since the last call."""
         out: dict = dict(super().inner_record())
+        if self._epoch_widths:  # which width the patches were crafted at, per width they were trained at
+            out["patch_widths"] = dict(self._epoch_widths)
+        self._epoch_widths = {}
         if self.config.aqapa and int(self._epoch_draws.sum()):
             d = self._epoch_draws
             out["aqapa_draws"] = {f"{b}b_{s}px": int(n) for (b, s), n in zip(self.cells, d)}
@@ -239,6 +247,8 @@ class QADTR(InnerStrategy):
             self.maybe_probe(step, model, x[:k], y[:k], adv, lambda: patch_inner(
                 model, x[:k], y[:k], size, FRESH_STEPS, FRESH_STEP_SIZE, cfg.avoid,
                 stream_seed(cfg.seed, step, 1) % 2**31, True))
+        pair = f"{b}b<-{patch_bits}b"
+        self._epoch_widths[pair] = self._epoch_widths.get(pair, 0) + 1
         set_bits(model, b)
         logits = model(torch.cat([adv, x[k:]]))
         terms = {"ce": mixed_loss(logits, y, k, cfg.adv_fraction)}

@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import ENV_VAR as ARTIFACTS_VAR
-from .artifacts import artifact_key, artifact_root, config_hash, write_json
-from .profiles import Profile, get_profile
-from .train import TrainConfig
+from ..artifacts import ENV_VAR as ARTIFACTS_VAR
+from ..artifacts import artifact_key, artifact_root, config_hash, write_json
+from ..profiles import Profile, get_profile
+from ..train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 FAULT_VAR = "QADTR_FAULT_ONCE"  # "<job key>:<marker file>": the job kills its own process once (fault-injection tests)
 
 # What each chapter trains: a function of (profile, seed, the notebook's parameters) -> configs.
@@ -116,9 +116,9 @@ def notebook_parameters(chapter: str) -> dict[str, Any]:
 
 def chapter_configs(chapter: str, profile: Profile, seed: int = 0) -> list[TrainConfig]:
     """The configs of the models ``chapter`` evaluates under ``profile`` and ``seed`` (distinct, in order)."""
-    from .defenses.recipes import ablation_configs, defense_configs, surrogate_config
-    from .quant import FULL_PRECISION
-    from .zoo import fp_config, qat_config
+    from ..defenses.recipes import ablation_configs, defense_configs, surrogate_config
+    from ..quant import FULL_PRECISION
+    from ..zoo import fp_config, qat_config
 
     params = notebook_parameters(chapter)
     out: list[TrainConfig] = []
@@ -131,13 +131,13 @@ def chapter_configs(chapter: str, profile: Profile, seed: int = 0) -> list[Train
             out.append(surrogate_config(profile, seed))
             continue
         if what == "dwq":  # the transferability chapter's DWQ reading of C2 (the defenses chapter's model)
-            from .defenses.recipes import dwq_config
+            from ..defenses.recipes import dwq_config
 
             out += ([dwq_config(profile, (FULL_PRECISION, *params.get("qat_bits", [8, 5, 4, 2])), seed)]
                     if params.get(param) else [])
             continue
         if what == "certified":  # chapter 09: every width's masking-fine-tuned base model, and the multi-width one
-            from .zoo import masked_config, masked_multiwidth_config
+            from ..zoo import masked_config, masked_multiwidth_config
 
             out += [masked_config(profile, b, seed) for b in params[param]]
             mw = tuple(params.get("multiwidth_bit_set") or ())
@@ -256,7 +256,7 @@ def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = 
     and runs even where the scratch run is cached, so that every notebook of the book comes from this build;
     ``commit`` is the stamp (default: the checkout's commit now; :func:`run_graph` reads it once per build).
     """
-    from .data import ENV_VAR as DATA_VAR
+    from ..data import ENV_VAR as DATA_VAR
 
     if job.kind not in ("train", "notebook"):
         raise ValueError(f"unknown job kind {job.kind!r}")
@@ -266,8 +266,8 @@ def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = 
         if is_done(job) and (job.kind == "train" or book is None):
             return {"key": job.key, "label": job.label, "ran": False, "seconds": 0.0}
         if job.kind == "train":
-            from .data import load_cifar10
-            from .zoo import get_or_train
+            from ..data import load_cifar10
+            from ..zoo import get_or_train
 
             get_or_train(job.config, load_cifar10(data), progress=progress, device=device)
         elif book is not None:
@@ -312,7 +312,7 @@ def to_run(graph: Mapping[str, Job], root: Path | None = None, book: str | Path 
 def _run_notebook(job: Job, device: str, progress: bool) -> None:
     import papermill
 
-    from .artifacts import file_lock
+    from ..artifacts import file_lock
 
     out_dir = run_dir(job.profile, job.seed)
     params = _parameters(job, seed=job.seed, device=device, progress=progress, static_dir=str(out_dir / "_static"))
@@ -485,8 +485,8 @@ def _attack_seconds(chapter: str, profile: Profile, params: Mapping[str, Any]) -
                                                     profile.image_patch_restarts)
                 + sources * est.pgd_seconds(a, profile.n_attack))
     if chapter in ("02_defenses", "03_ablations"):
-        from .defenses.recipes import ablation_configs, defense_configs
-        from .robustness import THREATS
+        from ..defenses.recipes import ablation_configs, defense_configs
+        from ..evaluation.robustness import THREATS
 
         bits = list(params.get("bit_set", ()))
         table = (defense_configs if chapter == "02_defenses" else ablation_configs)(profile, bits, 0)
@@ -504,7 +504,7 @@ def _attack_seconds(chapter: str, profile: Profile, params: Mapping[str, Any]) -
 
 def status(profile: Profile | str, seeds: Iterable[int] = (0,), root: Path | None = None) -> list[ChapterStatus]:
     """Per chapter: models needed and cached, notebook run or not, and the estimated GPU-hours (training of
-    the missing models, training of all, attacks) from :mod:`qadtr_core.estimates`. A model shared by
+    the missing models, training of all, attacks) from :mod:`qadtr_core.build.estimates`. A model shared by
     several chapters is counted in the first chapter that needs it."""
     from . import estimates as est
 

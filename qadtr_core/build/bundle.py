@@ -3,7 +3,7 @@
 A cache built on a GPU can serve a CPU machine, and a reader can skip training:
 ``export_bundle("quick", Path("quick.tar.gz"))`` packs, ``import_bundle(Path("quick.tar.gz"))`` unpacks
 (``qadtr export`` / ``qadtr import`` and ``make export`` / ``make import`` call these two functions; the
-models bundle the repository ships is :mod:`qadtr_core.models_bundle`).
+models bundle the repository ships is :mod:`qadtr_core.build.models_bundle`).
 
 What belongs to a profile (the cache layout is ``<root>/<kind>/<key>/...``, see :mod:`qadtr_core.artifacts`):
 
@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .artifacts import CACHE_VERSIONS, DEFAULT_CACHE_VERSION, artifact_root, git_commit
+from ..artifacts import CACHE_VERSIONS, DEFAULT_CACHE_VERSION, artifact_root, git_commit
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def import_bundle(archive: Path, root: Path | None = None,
     partial archive. ``prepare(staging, manifest)``, when given, runs on the verified files (extracted
     under ``staging``) before anything moves into the cache; it may rewrite them, or raise
     :class:`BundleError` to refuse the archive (the models bundle restores compact weights this way,
-    :mod:`qadtr_core.models_bundle`).
+    :mod:`qadtr_core.build.models_bundle`).
     """
     root = Path(root) if root is not None else artifact_root()
     archive = Path(archive)
@@ -301,7 +301,7 @@ def import_bundle(archive: Path, root: Path | None = None,
             raise BundleError(f"{archive}: {kind}: {e}; the artifact cache at {root} was not changed") from e
         if prepare is None and manifest.get("kind") == "models":
             raise BundleError(f"{archive}: a models bundle with compact weights: import it with `qadtr import` "
-                              f"(qadtr_core.models_bundle.import_models); the artifact cache at {root} was not changed")
+                              f"(qadtr_core.build.models_bundle.import_models); the artifact cache at {root} was not changed")
         if prepare is not None:
             prepare(staging / "new", manifest)
         current = {"default": DEFAULT_CACHE_VERSION, **CACHE_VERSIONS}

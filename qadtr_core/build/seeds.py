@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .artifacts import artifact_root, load_table
-from .stats import across_seeds
+from ..artifacts import artifact_root, load_table
+from ..stats import across_seeds
 
 
 def available_seeds(chapter: str, profile: str, name: str) -> list[int]:

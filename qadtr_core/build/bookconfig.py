@@ -1,11 +1,11 @@
 """Build-time helper: stamps executed notebooks, and writes the book's configuration with a banner.
 
-``python -m qadtr_core.bookconfig stamp [--commit SHA] book/results/*.ipynb`` (run by ``make notebooks``
-after papermill, with the commit the build started from: ``python -m qadtr_core.bookconfig commit``)
+``python -m qadtr_core.build.bookconfig stamp [--commit SHA] book/results/*.ipynb`` (run by ``make notebooks``
+after papermill, with the commit the build started from: ``python -m qadtr_core.build.bookconfig commit``)
 records in each executed notebook's metadata, under ``qadtr``, the commit of the checkout, the library
 version and the profile it ran at.
 
-``python -m qadtr_core.bookconfig book/results _build/_config.yml`` reads those stamps, refuses a mix of
+``python -m qadtr_core.build.bookconfig book/results _build/_config.yml`` reads those stamps, refuses a mix of
 profiles or of commits (a page would then mislabel its numbers) and an unstamped notebook, and writes
 ``_config.yml`` plus an announcement banner, shown on every page, naming the profile and the commit.
 
@@ -52,7 +52,7 @@ def source_commit(repo: Path | None = None) -> str:
     outside git, unless ``$QADTR_COMMIT`` names it: a copy of a checkout without its history, such as a
     GPU build machine's). Changes under ``book/results``, ``book/_static`` and ``_build`` do not count: they
     are the outputs that a book build writes, so a rebuild over committed results still names a clean commit."""
-    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10,
                              check=True).stdout.strip()
@@ -95,7 +95,7 @@ def executed_provenance(results_dir: Path) -> dict[str, str]:
     unstamped = sorted(name for name, s in stamps.items() if not isinstance(s, dict))
     if unstamped:
         raise SystemExit(f"executed notebooks without a recorded commit: {unstamped}; they were not run by `make notebooks` "
-                         f"(or stamp them: python -m qadtr_core.bookconfig stamp {results_dir}/*.ipynb)")
+                         f"(or stamp them: python -m qadtr_core.build.bookconfig stamp {results_dir}/*.ipynb)")
     for field in ("profile", "commit", "version"):
         values = {name: s.get(field) for name, s in stamps.items()}
         if len(set(values.values())) != 1:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             commit, args = args[i + 1], args[:i] + args[i + 2:]
         files = [p for a in args[1:] for p in (sorted(Path(a).glob("*.ipynb")) if Path(a).is_dir() else [Path(a)])]
         if not files:
-            raise SystemExit("usage: python -m qadtr_core.bookconfig stamp [--commit SHA] NOTEBOOK.ipynb|DIR ...")
+            raise SystemExit("usage: python -m qadtr_core.build.bookconfig stamp [--commit SHA] NOTEBOOK.ipynb|DIR ...")
         stamp(files, commit)
         return
     if args[:1] == ["check"]:
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("%s: profile %s, commit %s, qadtr %s", args[1], prov["profile"], prov["commit"], prov["version"])
         return
     if len(args) != 2:
-        raise SystemExit("usage: python -m qadtr_core.bookconfig RESULTS_DIR OUT_CONFIG | stamp FILES | check RESULTS_DIR")
+        raise SystemExit("usage: python -m qadtr_core.build.bookconfig RESULTS_DIR OUT_CONFIG | stamp FILES | "
+                         "check RESULTS_DIR")
     results_dir, out = args
     prov = executed_provenance(Path(results_dir))
     tuck_parameters(Path(results_dir))

@@ -1,5 +1,6 @@
-"""Claim values C3, C4, C5 and C7 with paired bootstrap intervals over the evaluation images, the
-"does every defense defend" table, and the entries of ``defenses.json``.
+"""The measurements of the defense chapters: robust accuracy and ASR per defense, width and threat kind as
+statistics of image resamples, attack convergence per attacked model, the "does every defense defend" table,
+and the entries of ``defenses.json`` (the claims C3, C4, C5 and C7 read them: :mod:`qadtr_core.claims`).
 
 Every defense is evaluated on the same images, so a difference between defenses is read with a
 *paired* bootstrap: one resample of the images recomputes every side of the difference, all widths
@@ -57,15 +58,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .artifacts import read_json, write_json
+from ..artifacts import read_json, write_json
+from ..stats import Interval, paired_bootstrap
+from ..zoo import TrainedModel
 from .robustness import Evaluation, threat_kinds
-from .stats import Interval, paired_bootstrap, wilson
 from .strength import is_converged
 from .threats import EOT_THREAT, THREATS, WORST, PatchDistribution, Threat
-from .zoo import TrainedModel
 
 Stat = Callable[[np.ndarray], np.ndarray]  # resample indices (B, n) -> statistic (B,)
-METRIC = "robust accuracy"
+
+
+ROBUST_ACCURACY = "robust accuracy"
+
+
 NAN_CI = {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan}
 
 
@@ -78,11 +83,11 @@ def bootstrap(stat: Stat, n: int, n_boot: int = 2000, seed: int = 0, level: floa
     return Interval(point, float(np.quantile(vals, q)), float(np.quantile(vals, 1 - q)))
 
 
-def _ci(i: Interval) -> dict[str, float]:
+def ci(i: Interval) -> dict[str, float]:
     return {"value": i.value, "ci_low": i.low, "ci_high": i.high}
 
 
-def _adaptive_names(threats: Sequence[Threat]) -> list[str]:
+def adaptive_names(threats: Sequence[Threat]) -> list[str]:
     return [t.name for t in threats if t.adaptive] + [EOT_THREAT.name]
 
 
@@ -160,11 +165,11 @@ def robust(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistributio
     return stat
 
 
-def _mean(stats: Sequence[Stat]) -> Stat:
+def mean_of(stats: Sequence[Stat]) -> Stat:
     return lambda idx: np.mean([s(idx) for s in stats], axis=0)
 
 
-def _excluded(bits: Sequence[int], who: Sequence[str], collapsed: Collection[tuple[str, int]]) -> dict[str, str]:
+def excluded_widths(bits: Sequence[int], who: Sequence[str], collapsed: Collection[tuple[str, int]]) -> dict[str, str]:
     """``{bits: "<defense> collapsed"}`` for every width at which a model of ``who`` collapsed."""
     flagged = {(d, int(b)) for d, b in collapsed}
     out = {}
@@ -208,125 +213,6 @@ def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
                     "white_box_asr_half_steps": float(r.white_box_asr_half_steps), "clean_floor": 0.0,
                     "steps": int(r.steps), "n": int(r.n)})
     return out
-
-
-def defense_claims(ev: Evaluation, clean: pd.DataFrame, distributions: Mapping[str, PatchDistribution],
-                   bit_set: Sequence[int], meta: Mapping, undefended: str = "QAT (undefended)",
-                   multiwidth: str = "multi-width (undefended)", ours: str = "QADT-R",
-                   baselines: Sequence[str] = ("PBAT", "DWQ"), n_boot: int = 2000,
-                   collapsed: Collection[tuple[str, int]] = (), defends: Mapping[str, bool] | None = None,
-                   threats: Sequence[Threat] = THREATS) -> dict[str, dict]:
-    """C3, C4 and C5 in the scorecard's layout (``meta``: ``seeds``, ``profile``; ``collapsed``: the
-    flagged (defense, bits) cells; ``defends``: :func:`defends_of` of the defends table)."""
-    pi, n, bits = ev.per_image, ev.n, list(bit_set)
-    compared = [*baselines, ours]
-    flagged = {d for d, _ in collapsed}
-    # a defense collapsed at a width it serves does not defend there (as in defends_table), given or not
-    defends = {d: bool((defends or {}).get(d, True)) and d not in flagged
-               for d in {*compared, "PBAT"} if d in (defends or {}) or d in flagged}
-    adaptive = _adaptive_names(threats)
-    common = {"n": n, "seeds": list(meta["seeds"]), "profile": meta["profile"], "metric": METRIC}
-
-    def gain(kind: str, bs: Sequence[int]) -> Stat:
-        per = []
-        for b in bs:
-            names = common_unseen(pi, distributions, compared, b, threats) if kind == "unseen" else None
-            if kind == "unseen" and not names:
-                raise ValueError(f"no threat is unseen by all of {', '.join(compared)} at {b} bits")
-            base = [robust(pi, distributions, d, b, kind, threats=threats, names=names) for d in baselines]
-            mine = robust(pi, distributions, ours, b, kind, threats=threats, names=names)
-            per.append(lambda idx, base=base, mine=mine: mine(idx) - np.max([s(idx) for s in base], axis=0))
-        return _mean(per)
-
-    out3 = _excluded(bits, compared, collapsed)
-    kept3 = [b for b in bits if str(b) not in out3]
-    corrected = 1 - 0.05 / len(bits)  # the rule takes the best width: Bonferroni over the widths
-    c3 = {**(_ci(bootstrap(gain("unseen", kept3), n, n_boot)) if kept3 else NAN_CI),
-          "by_bits": {str(b): _ci(bootstrap(gain("unseen", [b]), n, n_boot)) for b in kept3},
-          "by_bits_corrected": {str(b): _ci(bootstrap(gain("unseen", [b]), n, n_boot, level=corrected)) for b in kept3},
-          "worst_case": _ci(bootstrap(gain("worst case", kept3), n, n_boot)) if kept3 else dict(NAN_CI),
-          "excluded_bits": out3, "defends": {d: defends[d] for d in compared if d in defends}, **common,
-          "attack_strength": attack_strength(ev, compared, exclude=adaptive)}
-
-    def gap(d: str, b: int) -> Stat:
-        se = robust(pi, distributions, d, b, "seen", as_defense="PBAT", threats=threats, sources=("white-box",))
-        un = robust(pi, distributions, d, b, "unseen", as_defense="PBAT", threats=threats, sources=("white-box",))
-        return lambda idx: se(idx) - un(idx)
-
-    out4 = _excluded(bits, ["PBAT", undefended], collapsed)
-    kept4 = [b for b in bits if str(b) not in out4]
-    if kept4:
-        low = min(kept4)
-        pbat_gap, undef_gap = _mean([gap("PBAT", b) for b in kept4]), _mean([gap(undefended, b) for b in kept4])
-        g = pi[(pi.defense == "PBAT") & (pi.bits == low)]
-        kinds = threat_kinds(g, distributions, threats)
-        source = {t.name: t.source for t in threats}
-        wb = g.threat.map(source) == "white-box"
-        ok = int(g[g.threat == g.threat.iloc[0]].clean_ok.sum())
-
-        def asr_ci(kind: str) -> dict[str, float]:
-            sub = g[(kinds == kind) & wb & g.clean_ok]
-            k = int(round(sub.groupby("threat").broken.sum().mean())) if len(sub) else 0
-            w = wilson(k, ok)
-            return {"value": 100 * w.value, "ci_low": 100 * w.low, "ci_high": 100 * w.high}
-
-        def robust_ci(kind: str) -> dict[str, float]:
-            return _ci(bootstrap(robust(pi, distributions, "PBAT", low, kind, threats=threats, sources=("white-box",)),
-                                 n, n_boot))
-
-        c4 = {**_ci(bootstrap(lambda idx: pbat_gap(idx) - undef_gap(idx), n, n_boot)),
-              "at_low_bits": {"bits": low, **_ci(bootstrap(lambda idx: gap("PBAT", low)(idx) - gap(undefended, low)(idx),
-                                                           n, n_boot))},
-              "pbat_gap": _ci(bootstrap(pbat_gap, n, n_boot)), "undefended_gap": _ci(bootstrap(undef_gap, n, n_boot)),
-              "seen_low": asr_ci("seen"), "unseen_low": asr_ci("unseen"),
-              "seen_low_robust": robust_ci("seen"), "unseen_low_robust": robust_ci("unseen")}
-    else:
-        c4 = {**NAN_CI, "at_low_bits": {"bits": min(bits), **NAN_CI}, "pbat_gap": dict(NAN_CI),
-              "undefended_gap": dict(NAN_CI), "seen_low": dict(NAN_CI), "unseen_low": dict(NAN_CI),
-              "seen_low_robust": dict(NAN_CI), "unseen_low_robust": dict(NAN_CI)}
-    c4.update({"excluded_bits": out4, "defends": {d: defends[d] for d in ["PBAT"] if d in defends},
-               "threats": "white-box only", **common,
-               "attack_strength": attack_strength(ev, ["PBAT", undefended],
-                                                  exclude=adaptive + [t.name for t in threats if t.source != "white-box"])})
-
-    def correct(d: str, b: int) -> np.ndarray:
-        return clean[(clean.defense == d) & (clean.bits == b)].sort_values("image").correct.to_numpy(float)
-
-    by_bits = {b: paired_bootstrap(correct(multiwidth, b), correct(ours, b), n_boot=n_boot) for b in bits}
-    worst_b = max(bits, key=lambda b: by_bits[b].value)
-    scale = lambda i: Interval(100 * i.value, 100 * i.low, 100 * i.high)  # noqa: E731
-    diffs = np.stack([correct(multiwidth, b) - correct(ours, b) for b in bits])
-    n_clean = diffs.shape[1]
-    c5 = {**_ci(scale(by_bits[worst_b])), "bits": worst_b, "by_bits": {str(b): _ci(scale(i)) for b, i in by_bits.items()},
-          "mean_drop": _ci(bootstrap(lambda idx: 100 * diffs[:, idx].mean(-1).mean(0), n_clean, n_boot)),
-          "n": n_clean, "seeds": list(meta["seeds"]), "profile": meta["profile"]}
-    return {"C3": c3, "C4": c4, "C5": c5}
-
-
-def ablation_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution], bit_set: Sequence[int],
-                   meta: Mapping, full: str = "QADT-R", removed: Mapping[str, str] | None = None,
-                   n_boot: int = 2000, collapsed: Collection[tuple[str, int]] = (),
-                   threats: Sequence[Threat] = THREATS) -> dict[str, dict]:
-    """C7: drop of the mean unseen robust accuracy over widths when each component is removed (QADT-R's
-    unseen threats), as ``increase`` (positive = the component helped); widths where the full model or
-    the variant collapsed are left out of that component's mean (NaN if all are)."""
-    removed = removed or {"A-QAPA": "without A-QAPA", "DBWT": "without DBWT", "GIR": "without GIR"}
-    pi, bits = ev.per_image, list(bit_set)
-    inc, excluded = {}, {}
-    for comp, name in removed.items():
-        out = _excluded(bits, [full, name], collapsed)
-        kept = [b for b in bits if str(b) not in out]
-        if out:
-            excluded[comp] = out
-        if not kept:
-            inc[comp] = dict(NAN_CI)
-            continue
-        base = _mean([robust(pi, distributions, full, b, "unseen", threats=threats) for b in kept])
-        var = _mean([robust(pi, distributions, name, b, "unseen", as_defense=full, threats=threats) for b in kept])
-        inc[comp] = _ci(bootstrap(lambda idx, var=var, base=base: base(idx) - var(idx), ev.n, n_boot))
-    return {"C7": {"increase": inc, "excluded_bits": excluded, "n": ev.n, "seeds": list(meta["seeds"]),
-                   "profile": meta["profile"], "metric": METRIC,
-                   "attack_strength": attack_strength(ev, [full, *removed.values()], exclude=_adaptive_names(threats))}}
 
 
 def _robust_per_image(per_image: pd.DataFrame, defense: str, bits: int, threat: str) -> np.ndarray | None:
@@ -402,8 +288,8 @@ def defense_entries(threats: pd.DataFrame, clean: pd.DataFrame, budget: pd.DataF
     attack), ``clean`` (clean accuracy, %), ``robust`` with ``robust_ci_low`` / ``robust_ci_high`` (the
     worst-case robust accuracy over every threat, %, Wilson interval), ``start_robust`` (its undefended
     start's, None for an undefended model), ``n`` (evaluation images), ``collapsed`` (bool), and
-    ``chapter``, ``start``, ``robust_reading``. ``threats`` is an :func:`~qadtr_core.robustness.asr_table`,
-    ``clean`` a :func:`~qadtr_core.robustness.clean_table`."""
+    ``chapter``, ``start``, ``robust_reading``. ``threats`` is an :func:`~qadtr_core.evaluation.robustness.asr_table`,
+    ``clean`` a :func:`~qadtr_core.evaluation.robustness.clean_table`."""
     flagged = {(d, int(b)) for d, b in collapsed}
     worst = threats[threats.threat == WORST].set_index(["defense", "bits"])
     acc = clean.set_index(["defense", "bits"]).clean_acc

@@ -1,9 +1,9 @@
 """The two defense experiments as functions: the defenses chapter and the ablation chapter.
 
-The notebooks call :func:`defense_study` and :func:`ablation_study`; ``python -m qadtr_core.studies``
+The notebooks call :func:`defense_study` and :func:`ablation_study`; ``python -m qadtr_core.build.studies``
 runs the same calls ahead of time (on a GPU, say) so that the notebooks find every model and every
 crafted patch in the cache and only evaluate. Both studies use one evaluation: every threat of
-:data:`~qadtr_core.threats.THREATS` on the first ``Profile.n_defense_eval`` test images (transfers from
+:data:`~qadtr_core.evaluation.threats.THREATS` on the first ``Profile.n_defense_eval`` test images (transfers from
 one common surrogate, an independently seeded undefended FP model:
 :func:`~qadtr_core.defenses.recipes.surrogate_config`; the universal patch crafted on its training images;
 random search on what the gradient threats left, ``Profile.defense_rs_queries`` queries per image), DWQ's
@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import Cifar10, load_cifar10, to_float
-from .defense_claims import defends_of, defends_table, defense_entries, write_defenses_json
-from .defenses.recipes import ablation_configs, budget_table, defense_configs, fidelity_table, surrogate_config, train_all
-from .profiles import Profile, get_profile
-from .robustness import (
+from ..data import Cifar10, load_cifar10, to_float
+from ..defenses.recipes import ablation_configs, budget_table, defense_configs, fidelity_table, surrogate_config, train_all
+from ..evaluation.defense_metrics import defends_of, defends_table, defense_entries, write_defenses_json
+from ..evaluation.robustness import (
     PGD_THREAT,
     Evaluation,
     aqapa_table,
@@ -38,9 +37,10 @@ from .robustness import (
     starts_of,
     surrogate_universal_patch,
 )
-from .threats import THREATS, PatchDistribution, distribution_of, own_seen_threat
-from .train import TrainConfig
-from .zoo import TrainedModel, get_or_train
+from ..evaluation.threats import THREATS, PatchDistribution, distribution_of, own_seen_threat
+from ..profiles import Profile, get_profile
+from ..train import TrainConfig
+from ..zoo import TrainedModel, get_or_train
 
 ATTACK_SEED_OFFSET = 4242  # evaluation attacks never share a seed with the training inner attacks
 N_GRADIENT_NORM = 100  # evaluation images of the input-gradient norm table
@@ -48,13 +48,13 @@ N_GRADIENT_NORM = 100  # evaluation images of the input-gradient norm table
 
 @dataclass
 class Study:
-    """Models, per-image outcomes and tables of one experiment (percent; see :mod:`qadtr_core.robustness`).
+    """Models, per-image outcomes and tables of one experiment (percent; see :mod:`qadtr_core.evaluation.robustness`).
 
     Attributes:
         configs, models: per defense, ``{bits: ...}``.
         distributions: each defense's training patches (what "seen" means for it).
         evaluation: per-image threat outcomes and attack strength (n = ``n_eval`` images).
-        threats: the :func:`~qadtr_core.robustness.asr_table` of ``evaluation`` (robust accuracy and ASR,
+        threats: the :func:`~qadtr_core.evaluation.robustness.asr_table` of ``evaluation`` (robust accuracy and ASR,
             collapsed cells flagged).
         clean_per_image, clean: clean correctness per image and its table (n = ``n_clean`` images).
         budget: :func:`~qadtr_core.defenses.recipes.budget_table` with wall times.
@@ -62,7 +62,7 @@ class Study:
         collapsed: the (defense, bits) cells flagged collapsed in their model's build record.
         seen: each defended model's own seen threat (DWQ: L-inf PGD, the attack it trains on).
         pgd: per-image PGD outcomes of the PGD-trained defenses and their starts.
-        defends: :func:`~qadtr_core.defense_claims.defends_table`.
+        defends: :func:`~qadtr_core.evaluation.defense_metrics.defends_table`.
         collapse, gradient_norms, aqapa, fidelity, random_precision: the chapters' diagnostic tables.
     """
 
@@ -88,11 +88,12 @@ class Study:
     random_precision: pd.DataFrame
 
     def defends_by_defense(self) -> dict[str, bool]:
-        """``{defense: beats its start on its own seen threat}`` (:func:`~qadtr_core.defense_claims.defends_of`)."""
+        """``{defense: beats its start on its own seen threat}``
+        (:func:`~qadtr_core.evaluation.defense_metrics.defends_of`)."""
         return defends_of(self.defends)
 
     def entries(self, chapter: str) -> list[dict]:
-        """This study's ``defenses.json`` entries (:func:`~qadtr_core.defense_claims.defense_entries`)."""
+        """This study's ``defenses.json`` entries (:func:`~qadtr_core.evaluation.defense_metrics.defense_entries`)."""
         return defense_entries(self.threats, self.clean, self.budget, self.models, self.starts, self.collapsed, chapter)
 
     def write_entries(self, path: str | Path, chapter: str, profile: str) -> dict:
@@ -127,7 +128,8 @@ def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed
     ev = evaluate_threats(models, x, y, surrogate, THREATS, steps=profile.defense_attack_steps,
                           restarts=profile.defense_attack_restarts, seed=attack_seed,
                           location_opt=profile.defense_location_opt, progress=progress, universal=universal,
-                          rs_queries=profile.defense_rs_queries, randomised=randomised, rp_draws=profile.defense_rp_draws)
+                          rs_queries=profile.defense_rs_queries, randomised=randomised, rp_draws=profile.defense_rp_draws,
+                          starts=starts)
     bit_set = list(dict.fromkeys(b for per in configs.values() for b in per))
     seen = {name: (PGD_THREAT if _strategy(configs[name]) == "dwq" else own_seen_threat(dists[name], bit_set))
             for name, start in starts.items() if start}
@@ -158,7 +160,7 @@ def ablation_study(profile: Profile, bit_set: Sequence[int], seed: int = 0, data
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m qadtr_core.studies --profile quick [--device cuda]``: build both studies' caches."""
+    """``python -m qadtr_core.build.studies --profile quick [--device cuda]``: build both studies' caches."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

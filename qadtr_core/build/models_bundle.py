@@ -4,7 +4,7 @@ A fresh clone cannot re-execute a chapter without the models behind it, and the 
 take hours on 2 CPU cores. So the repository ships them: ``bundle/quick-models.tar`` (``make
 models-bundle`` writes it, ``make book`` imports it when the cache lacks one of its models).
 
-- **What it holds**: the models of the profile's job graph (:func:`qadtr_core.jobs.build_graph` over the
+- **What it holds**: the models of the profile's job graph (:func:`qadtr_core.build.jobs.build_graph` over the
   bundle's seeds) that the cache has, each as ``models/<key>/model.pt`` and its ``record.json``; no attack
   caches, no result tables, no training states. A model whose config changed has a new key, so rebuilding
   the bundle *replaces* it (the bundle is written whole from the current graph; a key the graph no longer
@@ -20,8 +20,8 @@ models-bundle`` writes it, ``make book`` imports it when the cache lacks one of 
   :func:`~qadtr_core.artifacts.save_tensors` (a new checksum sidecar) and notes in the model's record that
   its weights came from the bundle. The book is executed on the restored weights, so it shows what a user
   of the bundle gets (the builder of the bundle re-imports it into their own cache before executing).
-- **Refused with a one-line error, the cache untouched** (:class:`~qadtr_core.bundle.BundleError`): a corrupt,
-  truncated or tampered archive (checked file by file against the manifest by :mod:`qadtr_core.bundle`),
+- **Refused with a one-line error, the cache untouched** (:class:`~qadtr_core.build.bundle.BundleError`): a corrupt,
+  truncated or tampered archive (checked file by file against the manifest by :mod:`qadtr_core.build.bundle`),
   and a *stale* one: built with other cache versions, or holding a model whose key is not in the current
   graph of its profile (its config changed since; rebuild the bundle).
 """
@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
-from .artifacts import CACHE_VERSIONS, DEFAULT_CACHE_VERSION, artifact_root, load_tensors, save_tensors
+from ..artifacts import CACHE_VERSIONS, DEFAULT_CACHE_VERSION, artifact_root, load_tensors, save_tensors
+from ..quant import QUANT_BITS, weight_range
 from .bundle import BundleError, import_bundle, read_manifest, write_archive
-from .quant import QUANT_BITS, weight_range
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _restore(staging: Path, manifest: dict[str, Any], archive: Path) -> None:
 def import_models(archive: Path, root: Path | None = None) -> dict[str, Any]:
     """Verify a models bundle, refuse it when stale, and unpack its models into the cache (float32).
 
-    Returns :func:`~qadtr_core.bundle.import_bundle`'s summary. Raises :class:`BundleError`, the cache
+    Returns :func:`~qadtr_core.build.bundle.import_bundle`'s summary. Raises :class:`BundleError`, the cache
     untouched, for a corrupt or stale bundle (see the module doc).
     """
     archive = Path(archive)

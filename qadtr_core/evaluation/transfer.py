@@ -15,16 +15,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .artifacts import cached_tensors
-from .attacks.image_patch import ImagePatchConfig, ImagePatches, image_patch_attack
-from .attacks.universal_patch import UniversalPatchAttack, UniversalPatchConfig
-from .data import to_float
-from .metrics import Rate, predict
-from .patches import Placement, apply_patch, make_mask, random_placement
-from .quant import bits as at_bits
-from .stats import Interval, wilson
+from ..artifacts import cached_tensors
+from ..attacks.image_patch import ImagePatchConfig, ImagePatches, image_patch_attack
+from ..attacks.universal_patch import UniversalPatchAttack, UniversalPatchConfig
+from ..data import to_float
+from ..metrics import Rate, predict
+from ..patches import Placement, apply_patch, make_mask, random_placement
+from ..quant import bits as at_bits
+from ..stats import Interval, wilson
+from ..utils import Member, fingerprint
 from .strength import MIN_PASSES, TOLERANCE, converge_universal
-from .utils import Member, fingerprint
 
 # Per-image outcomes of one (source, target) cell: (hits, valid), boolean arrays over the images.
 # The rate is hits[valid].mean(); keeping the images lets every difference get a paired interval.
@@ -67,7 +67,7 @@ def universal_patches(sources: Mapping[str, Member], images: torch.Tensor, label
 def converged_universal_patch(source: Member, source_id: str, x_train: torch.Tensor, y_train: torch.Tensor,
                               config: UniversalPatchConfig, x_eval: torch.Tensor, y_eval: torch.Tensor, placement: Placement,
                               progress: bool = False) -> tuple[torch.Tensor, pd.DataFrame, dict[int, torch.Tensor]]:
-    """A universal patch run until converged (:func:`~qadtr_core.strength.converge_universal`), cached.
+    """A universal patch run until converged (:func:`~qadtr_core.evaluation.strength.converge_universal`), cached.
 
     The white-box ASR on ``(x_eval, y_eval)`` at ``placement`` decides when to stop. Returns the patch,
     its white-box strength curve (steps, asr, k, n, ci_low, ci_high, budget_exhausted) and the patch at

@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 import torch
 
-from .attacks.image_patch import ImagePatches
-from .attacks.universal_patch import UniversalPatchAttack
-from .metrics import Rate
-from .stats import wilson
+from ..attacks.image_patch import ImagePatches
+from ..attacks.universal_patch import UniversalPatchAttack
+from ..metrics import Rate
+from ..stats import wilson
 
 TOLERANCE = 0.02  # doubling the steps must add less than 2 points of white-box ASR
 MIN_PASSES = 1.0  # ... and a universal patch must have met every training image once, on average

@@ -11,6 +11,10 @@ its family (Rao et al.'s per-image patch, or one universal patch for every image
 - "random search": gradient-free (Sparse-RS, :func:`~qadtr_core.attacks.random_search.random_search_patch`)
   against the evaluated model at the evaluated width, on the images no gradient threat broke, so that
   an input-gradient that points nowhere (gradient masking) does not pass for robustness;
+- "start transfer": crafted white-box against the evaluated defense's own undefended start (PBAT at b: the
+  QAT model at b; DWQ, QADT-R: the multi-width model at b) and applied to the defense: a fine-tune stays
+  close to its start, so the start's patches are the nearest transfer an attacker without the defense's
+  weights has (for an undefended model, its own white-box attack);
 - "EOT": only where inference is randomised (DWQ's random precision): crafted against the expectation
   over the widths the predictor draws (the loss averaged over the bit set every step) and evaluated
   against the random-precision predictor itself.
@@ -24,8 +28,8 @@ training patch) and the 10x10 square (seen by QADT-R only) stay.
 
 "Seen" is defined per defense by its own :class:`PatchDistribution` (the patches it trained on): a
 white-box threat is seen when its size, shape, region and source width all lie inside it. A transfer is
-unseen for every defense (none trains on another model's patches). Random search and EOT are neither:
-they enter only the worst case ("adaptive").
+unseen for every defense (none trains on another model's patches). Random search, the start transfer and
+EOT are neither: they enter only the worst case ("adaptive").
 """
 from __future__ import annotations
 
@@ -35,14 +39,14 @@ from typing import Literal
 
 import pandas as pd
 
-from .patches import Shape, make_mask
+from ..patches import Shape, make_mask
 
-Source = Literal["white-box", "transfer", "random search", "EOT"]
-SOURCES: tuple[str, ...] = ("white-box", "transfer", "random search", "EOT")
+Source = Literal["white-box", "transfer", "random search", "EOT", "start transfer"]
+SOURCES: tuple[str, ...] = ("white-box", "transfer", "random search", "EOT", "start transfer")
 Region = Literal["outside centre", "anywhere", "centre"]
 REGIONS: tuple[str, ...] = ("outside centre", "anywhere", "centre")
 Family = Literal["per-image", "universal"]
-ADAPTIVE_SOURCES: tuple[str, ...] = ("random search", "EOT")  # only in the worst case
+ADAPTIVE_SOURCES: tuple[str, ...] = ("random search", "EOT", "start transfer")  # only in the worst case
 CENTRE = 10  # the central region every defense's training patches avoid (Rao et al.: the central 10x10)
 
 
@@ -91,7 +95,7 @@ class Threat:
 
     @property
     def adaptive(self) -> bool:
-        """Random search and EOT: in the worst case only, neither seen nor unseen."""
+        """Random search, the start transfer and EOT: in the worst case only, neither seen nor unseen."""
         return self.source in ADAPTIVE_SOURCES
 
 
@@ -105,6 +109,7 @@ THREATS: tuple[Threat, ...] = (
     Threat("8x8 in the centre", region="centre"),
     Threat("transfer from FP surrogate", source="transfer"),
     Threat("universal 8x8 from FP surrogate", source="transfer", family="universal"),
+    Threat("transfer from its undefended start, 8x8", source="start transfer"),
     Threat("random search, 8x8", source="random search"),
 )
 # The attack on a randomised predictor (DWQ's random-precision inference), never on a fixed-width model.
@@ -122,12 +127,16 @@ class PatchDistribution:
         anywhere: training patches could cover the central region. (Default: False)
         source_bits: widths the training patches were crafted at, on the model itself; None = the
             width the model serves (a per-width model such as PBAT). (Default: None)
+        cross_width: the patches were crafted at one width and trained on at another (QADT-R: A-QAPA's cell
+            width, DBWT's batch width), so a threat crafted and evaluated at width b was trained on only in
+            the share of batches whose two widths agreed; still "seen", and labelled so. (Default: False)
     """
 
     sizes: tuple[int, ...] = ()
     shapes: tuple[str, ...] = ("square",)
     anywhere: bool = False
     source_bits: tuple[int, ...] | None = None
+    cross_width: bool = False
 
     def sees(self, threat: Threat, bits: int) -> bool:
         """True if ``threat`` at evaluated width ``bits`` lies inside this training distribution."""
@@ -138,7 +147,8 @@ class PatchDistribution:
         return self.source_bits is None or bits in self.source_bits
 
     def kind(self, threat: Threat, bits: int) -> str:
-        """"seen", "unseen" or "adaptive" (random search and EOT are neither: they only enter the worst case)."""
+        """"seen", "unseen" or "adaptive" (random search, the start transfer and EOT are neither: they only enter
+        the worst case)."""
         if threat.adaptive:
             return "adaptive"
         return "seen" if self.sees(threat, bits) else "unseen"
@@ -167,7 +177,8 @@ def seen_table(distributions: Mapping[str, PatchDistribution], bit_set: Sequence
     in the first columns), one column per defense.
 
     A cell reads "seen", "unseen", "adaptive" (worst case only) or, where it depends on the width,
-    "seen at 32 b; else unseen".
+    "seen at 32 b; else unseen"; a seen cell of a ``cross_width`` distribution adds "(crafted at another
+    width for most batches)".
     """
     rows = []
     for t in threats:
@@ -178,5 +189,7 @@ def seen_table(distributions: Mapping[str, PatchDistribution], bit_set: Sequence
                 row[name] = next(iter(kinds.values()))
             else:
                 row[name] = "seen at " + ", ".join(f"{b} b" for b, k in kinds.items() if k == "seen") + "; else unseen"
+            if dist.cross_width and "seen" in kinds.values():
+                row[name] = row[name].replace("seen", "seen (crafted at another width for most batches)", 1)
         rows.append(row)
     return pd.DataFrame(rows)

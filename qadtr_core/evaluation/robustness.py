@@ -1,6 +1,6 @@
 """Robustness of (defended) models against patches: every threat, per image, with intervals.
 
-The threats and the per-defense meaning of "seen" live in :mod:`qadtr_core.threats`. Here they are
+The threats and the per-defense meaning of "seen" live in :mod:`qadtr_core.evaluation.threats`. Here they are
 run: :func:`evaluate_threats` crafts each threat's patches (white-box at each width; once on the common
 FP surrogate for the transfers; a gradient-free random search on what the gradient threats left; EOT
 against a randomised predictor) and keeps **per-image outcomes** (clean-correct, broken) so that every
@@ -29,7 +29,7 @@ config, the attacked models' hashes, the widths and the images.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,19 +39,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifacts import cached_tensors
-from .attacks.image_patch import ImagePatchConfig, image_patch_attack
-from .attacks.pgd import PGDConfig, pgd_attack
-from .attacks.random_search import RandomSearchConfig, random_search_patch
-from .attacks.universal_patch import UniversalPatchAttack, UniversalPatchConfig
-from .defenses.dwq import RandomPrecision
-from .metrics import input_gradient_norm, predict
-from .patches import Placement, apply_patch, central_box, make_mask, random_placement
-from .quant import FULL_PRECISION, set_bits
-from .stats import bootstrap_mean, wilson
+from ..artifacts import cached_tensors
+from ..attacks.image_patch import ImagePatchConfig, image_patch_attack
+from ..attacks.pgd import PGDConfig, pgd_attack
+from ..attacks.random_search import RandomSearchConfig, random_search_patch
+from ..attacks.universal_patch import UniversalPatchAttack, UniversalPatchConfig
+from ..defenses.dwq import RandomPrecision
+from ..metrics import input_gradient_norm, predict
+from ..patches import Placement, apply_patch, central_box, make_mask, random_placement
+from ..quant import FULL_PRECISION, set_bits
+from ..stats import bootstrap_mean, wilson
+from ..utils import Member, fingerprint, seeded_generator, stream_seed
+from ..zoo import TrainedModel
 from .threats import CENTRE, EOT_THREAT, THREATS, WORST, PatchDistribution, Threat
-from .utils import Member, fingerprint, seeded_generator, stream_seed
-from .zoo import TrainedModel
 
 RP_SEED_OFFSET = 5151  # the random-precision draws of the evaluation never share a seed with an attack
 PGD_THREAT = "L-inf PGD 8/255, 20 steps"  # DWQ's own training threat, for the "does it defend" table
@@ -246,7 +246,8 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
                      surrogate: TrainedModel | None = None, threats: Sequence[Threat] = THREATS, steps: int = 100,
                      restarts: int = 1, seed: int = 0, location_opt: bool = False, progress: bool = True,
                      universal: Mapping[str, torch.Tensor] | None = None, rs_queries: int = 1000,
-                     randomised: Mapping[str, Sequence[int]] | None = None, rp_draws: int = 5) -> Evaluation:
+                     randomised: Mapping[str, Sequence[int]] | None = None, rp_draws: int = 5,
+                     starts: Mapping[str, str | None] | None = None) -> Evaluation:
     """Every threat against every defense at every bit-width, per image (see the module doc).
 
     ``defenses`` maps a name to ``{bits: TrainedModel}``. The transfers are crafted once on ``surrogate``
@@ -255,7 +256,10 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
     -> patch, :func:`surrogate_universal_patch`). White-box threats attack only the images the evaluated
     model gets right when clean; random search (``rs_queries`` queries per image) attacks only those no
     other threat of the cell broke. ``randomised`` maps a defense (one shared model) to the bit set its
-    random-precision inference draws from (see the module doc; ``rp_draws`` draws).
+    random-precision inference draws from (see the module doc; ``rp_draws`` draws). ``starts`` maps a defense
+    to its undefended start in ``defenses`` (:func:`starts_of`), whose patches a "start transfer" threat
+    applies to it (crafted on the start at the same width, on every image); a defense without a start meets
+    its own white-box attack of the same patch there.
     """
     rows, strength, rp_rows = [], [], []
     n = len(x)
@@ -276,7 +280,31 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
         transfer[t.name], rec = craft([(surrogate.model, surrogate.config.bits)], [surrogate.record["config_hash"]],
                                       x, y, cfg, t.region)
         strength.append(_strength_row(t, "FP surrogate", rec, steps, "FP surrogate", surrogate.config.bits))
+    starts = starts or {}
+    for name, s in starts.items():
+        if s is not None and s not in defenses:
+            raise ValueError(f"{name!r} starts from {s!r}, which is not among the evaluated models {sorted(defenses)}")
+    from_start: dict[tuple[str, int, str], torch.Tensor] = {}
+
+    def start_transfer(t: Threat, name: str, b: int) -> torch.Tensor | None:
+        """The images patched on ``name``'s start at ``b`` (None: no start, or the start lacks that width)."""
+        s = starts.get(name)
+        if s is None or b not in defenses[s]:
+            return None
+        if (s, b, t.name) not in from_start:
+            stm = defenses[s][b]
+            cfg = attack_config(t, steps, restarts, seed, location_opt)
+            from_start[(s, b, t.name)], _ = craft([(stm.model, b)], [stm.record["config_hash"]], x, y, cfg, t.region)
+            set_bits(stm.model, stm.config.bits)
+        return from_start[(s, b, t.name)]
+
+    def own_white_box(t: Threat) -> str | None:
+        """The white-box threat with ``t``'s patch (what a model without a start meets as its start transfer)."""
+        return next((w.name for w in threats if w.source == "white-box" and (w.size, w.shape, w.region) ==
+                     (t.size, t.shape, t.region)), None)
+
     gradient = [t for t in threats if not t.adaptive]
+    from_starts = [t for t in threats if t.source == "start transfer"]
     searches = [t for t in threats if t.source == "random search"]
     jobs = sum(len(per) for per in defenses.values()) * len(threats)
     bar = tqdm(total=jobs, disable=not progress, desc="threats", mininterval=2.0)
@@ -298,6 +326,17 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
                 elif len(idx):
                     broken = (_pred(model, transfer[t.name]) != y_cpu) & clean_ok
                 broken_by[t.name] = broken
+            for t in from_starts:
+                bar.update()
+                adv = start_transfer(t, name, b)
+                if adv is None:
+                    own = own_white_box(t)
+                    if own is None or own not in broken_by:
+                        raise ValueError(f"{name!r} has no start and no white-box threat with the patch of {t.name!r}")
+                    broken_by[t.name] = broken_by[own].clone()
+                else:
+                    set_bits(model, b)
+                    broken_by[t.name] = (_pred(model, adv) != y_cpu) & clean_ok
             left = clean_ok.clone()
             for broken in broken_by.values():
                 left &= ~broken
@@ -480,23 +519,47 @@ def starts_of(configs: Mapping[str, Mapping[int, object]]) -> dict[str, str | No
     return out
 
 
+def distinct_models(models: Mapping[str, Mapping[int, TrainedModel]]) -> Iterator[tuple[str, TrainedModel]]:
+    """``(name, model)`` once per trained model of ``models`` (a multi-width model serves several widths)."""
+    done = set()
+    for name, per_bits in models.items():
+        for tm in per_bits.values():
+            if (name, tm.record.get("config_hash")) not in done:
+                done.add((name, tm.record.get("config_hash")))
+                yield name, tm
+
+
 def aqapa_table(models: Mapping[str, Mapping[int, TrainedModel]]) -> pd.DataFrame:
     """A-QAPA's sampler per model, epoch and (width, size) cell, from the training history: the draws and
     the mean hardness (cross-entropy of the cell's patched images at the cell's own width). Models without
     A-QAPA (no ``aqapa_draws`` in their history) are left out."""
-    rows, done = [], set()
-    for name, per_bits in models.items():
-        for tm in per_bits.values():
-            h = tm.record.get("config_hash")
-            if (name, h) in done:
-                continue
-            done.add((name, h))
-            for e in tm.record.get("history", []):
-                for cell, k in (e.get("aqapa_draws") or {}).items():
-                    b, s = cell.split("b_")
-                    rows.append({"defense": name, "epoch": e.get("epoch"), "bits": int(b), "size": int(s.rstrip("px")),
-                                 "draws": int(k), "hardness": (e.get("aqapa_loss") or {}).get(cell, float("nan"))})
+    rows = []
+    for name, tm in distinct_models(models):
+        for e in tm.record.get("history", []):
+            for cell, k in (e.get("aqapa_draws") or {}).items():
+                b, s = cell.split("b_")
+                rows.append({"defense": name, "epoch": e.get("epoch"), "bits": int(b), "size": int(s.rstrip("px")),
+                             "draws": int(k), "hardness": (e.get("aqapa_loss") or {}).get(cell, float("nan"))})
     return pd.DataFrame(rows, columns=["defense", "epoch", "bits", "size", "draws", "hardness"])
+
+
+def crafted_width_table(models: Mapping[str, Mapping[int, TrainedModel]]) -> pd.DataFrame:
+    """Per model and width trained at: the patched batches (over all epochs of the training history) and the
+    share of them whose patches were crafted at that same width (QADT-R crafts at A-QAPA's cell width and
+    trains at DBWT's batch width; ``patch_widths`` in its history). Models without that record are left out."""
+    rows = []
+    for name, tm in distinct_models(models):
+        total: dict[int, int] = {}
+        same: dict[int, int] = {}
+        for e in tm.record.get("history", []):
+            for pair, k in (e.get("patch_widths") or {}).items():
+                trained, crafted = (int(p.rstrip("b")) for p in pair.split("<-"))
+                total[trained] = total.get(trained, 0) + int(k)
+                same[trained] = same.get(trained, 0) + (int(k) if trained == crafted else 0)
+        for b in sorted(total, reverse=True):
+            rows.append({"defense": name, "bits": b, "patched batches": total[b],
+                         "crafted at the same width (%)": 100 * same[b] / max(total[b], 1)})
+    return pd.DataFrame(rows, columns=["defense", "bits", "patched batches", "crafted at the same width (%)"])
 
 
 def threat_kinds(per_image: pd.DataFrame, distributions: Mapping[str, PatchDistribution],

@@ -1,7 +1,7 @@
 """GPU cost estimates of the study's units of work: the one place for measured per-step costs.
 
 Every number here is a measurement with its source; what the cost of a chapter is made of (which models,
-how many attack steps) is counted by :mod:`qadtr_core.jobs` from the profile and the notebook's own
+how many attack steps) is counted by :mod:`qadtr_core.build.jobs` from the profile and the notebook's own
 parameters. The results are *estimates*: a step's cost on another GPU, another torch version or another
 batch size differs, and a defense's GPU step ratio has not been measured (the CPU ratios stand in).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .quant import FULL_PRECISION
+from ..quant import FULL_PRECISION
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@
     qadtr export --profile P [--models-only [--seeds 0 1]] ARCHIVE
     qadtr import [--missing-only --profile P] ARCHIVE
 
-``build`` runs the job graph of :mod:`qadtr_core.jobs` (train every model a chapter needs, then execute
+``build`` runs the job graph of :mod:`qadtr_core.build.jobs` (train every model a chapter needs, then execute
 the chapter notebook into a scratch folder, which caches its crafted patches and result tables); with
 ``--scheduler`` the graph goes to a Dask cluster. ``status`` lists, per chapter, what is cached, what
 is missing and the estimated GPU cost. ``export --models-only`` writes the models bundle the repository
-ships (:mod:`qadtr_core.models_bundle`); ``import`` takes either kind of archive. A bad argument, a
+ships (:mod:`qadtr_core.build.models_bundle`); ``import`` takes either kind of archive. A bad argument, a
 refused archive or a failed build prints one line and exits with status 2 (``--debug``: the traceback).
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ import logging
 import sys
 from pathlib import Path
 
-from .profiles import PROFILES
+from ..profiles import PROFILES
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .utils import default_device
+    from ..utils import default_device
 
     ap = argparse.ArgumentParser(prog="qadtr", description="Build and inspect the QADT-R study's artifact cache.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="quick", choices=list(PROFILES))
     s.add_argument("--seeds", type=int, nargs="+", default=[0])
 
-    e = sub.add_parser("export", help="pack a profile's artifacts into an archive (qadtr_core.bundle)")
+    e = sub.add_parser("export", help="pack a profile's artifacts into an archive (qadtr_core.build.bundle)")
     e.add_argument("--profile", default="quick", choices=list(PROFILES))
     e.add_argument("archive", type=Path)
     e.add_argument("--root", type=Path, default=None, help="artifact root (default: $QADTR_ARTIFACTS or artifacts/)")
