@@ -321,3 +321,67 @@ def certified_brackets(table: pd.DataFrame, title: str) -> plt.Figure:
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def threat_intervals(table: pd.DataFrame, title: str) -> plt.Figure:
+    """Robust accuracy (%) per threat with its Wilson 95 % interval, one panel per bit-width, one colour per
+    defense (the same in every panel), from an :func:`~qadtr_core.evaluation.robustness.asr_table`; the worst
+    case last. A collapsed cell is drawn hollow."""
+    t = table.copy()
+    order = _bit_axis(t)
+    threats = list(dict.fromkeys(t.threat))
+    threats = [th for th in threats if not th.startswith("worst")] + [th for th in threats if th.startswith("worst")]
+    defenses = list(dict.fromkeys(t.defense))
+    colours = dict(zip(defenses, sns.color_palette("deep", len(defenses))))
+    ypos = {th: i for i, th in enumerate(threats)}
+    step = 0.8 / max(1, len(defenses))
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(order), figsize=(2.6 * len(order) + 3.0, 0.34 * len(threats) + 1.6),
+                                 sharey=True, sharex=True, squeeze=False)
+        for ax, width in zip(axes[0], order):
+            for j, d in enumerate(defenses):
+                g = t[(t["bit-width"] == width) & (t.defense == d)]
+                if g.empty:
+                    continue
+                y = np.array([ypos[th] for th in g.threat]) - 0.4 + step * (j + 0.5)
+                err = np.vstack([g.robust - g.robust_ci_low, g.robust_ci_high - g.robust]).clip(min=0)
+                hollow = g["collapsed"].to_numpy(bool) if "collapsed" in g else np.zeros(len(g), bool)
+                for filled, keep in ((True, ~hollow), (False, hollow)):
+                    if keep.any():
+                        ax.errorbar(g.robust[keep], y[keep], xerr=err[:, keep], fmt="o", ms=3.5, lw=1, color=colours[d],
+                                    mfc=colours[d] if filled else "white")
+            ax.set_title(width, fontsize=10)
+            ax.set_xlim(0, 100)
+            ax.set_xlabel("robust accuracy (%)")
+        axes[0][0].set_yticks(range(len(threats)), threats, fontsize=8)
+        axes[0][0].invert_yaxis()
+        handles = [plt.Line2D([], [], marker="o", ls="", color=colours[d]) for d in defenses]
+        axes[0][-1].legend(handles, defenses, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def forest(intervals: dict[str, dict[str, float]], title: str, xlabel: str, reference: float = 0.0) -> plt.Figure:
+    """A forest plot: one row per entry of ``intervals`` (``{label: {"value", "ci_low", "ci_high"}}``), its
+    point and interval, with a vertical line at ``reference``; rows whose value is NaN are labelled "not
+    measured"."""
+    labels = list(intervals)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(labels) + 1.3))
+        for i, k in enumerate(labels):
+            iv = intervals[k]
+            if any(np.isnan(float(iv[f])) for f in ("value", "ci_low", "ci_high")):
+                ax.text(reference, i, "not measured", va="center", ha="center", fontsize=8, color="grey")
+                continue
+            ax.errorbar([iv["value"]], [i], xerr=[[iv["value"] - iv["ci_low"]], [iv["ci_high"] - iv["value"]]], fmt="o",
+                        color="C0", capsize=3)
+        ax.axvline(reference, color="grey", lw=1, ls="--")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -67,24 +67,6 @@ def headline(table: pd.DataFrame, metric: str = "robust") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def threat_detail(table: pd.DataFrame) -> pd.DataFrame:
-    """Every threat and worst case per defense and width: "robust accuracy [Wilson 95 %]; ASR (n)", flagged."""
-    widths = list(dict.fromkeys(table.bits))
-    rows = []
-    for (d, th, kind), g in table.groupby(["defense", "threat", "kind"], sort=False):
-        row = {"defense": d, "threat": th, "kind": kind}
-        for b in widths:
-            r = g[g.bits == b]
-            if r.empty:
-                row[bit_label(b)] = "-"
-                continue
-            r = r.iloc[0]
-            row[bit_label(b)] = (f"{interval(r.robust, r.robust_ci_low, r.robust_ci_high)}; ASR {pct(r.asr)} "
-                                 f"(n={int(r.n)})" + (COLLAPSED if r.get("collapsed", False) else ""))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def clean_display(clean: pd.DataFrame, collapsed: Collection[tuple[str, int]] = ()) -> pd.DataFrame:
     """Clean accuracy per defense (rows) and width (columns) with its Wilson interval, collapsed cells flagged."""
     flagged = {(d, int(b)) for d, b in collapsed}

@@ -84,12 +84,15 @@ def BitEnsemble(model: nn.Module, bit_set: Sequence[int]) -> Ensemble:  # noqa: 
     return Ensemble([(model, b) for b in bit_set])
 
 
-def attack_config(threat: Threat, steps: int, restarts: int, seed: int, location_opt: bool = False) -> ImagePatchConfig:
+def attack_config(threat: Threat, steps: int, restarts: int, seed: int, location_opt: bool = False,
+                  early_stop: bool = False) -> ImagePatchConfig:
     """The per-image patch attack of ``threat`` (step 0.05, as in Rao et al.'s evaluation). For the centre
-    region it runs inside the central box (:func:`craft`), so it avoids nothing there."""
+    region it runs inside the central box (:func:`craft`), so it avoids nothing there. ``early_stop``: stop
+    on an image once it is fooled (:class:`~qadtr_core.attacks.ImagePatchConfig`): for white-box threats,
+    whose patches are scored on the model they were crafted on; never for patches crafted to transfer."""
     avoid = central_box(CENTRE) if threat.region == "outside centre" else None
     return ImagePatchConfig(size=threat.size, shape=threat.shape, steps=steps, restarts=restarts, step_size=0.05,
-                            avoid=avoid, seed=seed, location_opt=location_opt)
+                            avoid=avoid, seed=seed, location_opt=location_opt, early_stop=early_stop)
 
 
 class _InBox(nn.Module):
@@ -317,8 +320,8 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
             for t in gradient:
                 bar.update()
                 broken = torch.zeros(n, dtype=torch.bool)
-                if len(idx) and t.source == "white-box":
-                    cfg = attack_config(t, steps, restarts, seed, location_opt)
+                if len(idx) and t.source == "white-box":  # scored where it was crafted: stop once fooled
+                    cfg = attack_config(t, steps, restarts, seed, location_opt, early_stop=True)
                     adv, rec = craft([(model, b)], [h], x[idx.to(x.device)], y[idx.to(y.device)], cfg, t.region)
                     strength.append(_strength_row(t, f"{name} {b} b", rec, steps, name, b))
                     set_bits(model, b)
