@@ -22,7 +22,7 @@ _LAZY = {
 _MOVED = {name: f"build.{name}" for name in ("jobs", "cli", "bundle", "models_bundle", "bookconfig", "estimates",
                                                "seeds", "studies")}
 _MOVED.update({name: f"evaluation.{name}" for name in ("transfer", "threats", "robustness", "strength")})
-_MOVED["scorecard"] = "claims.scorecard"
+_MOVED["scorecard"] = "claims"  # the old module's names (the rules, load_claims, scorecard) are the package's
 
 __all__ = list(_LAZY)
 

@@ -375,8 +375,9 @@ def forest(intervals: dict[str, dict[str, float]], title: str, xlabel: str, refe
             if any(np.isnan(float(iv[f])) for f in ("value", "ci_low", "ci_high")):
                 ax.text(reference, i, "not measured", va="center", ha="center", fontsize=8, color="grey")
                 continue
-            ax.errorbar([iv["value"]], [i], xerr=[[iv["value"] - iv["ci_low"]], [iv["ci_high"] - iv["value"]]], fmt="o",
-                        color="C0", capsize=3)
+            # a percentile bootstrap interval may exclude its point value: clip the bar at the point
+            lo, hi = max(iv["value"] - iv["ci_low"], 0.0), max(iv["ci_high"] - iv["value"], 0.0)
+            ax.errorbar([iv["value"]], [i], xerr=[[lo], [hi]], fmt="o", color="C0", capsize=3)
         ax.axvline(reference, color="grey", lw=1, ls="--")
         ax.set_yticks(range(len(labels)), labels)
         ax.invert_yaxis()

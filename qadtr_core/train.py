@@ -98,6 +98,17 @@ def check_bit_set(bit_set: Sequence[int]) -> tuple[int, ...]:
     return tuple(check_bits(b) for b in bit_set)
 
 
+BIT_SCHEDULES: tuple[str, ...] = ("cycle", "sample", "shuffle")
+
+
+def check_bit_schedule(schedule: str) -> str:
+    """``schedule`` if it is one of :data:`BIT_SCHEDULES` (checked without torch, so that a config built at
+    import time imports under the documentation's mocks too), else a ValueError naming the allowed ones."""
+    if schedule not in BIT_SCHEDULES:
+        raise ValueError(f"unknown bit schedule {schedule!r}; allowed: {', '.join(repr(s) for s in BIT_SCHEDULES)}")
+    return schedule
+
+
 def draw_bits(bit_set: Sequence[int], seed: int, step: int, schedule: str = "sample") -> int:
     """The bit-width of training step ``step``: cycling through ``bit_set`` ("cycle"), drawn uniformly
     ("sample"), or drawn at random without replacement within each run of ``len(bit_set)`` steps

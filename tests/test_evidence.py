@@ -216,8 +216,8 @@ def test_c2_rules():
                 enumerate((a, b) for a in names for b in names)}
 
     curve = pd.DataFrame({"eps_255": [1.0], "asr": [0.5]})
-    # matched strength (white-box 85 % vs 90 %): PGD keeps 0.1 / 0.85 of it, the patch nearly all
-    strong = c2_claim(matrix(0.85, 0.1), matrix(0.9, 0.85, seed=100), names, 1.0, curve, [_strength()], "test", [0],
+    # matched strength (white-box 90 % both): PGD keeps 0.1 / 0.9 of it, the patch nearly all
+    strong = c2_claim(matrix(0.9, 0.1), matrix(0.9, 0.85, seed=100), names, 1.0, curve, [_strength()], "test", [0],
                       n_boot=200)
     assert abs(strong["strength_gap"]) <= 10 and VERDICTS["C2"](strong)[1] == "reproduced"
     # the same transfer at unmatched strength (PGD 50 % vs the patch's 90 % white-box) is no comparison

@@ -308,3 +308,15 @@ def test_a_model_wrong_everywhere_has_robust_accuracy_zero_not_asr_zero():
     row = asr_table(pi, {"broken": NO_PATCHES})
     w = row[row.threat == WORST].iloc[0]
     assert w.asr == 0 and w.n == 0 and w.robust == 0 and w.n_images == 50
+
+
+def test_the_strength_record_counts_an_image_fooled_by_any_restart():
+    """Without early stopping each restart's success record is its own: an image fooled by the first restart
+    only is fooled (as ImagePatches.fooled_within says), not lost to the last restart's record."""
+    from qadtr_core.evaluation.robustness import _strength_row
+
+    success = torch.zeros(3, 2, 5, dtype=torch.bool)  # (images, restarts, steps + 1)
+    success[0, 0, 2:] = True  # image 0: the first restart, from step 2
+    success[1, 1, 4:] = True  # image 1: the second restart, only at the last step
+    row = _strength_row(THREATS[0], "m 2 b", {"ok": torch.tensor([True, True, True]), "success": success}, 4, "m", 2)
+    assert (row["n_ok"], row["k_full"], row["k_half"]) == (3, 2, 1)

@@ -5,9 +5,10 @@ The paper reports attacked (upper-bound) numbers only. This claim reads the othe
 bracket, the certified robust accuracy, which no attack can lower: it needs no attack to converge.
 
 Measurement (:func:`b1_claim`): on the same images, for the per-width masking-fine-tuned models at the
-chapter's largest patch size, the certified robust accuracy at full precision minus that at the lowest
-width (points, paired bootstrap over the images); each width's certified and attacked robust accuracy
-beside it, and the multi-width model's drop where it was certified. Rule: :func:`verdict_b1`.
+chapter's largest patch size, the certified robust accuracy at the highest width certified (full precision,
+32 bits, in every profile of the study) minus that at the lowest width (points, paired bootstrap over the
+images); each width's certified and attacked robust accuracy beside it, and the multi-width model's drop
+where it was certified. Rule: :func:`verdict_b1`.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Relative transfer depends on strength (an attack that breaks everything white-box has no room to lose), so
 the two attacks are compared at **matched strength**: PGD at the radius of the grid whose white-box ASR on
 the FP model is closest to the per-image patch's (:func:`matched_radius`); the rule reads the difference
-only if the two white-box ASRs lie within :data:`MATCH_POINTS` points of each other.
+only if the paired interval of the two white-box ASRs' difference lies within :data:`MATCH_POINTS` points.
 
 Measurement (:func:`c2_claim`): PGD at that radius against the per-image patch: the difference of their
 relative transfer (mean off-diagonal over mean diagonal ASR among the FP and QAT widths), each above its
@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..evaluation.strength import AttackStrength
 from ..evaluation.transfer import Outcomes, relative_transfer_interval, white_box_excess_interval
+from ..stats import paired_bootstrap
 from .common import Ruling, converged, fmt, interval, rate_interval, unconverged_reason
 
 ID = "C2"
@@ -56,9 +57,13 @@ def c2_claim(pgd: Mapping[tuple[str, str], Outcomes], patch: Mapping[tuple[str, 
                                       baseline_floors=pgd_floor)
     src = names[0]
     pgd_wb, patch_wb = rate_interval(pgd[(src, src)]), rate_interval(patch[(src, src)])
+    (a, va), (b, vb) = pgd[(src, src)], patch[(src, src)]
+    gap = paired_bootstrap(a, b, n_boot=n_boot, valid_a=va, valid_b=vb)  # the same images: a paired interval
     return {**interval(diff),
             "pgd_white_box": interval(pgd_wb), "patch_white_box": interval(patch_wb),
-            "strength_gap": 100 * (pgd_wb.value - patch_wb.value), "matched_on": src,
+            "strength_gap": 100 * gap.value,
+            "strength_gap_interval": {"value": 100 * gap.value, "ci_low": 100 * gap.low, "ci_high": 100 * gap.high},
+            "matched_on": src,
             "pgd_relative": interval(relative_transfer_interval(pgd, names, n_boot=n_boot, floors=pgd_floor)),
             "patch_relative": interval(relative_transfer_interval(patch, names, n_boot=n_boot, floors=patch_floor)),
             "pgd_white_box_excess": interval(white_box_excess_interval(pgd, names, pgd_floor, n_boot)),
@@ -74,8 +79,9 @@ def verdict_c2(c: Mapping[str, Any]) -> Ruling:
     """**C2** (pixel attacks transfer poorly), read on the FP and QAT models at matched strength (the PGD
     radius whose white-box ASR on FP is closest to the per-image patch's): d = the per-image patch's relative
     transfer minus PGD's (paired interval; the DWQ model's reading is shown beside it). *Inconclusive* if an
-    attack has not converged, if the two white-box ASRs differ by more than 10 points (no radius of the grid
-    matches the patch: relative transfer depends on strength), or if either attack does nothing (its
+    attack has not converged, if the two white-box ASRs are not within 10 points of each other (the whole
+    paired interval of their difference; else no radius of the grid matches the patch, and relative transfer
+    depends on strength), or if either attack does nothing (its
     white-box excess over its null floor is not above 0). Then, in this
     order (disjoint regions): *not reproduced* if the whole interval of d lies below 0.1 (PGD transfers
     about as well as the patch, or better: a difference under 0.1 is no difference); *reproduced* if d > 0
@@ -94,10 +100,11 @@ def verdict_c2(c: Mapping[str, Any]) -> Ruling:
 
     if not converged(c):
         return ruling("inconclusive", unconverged_reason(c))
-    gap = c.get("strength_gap")
-    if gap is not None and not abs(gap) <= MATCH_POINTS:
-        return ruling("inconclusive", f"strengths not matched: PGD's white-box ASR is {gap:+.1f} points from the "
-                                      f"per-image patch's (the rule compares them within {MATCH_POINTS:g} points)")
+    gap = c.get("strength_gap_interval") or ({"value": c["strength_gap"], "ci_low": c["strength_gap"],
+                                              "ci_high": c["strength_gap"]} if "strength_gap" in c else None)
+    if gap is not None and not -MATCH_POINTS <= gap["ci_low"] <= gap["ci_high"] <= MATCH_POINTS:
+        return ruling("inconclusive", f"strengths not matched: PGD's white-box ASR minus the per-image patch's is "
+                                      f"{fmt(gap, unit=' pts')}, not within {MATCH_POINTS:g} points (whole interval)")
     if any(math.isnan(c[k]) for k in ("value", "ci_low", "ci_high")):
         return ruling("inconclusive", "the difference could not be computed (NaN)")
     for k, who in (("pgd_white_box_excess", "PGD"), ("patch_white_box_excess", "the per-image patch")):

@@ -86,7 +86,7 @@ def c3_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution], bit
 
 def _by_bits_corrected(c: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
     """C3's per-width intervals, Bonferroni-corrected for the number of widths (stored by
-    :func:`qadtr_core.defense_claims.defense_claims`; widened from the 95 % ones for older entries)."""
+    :func:`qadtr_core.claims.defense_chapter.defense_claims`; widened from the 95 % ones for older entries)."""
     stored = c.get("by_bits_corrected")
     if stored:
         return dict(stored)

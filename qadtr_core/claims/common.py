@@ -138,7 +138,7 @@ def claims_path(chapter: str, profile: str, seed: int, root: Path | None = None)
 
 
 def save_claims(chapter: str, profile: str, seed: int, claims: Mapping[str, dict]) -> Path:
-    """Write a chapter's claim entries (atomically) for :func:`qadtr_core.scorecard.load_claims`."""
+    """Write a chapter's claim entries (atomically) for :func:`qadtr_core.claims.scorecard.load_claims`."""
     path = claims_path(chapter, profile, seed)
     write_json(path, dict(claims))
     return path

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant import set_bits
-from ..train import check_bit_set, draw_bits, register_strategy
+from ..train import check_bit_schedule, check_bit_set, draw_bits, register_strategy
 from ..utils import stream_seed
 from .inner import FRESH_STEPS, InnerStrategy, check_inner, pgd_inner
 
@@ -48,7 +48,7 @@ class DWQConfig:
 
     def __post_init__(self) -> None:
         check_bit_set(self.bit_set)
-        draw_bits(self.bit_set, self.seed, 0, self.schedule)  # an unknown schedule is a clear error
+        check_bit_schedule(self.schedule)  # an unknown schedule is a clear error
         if not 0 < self.eps <= 1:
             raise ValueError(f"need 0 < eps <= 1, got {self.eps}")
         check_inner(self.pgd_steps, self.eps)

@@ -38,7 +38,7 @@ from ..evaluation.threats import PatchDistribution
 from ..patches import Box, central_box
 from ..quant import FULL_PRECISION, set_bits
 from ..quant import bits as at_bits
-from ..train import check_bit_set, draw_bits, register_strategy
+from ..train import check_bit_schedule, check_bit_set, draw_bits, register_strategy
 from ..utils import eval_mode, seeded_generator, stream_seed
 from .inner import FRESH_STEP_SIZE, FRESH_STEPS, InnerStrategy, check_inner, mean_ce, patch_inner
 from .pbat import mixed_loss, n_patched
@@ -95,7 +95,7 @@ class QADTRConfig:
 
     def __post_init__(self) -> None:
         check_bit_set(self.bit_set)
-        draw_bits(self.bit_set, self.seed, 0, self.schedule)  # an unknown schedule is a clear error
+        check_bit_schedule(self.schedule)  # an unknown schedule is a clear error
         if not self.patch_sizes:
             raise ValueError("patch_sizes is empty")
         if self.gir and len(self.bit_set) < 2:

@@ -228,7 +228,9 @@ class Evaluation:
 def _strength_row(threat: Threat, target: str, rec: Mapping[str, torch.Tensor], steps: int, defense: str,
                   bits: int | None) -> dict:
     ok, success = rec["ok"].bool(), rec["success"].bool()
-    full, half = success[:, -1, steps], success[:, -1, steps // 2]
+    # fooled by any restart within all / half the steps (as ImagePatches.fooled_within), with or without
+    # early stopping: under early stopping a restart's record is cumulative, without it each restart's own
+    full, half = success[:, :, steps].any(1), success[:, :, steps // 2].any(1)
     return {"threat": threat.name, "target": target, "defense": defense, "bits": bits, "steps": steps,
             "n_ok": int(ok.sum()), "k_full": int((full & ok).sum()), "k_half": int((half & ok).sum())}
 
@@ -261,8 +263,8 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
     other threat of the cell broke. ``randomised`` maps a defense (one shared model) to the bit set its
     random-precision inference draws from (see the module doc; ``rp_draws`` draws). ``starts`` maps a defense
     to its undefended start in ``defenses`` (:func:`starts_of`), whose patches a "start transfer" threat
-    applies to it (crafted on the start at the same width, on every image); a defense without a start meets
-    its own white-box attack of the same patch there.
+    applies to it (crafted on the start at the same width, on every image); a defense without a start, or
+    whose start was not evaluated at that width, meets its own white-box attack of the same patch there.
     """
     rows, strength, rp_rows = [], [], []
     n = len(x)
