@@ -100,7 +100,7 @@ def test_scorecard_has_one_row_per_claim_and_links_its_chapters(server, browser)
     rows = [c for c in first_cells if re.fullmatch(r"[CB]\d", c)]  # the paper's claims, then those beyond it (B1)
     assert [r for r in rows if r.startswith("C")] == CLAIMS, f"scorecard rows {rows}"
     links = page.evaluate("[...document.querySelector('main table').querySelectorAll('tbody a')].map(a => a.href)")
-    assert len(links) == len(rows)
+    assert len(CLAIMS) <= len(links) <= len(rows)  # a row beyond the paper links its chapter once the book has it
     for href in links:
         assert page.request.get(href).ok, href
     SHOTS.mkdir(parents=True, exist_ok=True)
