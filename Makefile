@@ -36,7 +36,7 @@ export QADTR_DATA_DIR ?= $(CURDIR)/data
 # The quick profile's trained models, shipped with the repository (qadtr_core.build.models_bundle): `make notebooks`
 # (and so `make book`) imports it first when the cache lacks one of its models; `make models-bundle` rewrites it
 # from the cache (the models of the current configs only, weights in float16).
-MODELS_BUNDLE ?= bundle/quick-models.tar
+MODELS_BUNDLE ?= bundle/quick-models.tar.xz
 BUNDLE_SEEDS ?= 0
 
 # (Re)build .venv when it is missing or when requirements.txt / pyproject.toml changed.

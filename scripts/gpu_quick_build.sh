@@ -20,14 +20,14 @@ export QADTR_CIFAR10=${QADTR_CIFAR10:-$PWD/data/cifar10-uint8.npz}
 export QADTR_ARTIFACTS=${QADTR_ARTIFACTS:-$PWD/artifacts}
 [[ -f "$QADTR_CIFAR10" ]] || { echo "gpu_quick_build: no CIFAR-10 at $QADTR_CIFAR10" >&2; exit 2; }
 "$py" -m pip install -q --no-deps -e . >/dev/null
-if [[ -f bundle/quick-models.tar ]]; then "$py" -m qadtr_core.build.cli import --missing-only --profile quick bundle/quick-models.tar; fi
+if [[ -f bundle/quick-models.tar.xz ]]; then "$py" -m qadtr_core.build.cli import --missing-only --profile quick bundle/quick-models.tar.xz; fi
 start=$(date +%s)
 "$py" -m qadtr_core.build.cli build --profile quick --device cuda --workers "$workers" --book book/results \
   ${DRY_RUN:+--dry-run}
 [[ -n "${DRY_RUN:-}" ]] && exit 0
-"$py" -m qadtr_core.build.cli export --profile quick --models-only bundle/quick-models.tar
+"$py" -m qadtr_core.build.cli export --profile quick --models-only bundle/quick-models.tar.xz
 echo "gpu_quick_build: $(( $(date +%s) - start )) s for the build on $("$py" -c 'import torch; print(torch.cuda.get_device_name())')"
 if [[ -n "${OUT:-}" ]]; then
   mkdir -p "$OUT/book" "$OUT/bundle"
-  cp -r book/results book/_static "$OUT/book/" && cp bundle/quick-models.tar "$OUT/bundle/"
+  cp -r book/results book/_static "$OUT/book/" && cp bundle/quick-models.tar.xz "$OUT/bundle/"
 fi

@@ -127,6 +127,25 @@ def test_a_corrupt_bundle_is_refused_with_one_line_and_the_cache_untouched(built
     assert len(err) == 2 and "absent.tar: no such archive" in err[1]
 
 
+def test_a_corrupt_compressed_bundle_is_refused_with_one_line(built, tmp_path, capsys):
+    """The committed bundle is xz-compressed: a flipped byte inside the compressed stream (the decompressor's
+    own error, not a checksum mismatch) is refused the same way, the cache untouched."""
+    root, *_ = built
+    archive = export_models("test", tmp_path / "m.tar.xz", root=root)["archive"]
+    raw = bytearray(open(archive, "rb").read())
+    assert raw[:6] == b"\xfd7zXZ\x00"  # really compressed
+    raw[len(raw) // 2] ^= 0xFF
+    bad = tmp_path / "bad.tar.xz"
+    bad.write_bytes(bytes(raw))
+    target = tmp_path / "target"
+    with pytest.raises(BundleError):
+        import_models(bad, target)
+    assert not [p for p in target.rglob("*") if p.is_file()]
+    capsys.readouterr()
+    assert cli.main(["import", str(bad), "--root", str(target)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
 def test_plain_import_refuses_compact_weights(built, tmp_path):
     root, *_ = built
     export_models("test", tmp_path / "m.tar", root=root)

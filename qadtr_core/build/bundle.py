@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import logging
+import lzma
 import os
 import shutil
 import tarfile
@@ -49,7 +50,7 @@ FORMAT = "qadtr-artifact-bundle"
 FORMAT_VERSION = 1
 # Files that never travel: resumable training state (rebuilt or discarded) and temporary writes.
 _SKIP_NAMES = ("train_state.pt", "train_state.pt.sha256")
-_UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError)
+_UNREADABLE = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 class BundleError(RuntimeError):

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="execute the chapters into DIR as the book's results (as `make notebooks` does, e.g. "
                         "book/results; figures into DIR/../_static), every chapter, cached or not")
     b.add_argument("--bundle", metavar="ARCHIVE", type=Path, default=None,
-                   help="rewrite this models bundle after every model trained (e.g. bundle/quick-models.tar), so "
+                   help="rewrite this models bundle after every model trained (e.g. bundle/quick-models.tar.xz), so "
                         "that a long CPU build can be committed model by model, and re-import it (a model fine-tuned from "
                         "another starts from the bundle's weights)")
     b.add_argument("--dry-run", action="store_true", help="list the jobs to run, run nothing")
