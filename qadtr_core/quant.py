@@ -77,8 +77,17 @@ def fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_s
     The gradient wrt ``x`` is 1 where ``qmin*step <= x <= qmax*step`` and 0 elsewhere; the gradient
     wrt ``step`` is LSQ's (``round(x/s) - x/s`` inside, the clamp bound outside) times ``grad_scale``.
     """
+    return _FakeQuant.apply(x, _grid_step(step), qmin, qmax, grad_scale)
+
+
+def _grid_step(step: torch.Tensor) -> torch.Tensor:
     # A learned step can cross zero during QAT (small 8-bit weight steps do); the grid depends on its size only.
-    return _FakeQuant.apply(x, step.abs().clamp_min(1e-12), qmin, qmax, grad_scale)
+    return step.abs().clamp_min(1e-12)
+
+
+def grid_levels(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """The integer levels :func:`fake_quant` puts ``x`` on (its output is these levels times ``|step|``)."""
+    return torch.round(x / _grid_step(step)).clamp(qmin, qmax)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from qadtr_core.quant import (
     check_bits,
     fake_quant,
     get_bits,
+    grid_levels,
     mse_step,
     prepare_bits,
     set_bits,
@@ -38,6 +39,13 @@ def test_signed_two_bit_hand_example():
     x = torch.tensor([-1.0, -0.26, -0.24, 0.0, 0.3, 0.74, 0.76, 2.0])
     out = fake_quant(x, torch.tensor(0.5), *weight_range(2))
     assert torch.allclose(out, torch.tensor([-0.5, -0.5, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5]))
+
+
+def test_grid_levels_are_the_levels_fake_quant_uses():
+    x = torch.tensor([-1.0, -0.26, -0.24, 0.0, 0.3, 0.74, 0.76, 2.0])
+    lv = grid_levels(x, torch.tensor(-0.5), *weight_range(2))  # a negative step: its size decides
+    assert weight_range(2) == (-1, 1) and lv.tolist() == [-1, -1, 0, 0, 1, 1, 1, 1]
+    assert torch.equal(lv * 0.5, fake_quant(x, torch.tensor(-0.5), *weight_range(2)))
 
 
 def test_unsigned_four_bit_hand_example_and_ste_mask():

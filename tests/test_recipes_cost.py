@@ -116,7 +116,10 @@ def test_training_cost_reports_ratios_to_the_reference():
     cost = training_cost({"QAT": base, "DWQ": dataclasses.replace(pgd, batch_size=8)}, "QAT", steps=1, threads=1)
     assert cost["QAT"]["time_ratio"] == 1.0 and cost["QAT"]["memory_ratio"] == 1.0
     assert cost["QAT"]["peak_mb"] > 0 and cost["DWQ"]["peak_mb"] > 0  # the steps' own memory, Linux /proc
-    # DWQ runs PGD steps before each training step: it must cost more time than plain QAT
-    assert cost["DWQ"]["time_ratio"] > 1.0 and cost["DWQ"]["seconds_per_step"] > 0
+    # the ratios are each strategy's cost over the reference's (which strategy is slower is a speed
+    # measurement: benchmarks/defense_cost.py, not a test)
+    assert cost["DWQ"]["seconds_per_step"] > 0
+    assert cost["DWQ"]["time_ratio"] == pytest.approx(cost["DWQ"]["seconds_per_step"] / cost["QAT"]["seconds_per_step"])
+    assert cost["DWQ"]["memory_ratio"] == pytest.approx(cost["DWQ"]["peak_mb"] / cost["QAT"]["peak_mb"])
     with pytest.raises(ValueError, match="reference 'PBAT' is not one of QAT"):
         training_cost({"QAT": base}, "PBAT")

@@ -14,9 +14,10 @@ models-bundle`` writes it, ``make book`` imports it when the cache lacks one of 
   on another level of the quantization grid, at any width whose step the layer has learned, is kept
   exactly (its index and float32 value), so that every quantized forward pass of a restored model equals
   the original's; only the full-precision forward sees the float16 rounding (on the quick FP ResNet-20 it
-  changes none of the first 1,000 test predictions). The archive is xz-compressed (``.tar.xz``): the float16 weights of a
-  trained network and the tar's per-tensor records compress to about half (10 quick models: 9.5 MiB as a plain
-  tar, 4.7 MiB as ``.tar.xz``), which leaves room under the 25 MB cap for every model of the quick graph. A first version that also stored the per-channel
+  changes none of the first 1,000 test predictions). The archive is xz-compressed (``.tar.xz``): the
+  float16 weights of a trained network and the tar's per-tensor records compress to about half (10 quick
+  models: 9.5 MiB as a plain tar, 4.7 MiB as ``.tar.xz``), which leaves room under the 25 MB cap for every
+  model of the quick graph. A first version that also stored the per-channel
   quantizer steps in float16 changed 7, 16, 29 and 100 of those 1,000 predictions of the 8-, 5-, 4- and
   2-bit QAT models; this one changes none. Import restores float32 tensors, writes them with
   :func:`~qadtr_core.artifacts.save_tensors` (a new checksum sidecar) and notes in the model's record that
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 
 from ..artifacts import CACHE_VERSIONS, DEFAULT_CACHE_VERSION, artifact_root, load_tensors, save_tensors
-from ..quant import QUANT_BITS, weight_range
+from ..quant import QUANT_BITS, grid_levels, weight_range
 from .bundle import BundleError, import_bundle, read_manifest, write_archive
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,8 @@ EXACT_INDEX, EXACT_VALUE = ".bundle_exact_index", ".bundle_exact_value"
 
 
 def _levels(w: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
-    """The integer grid levels of weights ``w`` at ``bits``, computed as the quantized layers compute them."""
-    qmin, qmax = weight_range(bits)
-    return torch.round(w / step.abs().clamp_min(1e-12)).clamp(qmin, qmax)
+    """The integer grid levels of weights ``w`` at ``bits``, as the quantized layers compute them."""
+    return grid_levels(w, step, *weight_range(bits))
 
 
 def compact_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
