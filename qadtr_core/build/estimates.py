@@ -49,11 +49,12 @@ GPU_UNIT_COSTS: dict[str, UnitCosts] = {
 # No GPU measurement of the smoke profile's small CNN: ResNet-20's costs bound it from above.
 GPU_UNIT_COSTS["smallcnn"] = GPU_UNIT_COSTS["resnet20"]
 
-# A defense's training step relative to a plain QAT step. Measured on 2 CPU cores (ResNet-20, batch 128,
-# 4 bits; benchmarks/README.md, "defense training step vs plain QAT"); no GPU ratio has been measured yet.
-STRATEGY_STEP_RATIO: dict[str, float] = {"standard": 1.0, "multiwidth": 1.0, "pbat": 1.33, "dwq": 1.56, "qadtr": 2.02}
-STRATEGY_RATIO_SOURCE = ("benchmarks/README.md: benchmarks/defense_cost.py on 2 idle CPU cores, ResNet-20, batch 128, "
-                         "2026-11-29, mean of two runs (no GPU ratio measured)")
+# A defense's training step relative to a plain QAT step. Measured on 2 idle CPU cores (ResNet-20, batch 128,
+# QAT and PBAT at 4 bits, DWQ and QADT-R over their bit set, 10 inner steps per batch: the faithful defenses;
+# benchmarks/README.md, "Defense step cost after issue 17"); no GPU ratio has been measured yet.
+STRATEGY_STEP_RATIO: dict[str, float] = {"standard": 1.0, "multiwidth": 1.0, "pbat": 5.85, "dwq": 8.98, "qadtr": 6.39}
+STRATEGY_RATIO_SOURCE = ("benchmarks/README.md: benchmarks/defense_cost.py --steps 12 on 2 idle CPU cores, ResNet-20, "
+                         "batch 128, 10 inner steps, 2026-12-02, one run (no GPU ratio measured)")
 
 
 def unit_costs(arch: str) -> UnitCosts:
