@@ -37,7 +37,7 @@ export QADTR_DATA_DIR ?= $(CURDIR)/data
 # (and so `make book`) imports it first when the cache lacks one of its models; `make models-bundle` rewrites it
 # from the cache (the models of the current configs only, weights in float16).
 MODELS_BUNDLE ?= bundle/quick-models.tar.xz
-BUNDLE_SEEDS ?= 0
+BUNDLE_SEEDS ?=
 
 # (Re)build .venv when it is missing or when requirements.txt / pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -138,7 +138,7 @@ import: $(STAMP)
 # Rewrite the committed models bundle from the cache, then re-import it, so that the chapters executed here
 # run on the float16-rounded weights a user of the bundle gets.
 models-bundle: $(STAMP)
-	$(PY) -m qadtr_core.build.cli export --profile quick --models-only --seeds $(BUNDLE_SEEDS) $(MODELS_BUNDLE)
+	$(PY) -m qadtr_core.build.cli export --profile quick --models-only $(if $(BUNDLE_SEEDS),--seeds $(BUNDLE_SEEDS)) $(MODELS_BUNDLE)
 	$(PY) -m qadtr_core.build.cli import $(MODELS_BUNDLE)
 
 bench: $(STAMP)

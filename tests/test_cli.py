@@ -23,6 +23,7 @@ BUDGET_FIELDS = {
     "defense_attack_steps", "defense_attack_restarts", "defense_probe_every", "defense_rs_queries", "defense_rp_draws",
     "ablation_variants",  # fewer cells at the quick budget (issue 17: the three "without X" variants), never other ones
     "certify_epochs", "certify_n", "certify_patch_sizes", "certify_masks_per_side", "certify_rs_queries",
+    "defense_seeds", "defense_start_seed",  # how many seeds, and whether they share their starts: budget
 }
 
 
@@ -180,10 +181,68 @@ def test_worker_pool_builds_the_same_bytes_in_dependency_order(tmp_path):
         jobs.run_graph(graph, root=tmp_path / "none", data=str(data), workers=0, threads=1)
 
 
-def test_book_build_refuses_models_only_and_several_seeds(capsys):
-    for extra in (["--models-only"], ["--seeds", "0", "1"]):
-        with pytest.raises(SystemExit, match="--book"):
-            cli.main(["build", "--profile", "smoke", "--book", "book/results", "--dry-run", *extra])
+def test_book_build_refuses_models_only(capsys):
+    with pytest.raises(SystemExit, match="--book"):
+        cli.main(["build", "--profile", "smoke", "--book", "book/results", "--dry-run", "--models-only"])
+
+
+def test_the_default_build_runs_the_defenses_chapter_at_every_defense_seed():
+    """Quick: the defenses chapter at seeds 0 and 1 (its first seed into the book, the second beside it),
+    every other chapter at 0; the seed-1 defenses fine-tune from the seed-0 starts, so the default graph
+    adds exactly the defense models and leaves every seed-0 model as it was; the scorecard follows both
+    runs of the defenses chapter."""
+    from qadtr_core.profiles import get_profile
+
+    P = get_profile("quick")
+    assert P.defense_seeds == (0, 1) and P.defense_start_seed == 0
+    graph = jobs.build_graph(P)
+    order = list(graph)
+    assert all(order.index(d) < i for i, j in enumerate(graph.values()) for d in j.deps)
+    runs = {(j.chapter, j.seed): j for j in graph.values() if j.kind == "notebook"}
+    assert {s for c, s in runs if c == "02_defenses"} == {0, 1}
+    assert {c for c, s in runs if s == 1} == {"02_defenses"}
+    assert runs["02_defenses", 0].in_book and not runs["02_defenses", 1].in_book
+    assert all(j.in_book for (c, s), j in runs.items() if c != "02_defenses")
+    assert runs["02_defenses", 1].key in runs["07_scorecard", 0].deps
+    seed0 = {k for k, j in jobs.build_graph(P, [0], models_only=True).items()}
+    extra = {k: j for k, j in jobs.build_graph(P, models_only=True).items() if k not in seed0}
+    assert sorted(j.config.strategy for j in extra.values()) == ["dwq"] + ["pbat"] * 5 + ["qadtr"]
+    for j in extra.values():  # trained at seed 1 (data order and inner attacks), from a seed-0 start
+        assert j.config.seed == 1 and j.config.strategy_params.seed == 1 and j.config.init.seed == 0
+        assert set(j.deps) <= seed0
+    with pytest.raises(ValueError, match="at least one seed"):
+        jobs.build_graph(P, [])
+    from qadtr_core.defenses.recipes import pbat_config, surrogate_config
+
+    paper = get_profile("paper")  # no shared start: each seed its own chain (and surrogate)
+    assert paper.defense_start_seed is None and pbat_config(paper, 4, 1).init.seed == 1
+    assert surrogate_config(paper, 1).seed != surrogate_config(paper, 0).seed
+    assert surrogate_config(P, 1) == surrogate_config(P, 0)
+    # an explicit seed list runs every chapter at each seed, the first into the book
+    both = [j for j in jobs.build_graph("smoke", [1, 0]).values() if j.kind == "notebook"]
+    assert {j.seed for j in both if j.in_book} == {1} and {j.seed for j in both if not j.in_book} == {0}
+
+
+def test_a_chapter_run_outside_the_book_is_cached_in_the_scratch_folder(empty_root, tmp_path):
+    from qadtr_core.artifacts import save_table
+
+    save_table("00_baselines", "smoke", "t", pd.DataFrame({"a": [1]}), {"seed": 0, "wall_seconds": 1.0})
+    (job,) = jobs.build_graph("smoke", [0], only="08_reproduce").values()
+    aside = dataclasses.replace(job, in_book=False)
+    book = tmp_path / "book" / "results"
+    jobs.run_job(aside, root=str(empty_root), book=str(book))
+    assert jobs.is_done(aside, empty_root) and not book.exists()  # scratch, not the book
+    assert jobs.to_run({aside.key: aside}, empty_root, book=book) == []  # cached: a book build skips it
+    assert jobs.to_run({job.key: job}, empty_root, book=book) == [job]  # the book's own run always executes
+
+
+def test_profile_seeds_are_checked():
+    from qadtr_core.profiles import get_profile
+
+    for bad in ({"defense_seeds": ()}, {"defense_seeds": (0, 0)}, {"defense_seeds": [0]}, {"defense_seeds": (-1,)},
+                {"defense_start_seed": -2}, {"defense_start_seed": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            dataclasses.replace(get_profile("smoke"), **bad)
 
 
 def test_book_build_executes_cached_chapters_into_the_book_with_one_commit(empty_root, tmp_path, monkeypatch):

@@ -176,6 +176,20 @@ def test_the_size_cap_refuses_and_writes_nothing(built, tmp_path):
     with pytest.raises(BundleError, match="over the cap"):
         export_models("test", tmp_path / "m.tar", root=root, max_bytes=1000)
     assert not (tmp_path / "m.tar").exists()
+    # the cap is on the compressed file a repository holds, and an archive over it leaves the old one as it was
+    old = export_models("test", tmp_path / "m.tar.xz", root=root)
+    size = old["bytes"]
+    assert size < sum(len(b) for b in _member_bytes(tmp_path / "m.tar.xz"))  # xz really shrinks it
+    before = (tmp_path / "m.tar.xz").read_bytes()
+    with pytest.raises(BundleError, match="over the cap"):
+        export_models("test", tmp_path / "m.tar.xz", root=root, max_bytes=size - 1)
+    assert (tmp_path / "m.tar.xz").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()
+                                                                     if p.name.endswith(".xz")) == ["m.tar.xz"]
+
+
+def _member_bytes(archive):
+    with tarfile.open(archive) as tar:
+        return [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
 
 
 def test_a_build_rewrites_the_bundle_after_every_model(tmp_path, monkeypatch):

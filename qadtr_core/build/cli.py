@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="prebuild the artifact cache of a profile (models, then chapter notebooks)")
     b.add_argument("--profile", default="quick", choices=list(PROFILES))
     b.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N (default: %(default)s)")
-    b.add_argument("--seeds", type=int, nargs="+", default=[0], help="one set of configs per seed (default: 0)")
+    b.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="every chapter once per seed (default: each chapter's own seeds: the defenses chapter at "
+                        "the profile's defense_seeds, every other at 0)")
     b.add_argument("--only", metavar="CHAPTER", help="only this chapter's jobs (e.g. 02_defenses)")
     b.add_argument("--models-only", action="store_true", help="train the models, do not execute the notebooks")
     b.add_argument("--scheduler", metavar="ADDRESS",
@@ -55,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="what of a profile is cached, what is missing, estimated GPU cost")
     s.add_argument("--profile", default="quick", choices=list(PROFILES))
-    s.add_argument("--seeds", type=int, nargs="+", default=[0])
+    s.add_argument("--seeds", type=int, nargs="+", default=None, help="as for build")
 
     e = sub.add_parser("export", help="pack a profile's artifacts into an archive (qadtr_core.build.bundle)")
     e.add_argument("--profile", default="quick", choices=list(PROFILES))
@@ -63,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--root", type=Path, default=None, help="artifact root (default: $QADTR_ARTIFACTS or artifacts/)")
     e.add_argument("--models-only", action="store_true",
                    help="only the trained models of the profile's job graph, weights in float16 (the models bundle)")
-    e.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --models-only: the seeds' models (default: 0)")
+    e.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="with --models-only: the models of these seeds' graph (default: the default build's)")
 
     i = sub.add_parser("import", help="unpack an archive written by `qadtr export` into the artifact cache")
     i.add_argument("archive", type=Path)
@@ -84,9 +87,8 @@ def _build(args: argparse.Namespace) -> int:
     if args.scheduler and args.workers != 1:
         raise SystemExit(f"--workers {args.workers} runs jobs in local processes; with --scheduler {args.scheduler} the "
                          f"cluster's workers run them: give one of the two")
-    if args.book is not None and (args.models_only or len(args.seeds) > 1):
-        raise SystemExit(f"--book {args.book} executes the chapters of one seed: drop --models-only and give one seed "
-                         f"(got --seeds {' '.join(map(str, args.seeds))})")
+    if args.book is not None and args.models_only:
+        raise SystemExit(f"--book {args.book} executes the chapters: drop --models-only")
     graph = jobs.build_graph(args.profile, args.seeds, only=args.only, models_only=args.models_only)
     todo = jobs.to_run(graph, book=args.book)
     print(f"{args.profile}: {len(graph)} jobs, {len(graph) - len(todo)} cached, {len(todo)} to run "
@@ -115,11 +117,15 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds_text(seeds: list[int] | None) -> str:
+    return "of the default build (each chapter's own)" if seeds is None else " ".join(map(str, seeds))
+
+
 def _status(args: argparse.Namespace) -> int:
     from . import estimates, jobs
 
     rows = jobs.status(args.profile, args.seeds)
-    print(f"profile {args.profile}, seeds {args.seeds}")
+    print(f"profile {args.profile}, seeds {_seeds_text(args.seeds)}")
     print(f"{'chapter':24} {'models':>6} {'cached':>6} {'notebook':>8} {'train GPU-h (missing/all)':>26} {'attack GPU-h':>12}")
     for r in rows:
         nb = "-" if r.notebook_done is None else ("done" if r.notebook_done else "missing")
@@ -139,7 +145,7 @@ def _export(args: argparse.Namespace) -> int:
 
         s = export_models(args.profile, args.archive, args.seeds, root=args.root)
         print(f"{s['archive']}: {len(s['models'])} models of profile {args.profile} (seeds "
-              f"{' '.join(map(str, args.seeds))}), {s['bytes'] / 2**20:.1f} MiB; {len(s['missing'])} of its job graph "
+              f"{_seeds_text(args.seeds)}), {s['bytes'] / 2**20:.1f} MiB; {len(s['missing'])} of its job graph "
               f"not trained yet")
         return 0
     from .bundle import export_bundle

@@ -65,6 +65,16 @@ CHAPTER_MODELS: dict[str, tuple[str, ...]] = {
 }
 # Chapters that read the other chapters' results: they run after every other chapter of the graph.
 SUMMARY_CHAPTERS = ("07_scorecard", "08_reproduce")
+# Chapters that a default build runs at more seeds than seed 0: chapter -> the Profile field of its seeds.
+SEEDED_CHAPTERS = {"02_defenses": "defense_seeds"}
+
+
+def chapter_seeds(chapter: str, profile: Profile) -> tuple[int, ...]:
+    """The seeds ``chapter`` runs at in a default build of ``profile`` (no ``--seeds``): the defenses chapter
+    at ``Profile.defense_seeds`` (the training seeds of the defenses behind C3 and C4), every other at 0.
+    The first seed's run goes into the book; the others run beside it for the scorecard."""
+    attr = SEEDED_CHAPTERS.get(chapter)
+    return tuple(getattr(profile, attr)) if attr else (0,)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class Job:
         label: a short human-readable name.
         config: the training config (train jobs).
         chapter, profile, seed: the notebook run (notebook jobs; profile and seed for train jobs too).
+        in_book: a notebook run that a book build executes into the book (the chapter's first seed); the
+            chapter's other seeds run in the scratch folder, their claims read by the scorecard.
     """
 
     key: str
@@ -90,6 +102,7 @@ class Job:
     profile: str = ""
     seed: int = 0
     chapters: tuple[str, ...] = field(default=(), compare=False)  # the chapters that need this job
+    in_book: bool = field(default=True, compare=False)
 
 
 def chapters() -> list[str]:
@@ -180,12 +193,15 @@ def _notebook_key(chapter: str, profile: str, seed: int, model_keys: Sequence[st
                                 "models": sorted(model_keys)})
 
 
-def build_graph(profile: Profile | str, seeds: Iterable[int] = (0,), only: str | None = None,
+def build_graph(profile: Profile | str, seeds: Iterable[int] | None = None, only: str | None = None,
                 models_only: bool = False, configs: Mapping[str, Sequence[TrainConfig]] | None = None) -> dict[str, Job]:
-    """The job graph of ``profile`` over ``seeds``, in an order where every job follows its dependencies.
+    """The job graph of ``profile``, in an order where every job follows its dependencies.
 
-    ``only`` restricts it to one chapter's jobs; ``models_only`` leaves out the notebook jobs.
-    ``configs`` (name -> configs) replaces the chapters by custom sets of train jobs (tests, ad-hoc builds).
+    ``seeds``: every chapter once per seed (the first seed's runs go into a book build); None (the default
+    build): each chapter at :func:`chapter_seeds`. ``only`` restricts it to one chapter's jobs;
+    ``models_only`` leaves out the notebook jobs. ``configs`` (name -> configs) replaces the chapters by
+    custom sets of train jobs (tests, ad-hoc builds). The summary chapters come last and follow every other
+    chapter's runs, at every seed.
     """
     profile = get_profile(profile) if isinstance(profile, str) else profile
     names = chapters()
@@ -197,21 +213,27 @@ def build_graph(profile: Profile | str, seeds: Iterable[int] = (0,), only: str |
             for cfg in cfgs:
                 _add_train_jobs(graph, cfg, name)
         return graph
-    for seed in seeds:
-        notebook_keys: dict[str, str] = {}
-        # the summary chapters last, so that they follow every other chapter (09 sorts after 07 and 08)
-        order = [c for c in names if c not in SUMMARY_CHAPTERS] + [c for c in names if c in SUMMARY_CHAPTERS]
-        for chapter in (order if only is None else [only]):
-            keys = [_add_train_jobs(graph, cfg, chapter) for cfg in chapter_configs(chapter, profile, seed)]
-            if models_only:
-                continue
-            deps = tuple(keys)
-            if chapter in SUMMARY_CHAPTERS:  # after every other chapter of this seed in the graph
-                deps += tuple(k for c, k in notebook_keys.items() if c not in SUMMARY_CHAPTERS)
-            key = _notebook_key(chapter, profile.name, seed, keys)
-            graph[key] = Job(key, "notebook", deps, f"{chapter} seed {seed} ({profile.name})", chapter=chapter,
-                             profile=profile.name, seed=seed, chapters=(chapter,))
-            notebook_keys[chapter] = key
+    explicit = None if seeds is None else list(dict.fromkeys(int(s) for s in seeds))
+    if explicit == []:
+        raise ValueError("seeds must name at least one seed (or be None: each chapter's default seeds)")
+    # the summary chapters last, so that they follow every other chapter (09 sorts after 07 and 08)
+    order = [c for c in names if c not in SUMMARY_CHAPTERS] + [c for c in names if c in SUMMARY_CHAPTERS]
+    runs = [(chapter, seed, seed == per[0]) for chapter in (order if only is None else [only])
+            for per in [explicit or chapter_seeds(chapter, profile)] for seed in per]
+    runs.sort(key=lambda r: r[0] in SUMMARY_CHAPTERS)  # stable: every chapter's seeds before the summaries
+    notebook_keys: list[str] = []
+    for chapter, seed, in_book in runs:
+        keys = [_add_train_jobs(graph, cfg, chapter) for cfg in chapter_configs(chapter, profile, seed)]
+        if models_only:
+            continue
+        deps = tuple(keys)
+        if chapter in SUMMARY_CHAPTERS:  # after every other chapter's runs in the graph
+            deps += tuple(notebook_keys)
+        key = _notebook_key(chapter, profile.name, seed, keys)
+        graph[key] = Job(key, "notebook", deps, f"{chapter} seed {seed} ({profile.name})", chapter=chapter,
+                         profile=profile.name, seed=seed, chapters=(chapter,), in_book=in_book)
+        if chapter not in SUMMARY_CHAPTERS:
+            notebook_keys.append(key)
     return graph
 
 
@@ -261,6 +283,8 @@ def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = 
     if job.kind not in ("train", "notebook"):
         raise ValueError(f"unknown job kind {job.kind!r}")
     _fault_once(job.key)
+    if not job.in_book:  # a chapter's other seeds run in the scratch folder, cached like any run
+        book = None
     t0 = time.perf_counter()
     with _settings(threads, {ARTIFACTS_VAR: root, DATA_VAR: data, "OMP_NUM_THREADS": str(int(threads))}):
         if is_done(job) and (job.kind == "train" or book is None):
@@ -306,7 +330,8 @@ def _parameters(job: Job, **values: Any) -> dict[str, Any]:
 def to_run(graph: Mapping[str, Job], root: Path | None = None, book: str | Path | None = None) -> list[Job]:
     """The jobs of ``graph`` a build runs: those not in the cache, and with ``book`` every notebook job
     (the book's notebooks all come from this build)."""
-    return [j for j in graph.values() if not is_done(j, root) or (book is not None and j.kind == "notebook")]
+    return [j for j in graph.values()
+            if not is_done(j, root) or (book is not None and j.kind == "notebook" and j.in_book)]
 
 
 def _run_notebook(job: Job, device: str, progress: bool) -> None:
@@ -502,14 +527,13 @@ def _attack_seconds(chapter: str, profile: Profile, params: Mapping[str, Any]) -
     return 0.0
 
 
-def status(profile: Profile | str, seeds: Iterable[int] = (0,), root: Path | None = None) -> list[ChapterStatus]:
+def status(profile: Profile | str, seeds: Iterable[int] | None = None, root: Path | None = None) -> list[ChapterStatus]:
     """Per chapter: models needed and cached, notebook run or not, and the estimated GPU-hours (training of
     the missing models, training of all, attacks) from :mod:`qadtr_core.build.estimates`. A model shared by
     several chapters is counted in the first chapter that needs it."""
     from . import estimates as est
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    seeds = list(seeds)
     graph = build_graph(profile, seeds)
     counted: set[str] = set()
     out = []
@@ -529,5 +553,5 @@ def status(profile: Profile | str, seeds: Iterable[int] = (0,), root: Path | Non
                 missing_h += h
         out.append(ChapterStatus(chapter, len(trains), sum(is_done(j, root) for j in trains),
                                  all(is_done(j, root) for j in nbs) if nbs else None, missing_h, total_h,
-                                 len(seeds) * _attack_seconds(chapter, profile, params) / 3600))
+                                 len(nbs) * _attack_seconds(chapter, profile, params) / 3600))
     return out

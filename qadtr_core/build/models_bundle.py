@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -104,40 +105,47 @@ def _complete(d: Path) -> bool:
     return (d / "model.pt").is_file() and (d / "record.json").is_file()
 
 
-def graph_model_keys(profile: str, seeds: Iterable[int]) -> list[str]:
-    """The model keys of ``profile``'s job graph over ``seeds`` (every model a chapter trains), in order."""
+def graph_model_keys(profile: str, seeds: Iterable[int] | None = None) -> list[str]:
+    """The model keys of ``profile``'s job graph over ``seeds`` (None: the default build's, each chapter at
+    its own seeds; :func:`~qadtr_core.build.jobs.build_graph`), every model a chapter trains, in order."""
     from .jobs import build_graph
 
-    return [k for k, j in build_graph(profile, tuple(seeds), models_only=True).items() if j.kind == "train"]
+    return [k for k, j in build_graph(profile, None if seeds is None else tuple(seeds), models_only=True).items()
+            if j.kind == "train"]
 
 
-def export_models(profile: str, archive: Path, seeds: Iterable[int] = (0,), root: Path | None = None,
+def export_models(profile: str, archive: Path, seeds: Iterable[int] | None = None, root: Path | None = None,
                   max_bytes: int = MAX_BYTES) -> dict[str, Any]:
-    """Write the models bundle of ``profile`` (the graph's models over ``seeds`` that the cache holds).
+    """Write the models bundle of ``profile`` (the graph's models over ``seeds`` that the cache holds; None:
+    the default build's graph, as ``make book`` builds it).
 
     Returns a summary: ``archive``, ``models`` (keys packed), ``missing`` (keys of the graph not trained yet),
     ``bytes``. Raises :class:`BundleError` when the cache holds none of them or the archive would exceed
     ``max_bytes`` (nothing is written then).
     """
     root = Path(root) if root is not None else artifact_root()
-    archive, seeds = Path(archive), tuple(sorted(set(int(s) for s in seeds)))
+    archive = Path(archive)
+    seeds = None if seeds is None else tuple(sorted(set(int(s) for s in seeds)))
     keys = graph_model_keys(profile, seeds)
     have = [k for k in keys if _complete(root / "models" / k)]
     if not have:
         raise BundleError(f"{archive}: nothing to export, the artifact cache at {root} holds none of the {len(keys)} "
-                          f"models of profile {profile!r} (seeds {list(seeds)})")
+                          f"models of profile {profile!r} (seeds {'of the default build' if seeds is None else list(seeds)})")
     contents: dict[str, bytes] = {}
     for k in have:
         buf = io.BytesIO()  # load_tensors checks the checksum: a corrupt model is never packed
         torch.save(compact_state(load_tensors(root / "models" / k / "model.pt")), buf)
         contents[f"models/{k}/model.pt"] = buf.getvalue()
         contents[f"models/{k}/record.json"] = (root / "models" / k / "record.json").read_bytes()
-    size = sum(len(b) for b in contents.values())
+    new = archive.parent / f".new-{archive.name}"  # the same suffix: the same compression
+    write_archive(new, profile, [f"models/{k}" for k in have], contents, kind=KIND, weights=WEIGHTS,
+                  seeds=None if seeds is None else list(seeds))
+    size = new.stat().st_size
     if size > max_bytes:
-        raise BundleError(f"{archive}: {len(have)} models take {size / 2**20:.1f} MiB, over the cap of "
-                          f"{max_bytes / 2**20:.1f} MiB; nothing was written")
-    write_archive(archive, profile, [f"models/{k}" for k in have], contents, kind=KIND, weights=WEIGHTS,
-                  seeds=list(seeds))
+        new.unlink()
+        raise BundleError(f"{archive}: {len(have)} models take {size / 1e6:.1f} MB, over the cap of "
+                          f"{max_bytes / 1e6:.1f} MB; nothing was written")
+    os.replace(new, archive)
     missing = [k for k in keys if k not in have]
     log.info("models bundle %s: %d models of profile %s (%.1f MiB), %d of the graph not trained yet",
              archive, len(have), profile, archive.stat().st_size / 2**20, len(missing))

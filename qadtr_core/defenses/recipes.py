@@ -55,17 +55,26 @@ def steps_per_width(profile: Profile) -> int:
     return profile.defense_epochs * max(1, profile.defense_n_train // profile.defense_batch)
 
 
-def _fine_tune(profile: Profile, parent: TrainConfig, bits: int, widths: int, strategy: str, params: object) -> TrainConfig:
+def start_seed(profile: Profile, seed: int) -> int:
+    """The seed of the undefended start (and of the transfer surrogate's seed base) that the defense models
+    of training seed ``seed`` fine-tune from: ``profile.defense_start_seed`` where the profile shares one
+    chain of starts between its defense seeds, else ``seed`` itself."""
+    return seed if profile.defense_start_seed is None else profile.defense_start_seed
+
+
+def _fine_tune(profile: Profile, parent: TrainConfig, bits: int, widths: int, strategy: str, params: object,
+               seed: int) -> TrainConfig:
     return dataclasses.replace(parent, bits=bits, epochs=profile.defense_epochs * widths, lr=profile.defense_lr,
                                batch_size=profile.defense_batch, n_train=profile.defense_n_train, schedule="cosine",
-                               init=parent, strategy=strategy, strategy_params=params)
+                               init=parent, strategy=strategy, strategy_params=params, seed=seed)
 
 
 def pbat_config(profile: Profile, bits: int, seed: int = 0) -> TrainConfig:
-    """PBAT at ``bits``, fine-tuned from the QAT model at ``bits`` (the FP model at 32)."""
+    """PBAT at ``bits`` and training seed ``seed``, fine-tuned from the QAT model at ``bits`` (the FP model at
+    32) of seed :func:`start_seed`."""
     check_bits(bits)
     params = PBATConfig(inner_steps=profile.defense_inner_steps, probe_every=profile.defense_probe_every, seed=seed)
-    return _fine_tune(profile, qat_config(profile, bits, seed), bits, 1, "pbat", params)
+    return _fine_tune(profile, qat_config(profile, bits, start_seed(profile, seed)), bits, 1, "pbat", params, seed)
 
 
 def dwq_config(profile: Profile, bit_set: Sequence[int], seed: int = 0) -> TrainConfig:
@@ -73,7 +82,8 @@ def dwq_config(profile: Profile, bit_set: Sequence[int], seed: int = 0) -> Train
     bit_set = check_bit_set(tuple(bit_set))
     params = DWQConfig(bit_set=bit_set, pgd_steps=profile.defense_inner_steps, probe_every=profile.defense_probe_every,
                        seed=seed)
-    return _fine_tune(profile, multiwidth_config(profile, bit_set, seed), FULL_PRECISION, len(bit_set), "dwq", params)
+    return _fine_tune(profile, multiwidth_config(profile, bit_set, start_seed(profile, seed)), FULL_PRECISION,
+                      len(bit_set), "dwq", params, seed)
 
 
 def qadtr_config(profile: Profile, bit_set: Sequence[int], seed: int = 0, ablation: str = "QADT-R") -> TrainConfig:
@@ -83,16 +93,18 @@ def qadtr_config(profile: Profile, bit_set: Sequence[int], seed: int = 0, ablati
     bit_set = check_bit_set(tuple(bit_set))
     params = QADTRConfig(bit_set=bit_set, inner_steps=profile.defense_inner_steps, block_steps=steps_per_width(profile),
                          probe_every=profile.defense_probe_every, seed=seed, **ABLATIONS[ablation])
-    return _fine_tune(profile, multiwidth_config(profile, bit_set, seed), FULL_PRECISION, len(bit_set), "qadtr", params)
+    return _fine_tune(profile, multiwidth_config(profile, bit_set, start_seed(profile, seed)), FULL_PRECISION,
+                      len(bit_set), "qadtr", params, seed)
 
 
 def defense_configs(profile: Profile, bit_set: Sequence[int], seed: int = 0) -> dict[str, dict[int, TrainConfig]]:
     """The model evaluated for each defense at each width: undefended QAT and multi-width, PBAT, DWQ, QADT-R."""
     bit_set = check_bit_set(tuple(bit_set))
-    multi, dwq, qadtr = (multiwidth_config(profile, bit_set, seed), dwq_config(profile, bit_set, seed),
+    start = start_seed(profile, seed)
+    multi, dwq, qadtr = (multiwidth_config(profile, bit_set, start), dwq_config(profile, bit_set, seed),
                          qadtr_config(profile, bit_set, seed))
     return {
-        UNDEFENDED: {b: qat_config(profile, b, seed) for b in bit_set},
+        UNDEFENDED: {b: qat_config(profile, b, start) for b in bit_set},
         MULTIWIDTH: {b: multi for b in bit_set},
         "PBAT": {b: pbat_config(profile, b, seed) for b in bit_set},
         "DWQ": {b: dwq for b in bit_set},
@@ -105,7 +117,7 @@ def ablation_configs(profile: Profile, bit_set: Sequence[int], seed: int = 0,
     """The undefended multi-width model (QADT-R's start) for reference, then QADT-R and its ``variants``
     (default: the profile's ``ablation_variants``, else every ablation of :data:`ABLATIONS`)."""
     bit_set = check_bit_set(tuple(bit_set))
-    multi = multiwidth_config(profile, bit_set, seed)
+    multi = multiwidth_config(profile, bit_set, start_seed(profile, seed))
     out = {MULTIWIDTH: {b: multi for b in bit_set}}
     for name in variants or profile.ablation_variants or ABLATIONS:
         cfg = qadtr_config(profile, bit_set, seed, name)
@@ -196,8 +208,9 @@ def fidelity_table(models: Mapping[str, Mapping[int, TrainedModel]]) -> pd.DataF
 def surrogate_config(profile: Profile, seed: int = 0) -> TrainConfig:
     """The common transfer surrogate of every defense: an undefended FP model seeded independently
     (``seed + SURROGATE_SEED_OFFSET``), so that it is neither the 32-bit undefended model nor PBAT-32's
-    parent (for which "transfer" would be white-box)."""
-    return fp_config(profile, seed + SURROGATE_SEED_OFFSET)
+    parent (for which "transfer" would be white-box). Defense seeds that share their starts
+    (``profile.defense_start_seed``) share the surrogate too."""
+    return fp_config(profile, start_seed(profile, seed) + SURROGATE_SEED_OFFSET)
 
 
 def train_all(configs: dict[str, dict[int, TrainConfig]], data: Cifar10 | None = None, progress: bool = True,
