@@ -230,10 +230,23 @@ def test_a_chapter_run_outside_the_book_is_cached_in_the_scratch_folder(empty_ro
     (job,) = jobs.build_graph("smoke", [0], only="08_reproduce").values()
     aside = dataclasses.replace(job, in_book=False)
     book = tmp_path / "book" / "results"
-    jobs.run_job(aside, root=str(empty_root), book=str(book))
+    assert jobs.run_job(aside, root=str(empty_root), book=str(book))["ran"]
     assert jobs.is_done(aside, empty_root) and not book.exists()  # scratch, not the book
-    assert jobs.to_run({aside.key: aside}, empty_root, book=book) == []  # cached: a book build skips it
-    assert jobs.to_run({job.key: job}, empty_root, book=book) == [job]  # the book's own run always executes
+    assert jobs.to_run({aside.key: aside}, empty_root) == []  # cached for a scratch build
+    # a book build runs it again (the scorecard's claims all come from the build's own commit), still aside
+    assert jobs.to_run({aside.key: aside}, empty_root, book=book) == [aside]
+    assert jobs.run_job(aside, root=str(empty_root), book=str(book))["ran"] and not book.exists()
+    assert not jobs.run_job(aside, root=str(empty_root))["ran"]
+
+
+def test_a_changed_budget_is_another_notebook_run():
+    from qadtr_core.profiles import get_profile
+
+    P = get_profile("smoke")
+    key = {j.chapter: j.key for j in jobs.build_graph(P, [0]).values() if j.kind == "notebook"}
+    more = dataclasses.replace(P, defense_attack_steps=P.defense_attack_steps + 1)  # no model changes
+    key2 = {j.chapter: j.key for j in jobs.build_graph(more, [0]).values() if j.kind == "notebook"}
+    assert all(key[c] != key2[c] for c in key)
 
 
 def test_profile_seeds_are_checked():

@@ -187,10 +187,11 @@ def _add_train_jobs(graph: dict[str, Job], config: TrainConfig, chapter: str) ->
     return key
 
 
-def _notebook_key(chapter: str, profile: str, seed: int, model_keys: Sequence[str]) -> str:
+def _notebook_key(chapter: str, profile: Profile, seed: int, model_keys: Sequence[str]) -> str:
+    # the profile's content, not its name: a changed budget (attack steps, images) is another run
     nb_hash = hashlib.sha256((NOTEBOOK_DIR / f"{chapter}.ipynb").read_bytes()).hexdigest()
-    return "nb-" + config_hash({"chapter": chapter, "notebook": nb_hash, "profile": profile, "seed": seed,
-                                "models": sorted(model_keys)})
+    return "nb-" + config_hash({"chapter": chapter, "notebook": nb_hash, "profile": profile.name,
+                                "budgets": config_hash(profile), "seed": seed, "models": sorted(model_keys)})
 
 
 def build_graph(profile: Profile | str, seeds: Iterable[int] | None = None, only: str | None = None,
@@ -229,7 +230,7 @@ def build_graph(profile: Profile | str, seeds: Iterable[int] | None = None, only
         deps = tuple(keys)
         if chapter in SUMMARY_CHAPTERS:  # after every other chapter's runs in the graph
             deps += tuple(notebook_keys)
-        key = _notebook_key(chapter, profile.name, seed, keys)
+        key = _notebook_key(chapter, profile, seed, keys)
         graph[key] = Job(key, "notebook", deps, f"{chapter} seed {seed} ({profile.name})", chapter=chapter,
                          profile=profile.name, seed=seed, chapters=(chapter,), in_book=in_book)
         if chapter not in SUMMARY_CHAPTERS:
@@ -283,11 +284,12 @@ def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = 
     if job.kind not in ("train", "notebook"):
         raise ValueError(f"unknown job kind {job.kind!r}")
     _fault_once(job.key)
-    if not job.in_book:  # a chapter's other seeds run in the scratch folder, cached like any run
+    rerun = book is not None and job.kind == "notebook"  # a book build runs every chapter, cached or not
+    if not job.in_book:  # a chapter's other seeds run in the scratch folder (their claims feed the scorecard)
         book = None
     t0 = time.perf_counter()
     with _settings(threads, {ARTIFACTS_VAR: root, DATA_VAR: data, "OMP_NUM_THREADS": str(int(threads))}):
-        if is_done(job) and (job.kind == "train" or book is None):
+        if is_done(job) and not rerun:
             return {"key": job.key, "label": job.label, "ran": False, "seconds": 0.0}
         if job.kind == "train":
             from ..data import load_cifar10
@@ -328,10 +330,9 @@ def _parameters(job: Job, **values: Any) -> dict[str, Any]:
 
 
 def to_run(graph: Mapping[str, Job], root: Path | None = None, book: str | Path | None = None) -> list[Job]:
-    """The jobs of ``graph`` a build runs: those not in the cache, and with ``book`` every notebook job
-    (the book's notebooks all come from this build)."""
-    return [j for j in graph.values()
-            if not is_done(j, root) or (book is not None and j.kind == "notebook" and j.in_book)]
+    """The jobs of ``graph`` a build runs: those not in the cache, and with ``book`` every notebook job (the
+    book's notebooks, and the other seeds' runs whose claims its scorecard reads, all come from this build)."""
+    return [j for j in graph.values() if not is_done(j, root) or (book is not None and j.kind == "notebook")]
 
 
 def _run_notebook(job: Job, device: str, progress: bool) -> None:
