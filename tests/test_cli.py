@@ -235,8 +235,12 @@ def test_a_chapter_run_outside_the_book_is_cached_in_the_scratch_folder(empty_ro
     assert jobs.to_run({aside.key: aside}, empty_root) == []  # cached for a scratch build
     # a book build runs it again (the scorecard's claims all come from the build's own commit), still aside
     assert jobs.to_run({aside.key: aside}, empty_root, book=book) == [aside]
+    out = jobs.run_dir("smoke", 0, empty_root) / "08_reproduce.ipynb"
+    before = out.stat().st_mtime_ns
     assert jobs.run_job(aside, root=str(empty_root), book=str(book))["ran"] and not book.exists()
-    assert not jobs.run_job(aside, root=str(empty_root))["ran"]
+    assert out.stat().st_mtime_ns > before  # really executed again
+    after = out.stat().st_mtime_ns
+    assert not jobs.run_job(aside, root=str(empty_root))["ran"] and out.stat().st_mtime_ns == after
 
 
 def test_a_changed_budget_is_another_notebook_run():

@@ -276,6 +276,33 @@ def test_defense_entries_and_the_merged_result_file(tmp_path):
     assert len(json.loads(path.read_text())["entries"]) == 4
 
 
+def test_two_seeds_writing_defenses_json_at_once_keep_each_others_entries(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from qadtr_core.evaluation import defense_metrics
+
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path / "artifacts"))
+    slow_read = defense_metrics.read_json
+
+    def read_json(path):  # widen the read-modify-write window: without the lock, writers lose each other's entries
+        out = slow_read(path)
+        time.sleep(0.05)
+        return out
+
+    monkeypatch.setattr(defense_metrics, "read_json", read_json)
+    path = tmp_path / "defenses.json"
+    write_defenses_json(path, "02_defenses", "q", [{"chapter": "02_defenses", "seed": 0}])
+    threads = [threading.Thread(target=write_defenses_json, args=(path, "02_defenses", "q",
+                                                                  [{"chapter": "02_defenses", "seed": s}]))
+               for s in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(e["seed"] for e in json.loads(path.read_text())["entries"]) == list(range(7))
+
+
 def test_the_headline_flags_collapsed_cells_and_leaves_them_out_of_the_mean():
     spec = {(d, b, "8x8 square"): k for d, b, k in (("m", 32, 50), ("m", 2, 50), ("q", 32, 20), ("q", 2, 90))}
     table = asr_table(_pi(spec), {"m": NO_PATCHES, "q": NO_PATCHES}, collapsed={("q", 2)})

@@ -285,7 +285,11 @@ def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = 
         raise ValueError(f"unknown job kind {job.kind!r}")
     _fault_once(job.key)
     rerun = book is not None and job.kind == "notebook"  # a book build runs every chapter, cached or not
-    if not job.in_book:  # a chapter's other seeds run in the scratch folder (their claims feed the scorecard)
+    extra: dict[str, Any] = {}
+    if not job.in_book and book is not None:
+        # a chapter's other seeds run in the scratch folder; their claims feed the scorecard, their entries
+        # the book's defenses.json (kept beside the first seed's: one entry per model, width and seed)
+        extra = {"defenses_json": str(Path(book).resolve() / "defenses.json")}
         book = None
     t0 = time.perf_counter()
     with _settings(threads, {ARTIFACTS_VAR: root, DATA_VAR: data, "OMP_NUM_THREADS": str(int(threads))}):
@@ -299,7 +303,7 @@ def run_job(job: Job, device: str = "cpu", threads: int = 1, root: str | None = 
         elif book is not None:
             _run_book_notebook(job, device, Path(book), commit)
         else:
-            _run_notebook(job, device, progress)
+            _run_notebook(job, device, progress, force=rerun, **extra)
     return {"key": job.key, "label": job.label, "ran": True, "seconds": time.perf_counter() - t0}
 
 
@@ -335,15 +339,18 @@ def to_run(graph: Mapping[str, Job], root: Path | None = None, book: str | Path 
     return [j for j in graph.values() if not is_done(j, root) or (book is not None and j.kind == "notebook")]
 
 
-def _run_notebook(job: Job, device: str, progress: bool) -> None:
+def _run_notebook(job: Job, device: str, progress: bool, force: bool = False, **values: Any) -> None:
+    """Execute a chapter into its scratch folder (unless its run is cached and not ``force``); ``values``:
+    more papermill parameters, where the notebook declares them."""
     import papermill
 
     from ..artifacts import file_lock
 
     out_dir = run_dir(job.profile, job.seed)
-    params = _parameters(job, seed=job.seed, device=device, progress=progress, static_dir=str(out_dir / "_static"))
+    params = _parameters(job, seed=job.seed, device=device, progress=progress, static_dir=str(out_dir / "_static"),
+                         **values)
     with file_lock(out_dir):
-        if is_done(job):
+        if is_done(job) and not force:
             return
         papermill.execute_notebook(str(NOTEBOOK_DIR / f"{job.chapter}.ipynb"), str(out_dir / f"{job.chapter}.ipynb"),
                                    parameters=params, cwd=str(NOTEBOOK_DIR), progress_bar=False)

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..artifacts import read_json, write_json
+from ..artifacts import artifact_root, file_lock, read_json, write_json
 from ..stats import Interval, paired_bootstrap
 from ..zoo import TrainedModel
 from .robustness import Evaluation, threat_kinds
@@ -315,12 +315,15 @@ def defense_entries(threats: pd.DataFrame, clean: pd.DataFrame, budget: pd.DataF
 
 def write_defenses_json(path: str | Path, chapter: str, profile: str, entries: Sequence[Mapping[str, Any]]) -> dict:
     """Write ``entries`` of ``chapter`` into ``defenses.json`` at ``path``, keeping the other chapters' entries
-    (and this chapter's entries of other seeds) where the file already holds the same profile; returns it."""
+    (and this chapter's entries of other seeds) where the file already holds the same profile; returns it.
+    The read and the write hold a lock in the artifact cache, so that two seeds' runs of a chapter writing
+    at once (a build with several workers) keep each other's entries."""
     path = Path(path)
-    old = read_json(path) if path.exists() else {}
-    seeds = {e["seed"] for e in entries}
-    kept = [e for e in old.get("entries", []) if old.get("profile") == profile
-            and not (e.get("chapter") == chapter and e.get("seed") in seeds)]
-    record = {"profile": profile, "entries": sorted([*kept, *entries], key=lambda e: (e["chapter"], e["seed"]))}
-    write_json(path, record)
+    with file_lock(artifact_root() / "locks" / "defenses-json"):
+        old = read_json(path) if path.exists() else {}
+        seeds = {e["seed"] for e in entries}
+        kept = [e for e in old.get("entries", []) if old.get("profile") == profile
+                and not (e.get("chapter") == chapter and e.get("seed") in seeds)]
+        record = {"profile": profile, "entries": sorted([*kept, *entries], key=lambda e: (e["chapter"], e["seed"]))}
+        write_json(path, record)
     return record
