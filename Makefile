@@ -60,7 +60,8 @@ notebooks: $(STAMP)
 	  $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb) -p profile $(PROFILE) "$${extra[@]}"; \
 	  $(PY) -m qadtr_core.build.bookconfig stamp --commit $$commit $(EXECUTED)/$$(basename $$nb); \
 	  case $$nb in *02_defenses*) \
-	    for s in $$($(PY) -c "from qadtr_core.profiles import get_profile; print(*get_profile('$(PROFILE)').defense_seeds[1:])"); do \
+	    others=$$($(PY) -c "from qadtr_core.profiles import get_profile; print(*get_profile('$(PROFILE)').defense_seeds[1:])"); \
+	    for s in $$others; do \
 	      echo "== $$nb seed $$s (profile $(PROFILE), beside the book: its claims feed the scorecard)"; \
 	      mkdir -p $(QADTR_ARTIFACTS)/runs/$(PROFILE)/seed$$s; \
 	      $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(QADTR_ARTIFACTS)/runs/$(PROFILE)/seed$$s/02_defenses.ipynb \

@@ -179,20 +179,27 @@ def provenance() -> dict[str, str]:
     }
 
 
-def save_table(chapter: str, profile: str, name: str, table: Any, meta: dict[str, Any]) -> Path:
+def save_table(chapter: str, profile: str, name: str, table: Any, meta: dict[str, Any], plain: bool = True) -> Path:
     """Write a result table (a pandas DataFrame) as CSV plus a JSON record of its provenance.
 
     Files go to ``<root>/results/<chapter>/<profile>/<name>.{csv,json}``; the book and the scorecard
-    read them from there. ``meta`` should hold at least n, seed, bit-widths and wall time.
+    read them from there. ``meta`` should hold at least n, seed, bit-widths and wall time. ``plain=False``
+    writes the per-seed copy only (a run beside the book's, e.g. the defenses chapter's second seed, leaves
+    the book's own tables as they are); it needs ``meta["seed"]``.
     """
+    if not plain and "seed" not in meta:
+        raise ValueError(f"save_table({chapter!r}, {name!r}, plain=False) needs meta['seed']: it writes the seed's copy only")
     d = artifact_root() / "results" / chapter / profile
     record = {"chapter": chapter, "profile": profile, "name": name, **meta, "provenance": provenance()}
-    atomic_write_bytes(d / f"{name}.csv", table.to_csv(index=False).encode())
-    write_json(d / f"{name}.json", record)
+    if plain:
+        atomic_write_bytes(d / f"{name}.csv", table.to_csv(index=False).encode())
+        write_json(d / f"{name}.json", record)
     if "seed" in meta:  # a per-seed copy, so that runs of several seeds can be aggregated (jobs.seed_table)
         s = d / "seeds" / str(int(meta["seed"]))
         atomic_write_bytes(s / f"{name}.csv", table.to_csv(index=False).encode())
         write_json(s / f"{name}.json", record)
+        if not plain:
+            return s / f"{name}.csv"
     return d / f"{name}.csv"
 
 

@@ -137,6 +137,13 @@ def test_result_tables_round_trip_with_provenance(cache):
     artifacts.save_table("00_demo", "smoke", "acc", df, {"n": 200, "seed": 0, "wall_seconds": 1.5})
     back, meta = artifacts.load_table("00_demo", "smoke", "acc")
     assert back.equals(df) and meta["n"] == 200 and meta["profile"] == "smoke" and "torch" in meta["provenance"]
+    # a run beside the book (another seed) writes its per-seed copy and leaves the book's table as it was
+    other = df.assign(accuracy=[0.5, 0.4])
+    artifacts.save_table("00_demo", "smoke", "acc", other, {"n": 200, "seed": 1, "wall_seconds": 2.0}, plain=False)
+    assert artifacts.load_table("00_demo", "smoke", "acc")[0].equals(df)
+    assert artifacts.load_table("00_demo", "smoke", "acc", seed=1)[0].equals(other)
+    with pytest.raises(ValueError, match="needs meta"):
+        artifacts.save_table("00_demo", "smoke", "acc", other, {"n": 200}, plain=False)
 
 
 def test_baseline_models_names_and_bits(cache, monkeypatch):

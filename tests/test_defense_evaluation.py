@@ -303,6 +303,30 @@ def test_two_seeds_writing_defenses_json_at_once_keep_each_others_entries(tmp_pa
     assert sorted(e["seed"] for e in json.loads(path.read_text())["entries"]) == list(range(7))
 
 
+def test_a_seed_run_writes_only_its_own_models_and_keeps_the_shared_starts_entry(tmp_path, monkeypatch):
+    """Quick: the seed-1 run of the defenses chapter evaluates the seed-0 starts again (another attack seed);
+    its entries must neither replace seed 0's nor add a second entry for the same start model."""
+    from qadtr_core.build.studies import Study
+
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path / "artifacts"))
+
+    def run(seed, rows):
+        st = Study.__new__(Study)
+        st.seed, st.entries = seed, (lambda chapter: [{"chapter": chapter, "bits": 2, **r} for r in rows])
+        return st
+
+    path = tmp_path / "defenses.json"
+    run(0, [{"defense": "QAT", "seed": 0, "robust": 0.1}, {"defense": "PBAT", "seed": 0, "robust": 0.3}]
+        ).write_entries(path, "02_defenses", "q")
+    run(1, [{"defense": "QAT", "seed": 0, "robust": 0.2}, {"defense": "PBAT", "seed": 1, "robust": 0.4}]
+        ).write_entries(path, "02_defenses", "q")
+    got = sorted((e["defense"], e["seed"], e["robust"]) for e in json.loads(path.read_text())["entries"])
+    assert got == [("PBAT", 0, 0.3), ("PBAT", 1, 0.4), ("QAT", 0, 0.1)]
+    run(1, [{"defense": "PBAT", "seed": 1, "robust": 0.5}]).write_entries(path, "02_defenses", "q")  # a rerun
+    got = sorted((e["defense"], e["seed"], e["robust"]) for e in json.loads(path.read_text())["entries"])
+    assert got == [("PBAT", 0, 0.3), ("PBAT", 1, 0.5), ("QAT", 0, 0.1)]
+
+
 def test_the_headline_flags_collapsed_cells_and_leaves_them_out_of_the_mean():
     spec = {(d, b, "8x8 square"): k for d, b, k in (("m", 32, 50), ("m", 2, 50), ("q", 32, 20), ("q", 2, 90))}
     table = asr_table(_pi(spec), {"m": NO_PATCHES, "q": NO_PATCHES}, collapsed={("q", 2)})

@@ -327,6 +327,10 @@ def test_seeds_are_each_judged_and_their_interval_never_shrinks(tmp_path):
     assert row.verdict == "inconclusive" and "per-seed verdicts: reproduced" in row.ours
     widest = max(e["ci_high"] - e["ci_low"] for e in claims["C1"]["per_seed"])
     assert claims["C1"]["ci_high"] - claims["C1"]["ci_low"] >= widest
+    # a build that ran the chapter at seed 0 only leaves the other seed's (stale) file out
+    only0 = load_claims("q", root=tmp_path, seeds=lambda chapter: (0,))
+    assert only0["C1"]["seeds"] == [0] and "per_seed" not in only0["C1"]
+    assert scorecard(only0).set_index("claim").loc["C1"].verdict != "inconclusive"
 
 
 def test_the_answer_figure_draws_each_points_interval():

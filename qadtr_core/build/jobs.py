@@ -13,8 +13,9 @@ Two kinds of job:
 
 Which models a chapter needs is read from :data:`CHAPTER_MODELS` with the bit-widths of the notebook's
 own parameters cell; the configs come from :func:`~qadtr_core.zoo.fp_config`,
-:func:`~qadtr_core.zoo.qat_config` and :mod:`qadtr_core.defenses.recipes`. Each seed is its own set of
-configs (``--seeds`` fans out).
+:func:`~qadtr_core.zoo.qat_config` and :mod:`qadtr_core.defenses.recipes`. A default build runs each
+chapter at :func:`chapter_seeds` (the defenses chapter at ``Profile.defense_seeds``, whose defense models
+may share the seed-0 starts: ``Profile.defense_start_seed``); ``--seeds`` runs every chapter at each seed.
 
 A job already in the cache is never run or submitted again; two runs of one artifact are prevented by
 the graph (one job per key; on Dask, the job key is the task key) and, across processes, by the

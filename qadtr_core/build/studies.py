@@ -64,6 +64,7 @@ class Study:
         pgd: per-image PGD outcomes of the PGD-trained defenses and their starts.
         defends: :func:`~qadtr_core.evaluation.defense_metrics.defends_table`.
         collapse, gradient_norms, aqapa, fidelity, random_precision: the chapters' diagnostic tables.
+        seed: the run's seed (the training seed of its defense models; their shared starts may be another's).
     """
 
     configs: dict[str, dict[int, TrainConfig]]
@@ -86,6 +87,7 @@ class Study:
     aqapa: pd.DataFrame
     fidelity: pd.DataFrame
     random_precision: pd.DataFrame
+    seed: int = 0
 
     def defends_by_defense(self) -> dict[str, bool]:
         """``{defense: beats its start on its own seen threat}``
@@ -97,8 +99,11 @@ class Study:
         return defense_entries(self.threats, self.clean, self.budget, self.models, self.starts, self.collapsed, chapter)
 
     def write_entries(self, path: str | Path, chapter: str, profile: str) -> dict:
-        """Merge :meth:`entries` into ``defenses.json`` at ``path`` (the other chapter's entries kept)."""
-        return write_defenses_json(path, chapter, profile, self.entries(chapter))
+        """Merge :meth:`entries` into ``defenses.json`` at ``path`` (the other chapters' and seeds' entries kept).
+        Only the models trained at this run's seed are written: a start shared with another seed
+        (``Profile.defense_start_seed``) is that seed's run's entry, so every model and width has one entry."""
+        own = [e for e in self.entries(chapter) if e["seed"] == self.seed]
+        return write_defenses_json(path, chapter, profile, own, seeds={self.seed})
 
 
 def _strategy(per_bits: dict[int, TrainConfig]) -> str:
@@ -144,7 +149,7 @@ def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed
     return Study(configs, models, dists, ev, asr_table(ev.per_image, dists, collapsed=collapsed), clean,
                  clean_table(clean), budget, len(x), len(xc), starts, collapsed, seen, pgd, defends,
                  collapse_table(models), norms, aqapa_table(models), fidelity_table(models),
-                 random_precision_table(ev.random_precision))
+                 random_precision_table(ev.random_precision), seed=seed)
 
 
 def defense_study(profile: Profile, bit_set: Sequence[int], seed: int = 0, data: Cifar10 | None = None,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -146,13 +146,19 @@ def _aggregate(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def load_claims(profile: str, root: Path | None = None) -> dict[str, dict[str, Any]]:
+def load_claims(profile: str, root: Path | None = None,
+                seeds: Callable[[str], Collection[int]] | None = None) -> dict[str, dict[str, Any]]:
     """Every claim entry the chapters wrote at ``profile`` (``results/<chapter>/<profile>/claims*.json``),
     one per seed (a ``claims-seed<k>.json`` file wins over an unseeded ``claims.json`` for the same seeds),
-    aggregated over seeds where several exist."""
+    aggregated over seeds where several exist.
+
+    ``seeds`` (chapter -> the seeds a build ran it at, e.g. :func:`qadtr_core.build.jobs.chapter_seeds`):
+    a chapter's file of any other seed is left out (an earlier build's, or a one-off run's, never enters
+    this scorecard); None reads every file."""
     found: dict[str, dict[tuple, tuple[bool, dict[str, Any]]]] = {}
     for path in sorted((root or artifact_root()).glob(f"results/*/{profile}/claims*.json")):
         seeded = path.name.startswith("claims-seed")
+        allowed = None if seeds is None else set(seeds(path.parent.parent.name))
         try:
             entries = read_json(path)
         except CorruptArtifact as e:
@@ -160,6 +166,9 @@ def load_claims(profile: str, root: Path | None = None) -> dict[str, dict[str, A
             continue
         for cid, entry in entries.items():
             key = tuple(entry.get("seeds", []))
+            if allowed is not None and not set(key) <= allowed:
+                log.info("left out of the scorecard: %s of %s (seeds %s, not run by this build)", cid, path, list(key))
+                continue
             previous = found.setdefault(cid, {}).get(key)
             if previous is None or (seeded and not previous[0]):
                 found[cid][key] = (seeded, entry)

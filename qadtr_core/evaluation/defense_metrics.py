@@ -313,15 +313,17 @@ def defense_entries(threats: pd.DataFrame, clean: pd.DataFrame, budget: pd.DataF
     return out
 
 
-def write_defenses_json(path: str | Path, chapter: str, profile: str, entries: Sequence[Mapping[str, Any]]) -> dict:
-    """Write ``entries`` of ``chapter`` into ``defenses.json`` at ``path``, keeping the other chapters' entries
-    (and this chapter's entries of other seeds) where the file already holds the same profile; returns it.
+def write_defenses_json(path: str | Path, chapter: str, profile: str, entries: Sequence[Mapping[str, Any]],
+                        seeds: Collection[int] | None = None) -> dict:
+    """Write ``entries`` of ``chapter`` into ``defenses.json`` at ``path``, replacing this chapter's entries of
+    ``seeds`` (default: the entries' own seeds) and keeping the other chapters' and seeds' entries where the
+    file already holds the same profile; returns it.
     The read and the write hold a lock in the artifact cache, so that two seeds' runs of a chapter writing
     at once (a build with several workers) keep each other's entries."""
     path = Path(path)
     with file_lock(artifact_root() / "locks" / "defenses-json"):
         old = read_json(path) if path.exists() else {}
-        seeds = {e["seed"] for e in entries}
+        seeds = {e["seed"] for e in entries} if seeds is None else set(seeds)
         kept = [e for e in old.get("entries", []) if old.get("profile") == profile
                 and not (e.get("chapter") == chapter and e.get("seed") in seeds)]
         record = {"profile": profile, "entries": sorted([*kept, *entries], key=lambda e: (e["chapter"], e["seed"]))}
