@@ -24,6 +24,7 @@ BUDGET_FIELDS = {
     "ablation_variants",  # fewer cells at the quick budget (issue 17: the three "without X" variants), never other ones
     "certify_epochs", "certify_n", "certify_patch_sizes", "certify_masks_per_side", "certify_rs_queries",
     "defense_seeds", "defense_start_seed",  # how many seeds, and whether they share their starts: budget
+    "image_patch_source_bits",  # fewer transfer sources at the quick budget, never a shorter attack
 }
 
 
@@ -257,7 +258,8 @@ def test_profile_seeds_are_checked():
     from qadtr_core.profiles import get_profile
 
     for bad in ({"defense_seeds": ()}, {"defense_seeds": (0, 0)}, {"defense_seeds": [0]}, {"defense_seeds": (-1,)},
-                {"defense_start_seed": -2}, {"defense_start_seed": True}):
+                {"defense_start_seed": -2}, {"defense_start_seed": True}, {"image_patch_source_bits": (1,)},
+                {"image_patch_source_bits": [32]}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             dataclasses.replace(get_profile("smoke"), **bad)
 

@@ -514,8 +514,10 @@ def _attack_seconds(chapter: str, profile: Profile, params: Mapping[str, Any]) -
     universal = est.universal_patch_seconds(a, profile.patch_steps, profile.patch_batch)
     if chapter == "01_transferability":
         sources = 1 + len(params.get("qat_bits", ()))
+        # per-image patches on the profile's source widths, of the QAT models and (dwq_reading) of DWQ's widths
+        crafted = (len(profile.image_patch_source_bits) or sources) * (2 if params.get("dwq_reading") else 1)
         return ((2 * sources + 1) * universal  # two patch sizes per source, plus the convergence curve on FP
-                + sources * est.image_patch_seconds(a, profile.n_attack, profile.image_patch_steps,
+                + crafted * est.image_patch_seconds(a, profile.n_attack, profile.image_patch_steps,
                                                     profile.image_patch_restarts)
                 + sources * est.pgd_seconds(a, profile.n_attack))
     if chapter in ("02_defenses", "03_ablations"):

@@ -6,8 +6,9 @@ the FP model is closest to the per-image patch's (:func:`matched_radius`); the r
 only if the paired interval of the two white-box ASRs' difference lies within :data:`MATCH_POINTS` points.
 
 Measurement (:func:`c2_claim`): PGD at that radius against the per-image patch: the difference of their
-relative transfer (mean off-diagonal over mean diagonal ASR among the FP and QAT widths), each above its
-null attack's floor, paired bootstrap over images. Rule: :func:`verdict_c2`.
+relative transfer (mean off-diagonal over mean diagonal ASR among the widths the per-image patch was
+crafted at, ``Profile.image_patch_source_bits``: at the quick profile FP and 2 bits, both ways), each above
+its null attack's floor, paired bootstrap over images. Rule: :func:`verdict_c2`.
 """
 from __future__ import annotations
 
