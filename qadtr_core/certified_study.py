@@ -90,11 +90,11 @@ class CertifiedStudyConfig:
 
     @classmethod
     def from_profile(cls, profile: Profile, seed: int = 0, **overrides: Any) -> CertifiedStudyConfig:
-        """The budgets of ``profile``: its ``certify_*`` fields and its per-image patch budget
-        (``image_patch_steps``, ``image_patch_restarts``, ``image_patch_location_opt``)."""
+        """The budgets of ``profile``: its ``certify_*`` fields (``certify_image_patch_steps`` and
+        ``_restarts`` for the per-image patch) and ``image_patch_location_opt``."""
         values = dict(patch_sizes=tuple(profile.certify_patch_sizes), masks_per_side=profile.certify_masks_per_side,
-                      rs_queries=profile.certify_rs_queries, image_patch_steps=profile.image_patch_steps,
-                      image_patch_restarts=profile.image_patch_restarts,
+                      rs_queries=profile.certify_rs_queries, image_patch_steps=profile.certify_image_patch_steps,
+                      image_patch_restarts=profile.certify_image_patch_restarts,
                       image_patch_location_opt=profile.image_patch_location_opt, seed=seed)
         return cls(**{**values, **overrides})
 

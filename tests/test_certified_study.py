@@ -295,7 +295,7 @@ def test_study_config_from_profile_and_errors():
         c = CertifiedStudyConfig.from_profile(P, seed=2)
         assert (c.patch_sizes, c.masks_per_side, c.rs_queries, c.seed) == (
             tuple(P.certify_patch_sizes), P.certify_masks_per_side, P.certify_rs_queries, 2), name
-        assert (c.image_patch_steps, c.image_patch_restarts) == (P.image_patch_steps, P.image_patch_restarts)
+        assert (c.image_patch_steps, c.image_patch_restarts) == (P.certify_image_patch_steps, P.certify_image_patch_restarts)
     for kwargs, match in [(dict(patch_sizes=()), "patch_sizes must be distinct"),
                           (dict(patch_sizes=(4, 4)), "patch_sizes must be distinct"),
                           (dict(patch_sizes=(0,)), "positive number of pixels, got 0"),

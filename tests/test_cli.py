@@ -23,6 +23,7 @@ BUDGET_FIELDS = {
     "defense_attack_steps", "defense_attack_restarts", "defense_probe_every", "defense_rs_queries", "defense_rp_draws",
     "ablation_variants",  # fewer cells at the quick budget (issue 17: the three "without X" variants), never other ones
     "certify_epochs", "certify_n", "certify_patch_sizes", "certify_masks_per_side", "certify_rs_queries",
+    "certify_image_patch_steps", "certify_image_patch_restarts",
     "defense_seeds", "defense_start_seed",  # how many seeds, and whether they share their starts: budget
     "image_patch_source_bits",  # fewer transfer sources at the quick budget, never a shorter attack
 }

@@ -73,11 +73,12 @@ def c2_claim(pgd: Mapping[tuple[str, str], Outcomes], patch: Mapping[tuple[str, 
             "n": len(next(iter(pgd.values()))[0]), "seeds": list(seeds), "profile": profile,
             "attack_strength": [s.record() for s in strengths],
             "measure": "relative transfer above each attack's null floor (mean off-diagonal / mean white-box excess ASR "
-                       "among FP and QAT widths): per-image patch minus PGD"}
+                       f"among {', '.join(names)}, each crafted and evaluated at each): per-image patch minus PGD"}
 
 
 def verdict_c2(c: Mapping[str, Any]) -> Ruling:
-    """**C2** (pixel attacks transfer poorly), read on the FP and QAT models at matched strength (the PGD
+    """**C2** (pixel attacks transfer poorly), read on the widths the per-image patch was crafted at (every
+    QAT width, or the profile's ``image_patch_source_bits``: fewer cells, the same definition) at matched strength (the PGD
     radius whose white-box ASR on FP is closest to the per-image patch's): d = the per-image patch's relative
     transfer minus PGD's (paired interval; the DWQ model's reading is shown beside it). *Inconclusive* if an
     attack has not converged, if the two white-box ASRs are not within 10 points of each other (the whole
