@@ -54,7 +54,8 @@ GPU_UNIT_COSTS["smallcnn"] = GPU_UNIT_COSTS["resnet20"]
 # benchmarks/README.md, "Defense step cost after issue 17"); no GPU ratio has been measured yet.
 STRATEGY_STEP_RATIO: dict[str, float] = {"standard": 1.0, "multiwidth": 1.0, "pbat": 5.85, "dwq": 8.98, "qadtr": 6.39}
 STRATEGY_RATIO_SOURCE = ("benchmarks/README.md: benchmarks/defense_cost.py --steps 12 on 2 idle CPU cores, ResNet-20, "
-                         "batch 128, 10 inner steps, 2026-12-02, one run (no GPU ratio measured)")
+                         "batch 128, 10 inner steps, 2026-12-02, one run (no GPU ratio measured; the profiles now train "
+                         "with 20 inner steps, not yet measured, so these defense estimates are low by up to about 2x)")
 
 
 def unit_costs(arch: str) -> UnitCosts:
