@@ -191,16 +191,13 @@ def save_table(chapter: str, profile: str, name: str, table: Any, meta: dict[str
         raise ValueError(f"save_table({chapter!r}, {name!r}, plain=False) needs meta['seed']: it writes the seed's copy only")
     d = artifact_root() / "results" / chapter / profile
     record = {"chapter": chapter, "profile": profile, "name": name, **meta, "provenance": provenance()}
-    if plain:
-        atomic_write_bytes(d / f"{name}.csv", table.to_csv(index=False).encode())
-        write_json(d / f"{name}.json", record)
-    if "seed" in meta:  # a per-seed copy, so that runs of several seeds can be aggregated (jobs.seed_table)
-        s = d / "seeds" / str(int(meta["seed"]))
-        atomic_write_bytes(s / f"{name}.csv", table.to_csv(index=False).encode())
-        write_json(s / f"{name}.json", record)
-        if not plain:
-            return s / f"{name}.csv"
-    return d / f"{name}.csv"
+    csv = table.to_csv(index=False).encode()
+    # the plain copy, and a per-seed copy so that runs of several seeds can be aggregated (jobs.seed_table)
+    folders = ([d] if plain else []) + ([d / "seeds" / str(int(meta["seed"]))] if "seed" in meta else [])
+    for f in folders:
+        atomic_write_bytes(f / f"{name}.csv", csv)
+        write_json(f / f"{name}.json", record)
+    return folders[0] / f"{name}.csv"
 
 
 def load_table(chapter: str, profile: str, name: str, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
