@@ -72,6 +72,12 @@ class Profile:
         defense_rs_queries: query budget per image of the gradient-free random search (Sparse-RS) that every
             defense meets on the images no gradient threat broke (Sparse-RS's own budget: 10,000).
         defense_rp_draws: seeded draws of DWQ's random-precision predictor each threat is scored over.
+        defense_eval_bits, defense_threats: the cells of the defense chapters' threat matrix: the widths
+            (a subset of the chapter's bit set; empty: every width) and the threats (names in
+            :data:`~qadtr_core.evaluation.threats.THREATS`; empty: all) that are attacked. A profile that
+            cannot afford the whole matrix with a converged attack evaluates fewer cells, never a shorter
+            attack (issue 18); the models still train at every width and clean accuracy covers every width.
+            (Default: (), ())
         certify_epochs: epochs of PatchCleanser's masking fine-tune (:func:`qadtr_core.zoo.masked_config`) per
             bit-width: a per-width model takes ``certify_epochs`` from its QAT model (the FP model at 32 bits),
             the multi-width model ``len(bit_set) x certify_epochs`` (equal steps per width); at ``qat_lr``.
@@ -126,6 +132,8 @@ class Profile:
     defense_location_opt: bool = False
     defense_rs_queries: int = 10000
     defense_rp_draws: int = 10
+    defense_eval_bits: tuple[int, ...] = ()
+    defense_threats: tuple[str, ...] = ()
     certify_epochs: int = 10
     certify_n: int = 1000
     certify_patch_sizes: tuple[int, ...] = (4, 6, 8)
@@ -143,6 +151,13 @@ class Profile:
         if not isinstance(self.image_patch_source_bits, tuple) or bad:
             raise ValueError(f"image_patch_source_bits must be a tuple of bit-widths (2-8 or 32), got "
                              f"{self.image_patch_source_bits!r}")
+        bad = [b for b in self.defense_eval_bits if b not in (32, *range(2, 9))]
+        if not isinstance(self.defense_eval_bits, tuple) or bad or len(set(self.defense_eval_bits)) != len(
+                self.defense_eval_bits):
+            raise ValueError(f"defense_eval_bits must be a tuple of distinct bit-widths (2-8 or 32), got "
+                             f"{self.defense_eval_bits!r}")
+        if not isinstance(self.defense_threats, tuple) or not all(isinstance(t, str) for t in self.defense_threats):
+            raise ValueError(f"defense_threats must be a tuple of threat names, got {self.defense_threats!r}")
         start = self.defense_start_seed
         if start is not None and (not isinstance(start, int) or isinstance(start, bool) or start < 0):
             raise ValueError(f"defense_start_seed must be None or a seed >= 0, got {start!r}")
@@ -163,6 +178,8 @@ PROFILES: dict[str, Profile] = {
                      defense_probe_every=2,
                      n_defense_eval=48, defense_attack_steps=5, defense_attack_restarts=1,
                      defense_rs_queries=40, defense_rp_draws=3,
+                     # the threat matrix at FP and 2 bits only, so that CI runs the fewer-cells path of quick
+                     defense_eval_bits=(32, 2),
                      certify_epochs=1, certify_n=32, certify_patch_sizes=(4, 8), certify_masks_per_side=3,
                      certify_rs_queries=10, certify_image_patch_steps=6, certify_image_patch_restarts=2,
                      # the three "without X" ablations, as at the quick profile (the paper profile has them all)

@@ -335,3 +335,50 @@ def test_the_headline_flags_collapsed_cells_and_leaves_them_out_of_the_mean():
     assert h.loc[("m", "unseen"), "mean"] == "50.0" and h.loc[("m", "seen"), "FP"] == "-"
     html = show(headline(table)).to_html()
     assert "10.0 (collapsed)" in html and "row_heading" not in html  # no pandas index for the reader
+
+
+# ---------------------------------------------------------------- fewer cells, never a shorter attack
+
+
+def test_a_width_left_out_of_the_threat_matrix_keeps_its_entry_without_a_robust_number():
+    models = _records()
+    spec = {(d, 32, th): k for d in ("multi", "QADT-R") for th, k in (("8x8 square", 60), ("4x4 square", 30))}
+    table = asr_table(_pi(spec), {"multi": NO_PATCHES, "QADT-R": NO_PATCHES})  # attacked at 32 bits only
+    clean = clean_table(pd.concat([pd.DataFrame({"defense": d, "bits": b, "image": np.arange(10),
+                                                 "correct": np.arange(10) < 8})
+                                   for d in ("multi", "QADT-R") for b in (32, 2)]))
+    budget = pd.DataFrame([{"defense": "multi", "steps at 32 b": 10, "steps at 2 b": 40},
+                           {"defense": "QADT-R", "steps at 32 b": 20, "steps at 2 b": 20}])
+    entries = defense_entries(table, clean, budget, models, {"multi": None, "QADT-R": "multi"}, (), "02_defenses")
+    assert len(entries) == 4  # one per model and width, attacked or not
+    q2 = next(e for e in entries if e["defense"] == "QADT-R" and e["bits"] == 2)
+    assert q2["robust"] is None and q2["robust_ci_low"] is None and q2["start_robust"] is None and q2["n"] is None
+    assert "not attacked" in q2["robust_reading"] and q2["clean"] == pytest.approx(80) and q2["steps"] == 20
+    q32 = next(e for e in entries if e["defense"] == "QADT-R" and e["bits"] == 32)
+    assert q32["robust"] == pytest.approx(40) and q32["start_robust"] == pytest.approx(40)
+
+
+def test_the_profile_names_the_cells_of_its_threat_matrix():
+    from dataclasses import replace
+
+    from qadtr_core.build.studies import eval_widths
+    from qadtr_core.evaluation.threats import select_threats
+
+    assert select_threats(()) == THREATS
+    picked = select_threats(("transfer from its undefended start, 8x8", "4x4 square", "8x8 square"))
+    assert [t.name for t in picked] == ["8x8 square", "4x4 square", "transfer from its undefended start, 8x8"]
+    with pytest.raises(ValueError, match="unknown threat.*'9x9 square'.*allowed: '8x8 square'"):
+        select_threats(("8x8 square", "9x9 square"))
+    with pytest.raises(ValueError, match="needs the white-box threat"):  # a start transfer needs its own patch
+        select_threats(("transfer from its undefended start, 8x8", "4x4 square"))
+    smoke = get_profile("smoke")
+    assert eval_widths(smoke, [32, 8, 2]) == [32, 8, 2]  # empty: every width
+    assert eval_widths(replace(smoke, defense_eval_bits=(2, 32)), [32, 8, 5, 4, 2]) == [32, 2]  # the bit set's order
+    assert eval_widths(replace(smoke, defense_eval_bits=(2, 32)), [32, 4]) == [32]
+    with pytest.raises(ValueError, match=r"at \[2\] bits only.*has none"):
+        eval_widths(replace(smoke, defense_eval_bits=(2,)), [32, 4])
+    for bad in ((3, 3), (1,), [32]):
+        with pytest.raises(ValueError, match="defense_eval_bits"):
+            replace(smoke, defense_eval_bits=bad)
+    with pytest.raises(ValueError, match="defense_threats"):
+        replace(smoke, defense_threats="8x8 square")

@@ -522,15 +522,17 @@ def _attack_seconds(chapter: str, profile: Profile, params: Mapping[str, Any]) -
                 + sources * est.pgd_seconds(a, profile.n_attack))
     if chapter in ("02_defenses", "03_ablations"):
         from ..defenses.recipes import ablation_configs, defense_configs
-        from ..evaluation.robustness import THREATS
+        from ..evaluation.threats import select_threats
+        from .studies import eval_widths
 
         bits = list(params.get("bit_set", ()))
         table = (defense_configs if chapter == "02_defenses" else ablation_configs)(profile, bits, 0)
-        cells = sum(len(per) for per in table.values())
-        # every threat crafts once per (defense, width); the EOT threat runs one forward per width
+        attacked = eval_widths(profile, bits)
+        cells = sum(len([b for b in per if b in attacked]) for per in table.values())
+        # every threat crafts once per attacked (defense, width); the EOT threat runs one forward per width
         per_image = est.image_patch_seconds(a, profile.n_defense_eval, profile.defense_attack_steps,
                                             profile.defense_attack_restarts)
-        return cells * (len(THREATS) - 1 + len(bits)) * per_image
+        return cells * (len(select_threats(profile.defense_threats)) - 1 + len(bits)) * per_image
     if chapter in ("04_gradient_alignment", "05_spatial_sensitivity"):
         return universal  # one FP patch (gradients and attribution maps are not counted)
     if chapter == "06_patch_visibility":

@@ -3,7 +3,8 @@
 The notebooks call :func:`defense_study` and :func:`ablation_study`; ``python -m qadtr_core.build.studies``
 runs the same calls ahead of time (on a GPU, say) so that the notebooks find every model and every
 crafted patch in the cache and only evaluate. Both studies use one evaluation: every threat of
-:data:`~qadtr_core.evaluation.threats.THREATS` on the first ``Profile.n_defense_eval`` test images (transfers from
+:data:`~qadtr_core.evaluation.threats.THREATS` (or the profile's ``defense_threats``) at every width (or the
+profile's ``defense_eval_bits``) on the first ``Profile.n_defense_eval`` test images (transfers from
 one common surrogate, an independently seeded undefended FP model:
 :func:`~qadtr_core.defenses.recipes.surrogate_config`; the universal patch crafted on its training images;
 random search on what the gradient threats left, ``Profile.defense_rs_queries`` queries per image), DWQ's
@@ -13,7 +14,7 @@ random-precision inference (EOT, ``Profile.defense_rp_draws`` draws), L-inf PGD 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +38,7 @@ from ..evaluation.robustness import (
     starts_of,
     surrogate_universal_patch,
 )
-from ..evaluation.threats import THREATS, PatchDistribution, distribution_of, own_seen_threat
+from ..evaluation.threats import PatchDistribution, Threat, distribution_of, own_seen_threat, select_threats
 from ..profiles import Profile, get_profile
 from ..train import TrainConfig
 from ..zoo import TrainedModel, get_or_train
@@ -65,6 +66,8 @@ class Study:
         defends: :func:`~qadtr_core.evaluation.defense_metrics.defends_table`.
         collapse, gradient_norms, aqapa, fidelity, random_precision: the chapters' diagnostic tables.
         seed: the run's seed (the training seed of its defense models; their shared starts may be another's).
+        eval_bits, threat_set: the widths and threats the threat matrix attacked (``Profile.defense_eval_bits``,
+            ``Profile.defense_threats``); clean accuracy and the diagnostics cover every width of ``configs``.
     """
 
     configs: dict[str, dict[int, TrainConfig]]
@@ -88,6 +91,8 @@ class Study:
     fidelity: pd.DataFrame
     random_precision: pd.DataFrame
     seed: int = 0
+    eval_bits: list[int] = field(default_factory=list)
+    threat_set: tuple[Threat, ...] = ()
 
     def defends_by_defense(self) -> dict[str, bool]:
         """``{defense: beats its start on its own seen threat}``
@@ -110,10 +115,24 @@ def _strategy(per_bits: dict[int, TrainConfig]) -> str:
     return next(iter(per_bits.values())).strategy
 
 
+def eval_widths(profile: Profile, bit_set: Sequence[int]) -> list[int]:
+    """The widths of ``bit_set`` the threat matrix attacks: those of ``Profile.defense_eval_bits`` (every width
+    if it is empty)."""
+    chosen = profile.defense_eval_bits
+    widths = [b for b in bit_set if not chosen or b in chosen]
+    if not widths:
+        raise ValueError(f"profile {profile.name!r} attacks the threats at {list(chosen)} bits only, and the "
+                         f"chapter's bit set {list(bit_set)} has none of them")
+    return widths
+
+
 def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed: int = 0, data: Cifar10 | None = None,
               device: str = "cpu", progress: bool = True) -> Study:
-    """Train (or load) every model of ``configs`` and evaluate it under every threat and on clean images."""
+    """Train (or load) every model of ``configs`` and evaluate it under the profile's threats at the profile's
+    evaluated widths (:func:`eval_widths`) and, at every width, on clean images."""
     data = data or load_cifar10()
+    bit_set = list(dict.fromkeys(b for per in configs.values() for b in per))
+    widths, threats = eval_widths(profile, bit_set), select_threats(profile.defense_threats)
     models = train_all(configs, data, progress=progress, device=device)
     surrogate = get_or_train(surrogate_config(profile, seed), data, progress=progress, device=device)
     dists = {name: distribution_of(next(iter(per.values())).strategy_params) for name, per in configs.items()}
@@ -122,23 +141,23 @@ def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed
     attack_seed = seed + ATTACK_SEED_OFFSET
     x, y = (t.to(device) for t in data.test_subset(profile.n_defense_eval))
     universal = {}
-    if any(t.family == "universal" for t in THREATS):
+    if any(t.family == "universal" for t in threats):
         n_train = min(profile.n_patch_train, len(data.x_train))
         xt, yt = to_float(data.x_train[:n_train]).to(device), data.y_train[:n_train].to(device)
         universal = {t.name: surrogate_universal_patch(surrogate, xt, yt, t, profile.patch_steps, profile.patch_batch,
-                                                       attack_seed) for t in THREATS if t.family == "universal"}
+                                                       attack_seed) for t in threats if t.family == "universal"}
         del xt, yt
     randomised = {name: tuple(next(iter(per.values())).strategy_params.bit_set) for name, per in configs.items()
                   if _strategy(per) == "dwq"}
-    ev = evaluate_threats(models, x, y, surrogate, THREATS, steps=profile.defense_attack_steps,
+    evaluated = {name: {b: tm for b, tm in per.items() if b in widths} for name, per in models.items()}
+    ev = evaluate_threats(evaluated, x, y, surrogate, threats, steps=profile.defense_attack_steps,
                           restarts=profile.defense_attack_restarts, seed=attack_seed,
                           location_opt=profile.defense_location_opt, progress=progress, universal=universal,
                           rs_queries=profile.defense_rs_queries, randomised=randomised, rp_draws=profile.defense_rp_draws,
                           starts=starts)
-    bit_set = list(dict.fromkeys(b for per in configs.values() for b in per))
-    seen = {name: (PGD_THREAT if _strategy(configs[name]) == "dwq" else own_seen_threat(dists[name], bit_set))
+    seen = {name: (PGD_THREAT if _strategy(configs[name]) == "dwq" else own_seen_threat(dists[name], widths, threats))
             for name, start in starts.items() if start}
-    pgd_models = {m: models[m] for name, th in seen.items() if th == PGD_THREAT for m in (name, starts[name])}
+    pgd_models = {m: evaluated[m] for name, th in seen.items() if th == PGD_THREAT for m in (name, starts[name])}
     pgd = pgd_outcomes(pgd_models, x, y, seed=attack_seed)
     defends = defends_table(pd.concat([ev.per_image, pgd], ignore_index=True), seen, starts, collapsed)
     xc, yc = (t.to(device) for t in data.test_subset(profile.n_eval))
@@ -146,10 +165,10 @@ def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed
     k = min(N_GRADIENT_NORM, len(x))
     norms = gradient_norm_table(models, x[:k], y[:k], starts)
     budget = budget_table(configs, models, len(data.x_train))
-    return Study(configs, models, dists, ev, asr_table(ev.per_image, dists, collapsed=collapsed), clean,
+    return Study(configs, models, dists, ev, asr_table(ev.per_image, dists, threats, collapsed=collapsed), clean,
                  clean_table(clean), budget, len(x), len(xc), starts, collapsed, seen, pgd, defends,
                  collapse_table(models), norms, aqapa_table(models), fidelity_table(models),
-                 random_precision_table(ev.random_precision), seed=seed)
+                 random_precision_table(ev.random_precision), seed=seed, eval_bits=widths, threat_set=threats)
 
 
 def defense_study(profile: Profile, bit_set: Sequence[int], seed: int = 0, data: Cifar10 | None = None,

@@ -17,11 +17,14 @@ def defense_claims(ev: Evaluation, clean: pd.DataFrame, distributions: Mapping[s
                    multiwidth: str = "multi-width (undefended)", ours: str = "QADT-R",
                    baselines: Sequence[str] = ("PBAT", "DWQ"), n_boot: int = 2000,
                    collapsed: Collection[tuple[str, int]] = (), defends: Mapping[str, bool] | None = None,
-                   threats: Sequence[Threat] = THREATS) -> dict[str, dict]:
+                   threats: Sequence[Threat] = THREATS, eval_bits: Sequence[int] | None = None) -> dict[str, dict]:
     """C3, C4 and C5 in the scorecard's layout (:func:`~qadtr_core.claims.c3_defense_gain.c3_claim`,
-    :func:`~qadtr_core.claims.c4_pbat_gap.c4_claim`, :func:`~qadtr_core.claims.c5_clean_accuracy.c5_claim`)."""
-    return {"C3": c3_claim(ev, distributions, bit_set, meta, ours=ours, baselines=baselines, n_boot=n_boot,
+    :func:`~qadtr_core.claims.c4_pbat_gap.c4_claim`, :func:`~qadtr_core.claims.c5_clean_accuracy.c5_claim`).
+    C3 and C4 read the widths the threats were evaluated at, ``eval_bits`` (``Study.eval_bits``; default
+    ``bit_set``), C5 (clean accuracy) every width of ``bit_set``."""
+    attacked = list(bit_set if eval_bits is None else eval_bits)
+    return {"C3": c3_claim(ev, distributions, attacked, meta, ours=ours, baselines=baselines, n_boot=n_boot,
                            collapsed=collapsed, defends=defends, threats=threats),
-            "C4": c4_claim(ev, distributions, bit_set, meta, undefended=undefended, n_boot=n_boot, collapsed=collapsed,
+            "C4": c4_claim(ev, distributions, attacked, meta, undefended=undefended, n_boot=n_boot, collapsed=collapsed,
                            defends=defends, threats=threats),
             "C5": c5_claim(clean, bit_set, meta, multiwidth=multiwidth, ours=ours, n_boot=n_boot)}

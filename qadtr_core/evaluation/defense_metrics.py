@@ -289,7 +289,9 @@ def defense_entries(threats: pd.DataFrame, clean: pd.DataFrame, budget: pd.DataF
     worst-case robust accuracy over every threat, %, Wilson interval), ``start_robust`` (its undefended
     start's, None for an undefended model), ``n`` (evaluation images), ``collapsed`` (bool), and
     ``chapter``, ``start``, ``robust_reading``. ``threats`` is an :func:`~qadtr_core.evaluation.robustness.asr_table`,
-    ``clean`` a :func:`~qadtr_core.evaluation.robustness.clean_table`."""
+    ``clean`` a :func:`~qadtr_core.evaluation.robustness.clean_table`. A width the threat matrix did not
+    attack (``Profile.defense_eval_bits``) keeps its entry, with ``robust``, its interval, ``start_robust`` and
+    ``n`` None and ``robust_reading`` saying so: no number stands in for an attack that did not run."""
     flagged = {(d, int(b)) for d, b in collapsed}
     worst = threats[threats.threat == WORST].set_index(["defense", "bits"])
     acc = clean.set_index(["defense", "bits"]).clean_acc
@@ -298,18 +300,26 @@ def defense_entries(threats: pd.DataFrame, clean: pd.DataFrame, budget: pd.DataF
     for d, per_bits in models.items():
         for b, tm in per_bits.items():
             history = tm.record.get("history") or [{}]
-            w = worst.loc[(d, b)]
             start = starts.get(d)
             col = f"steps at {b} b"
             k = steps.loc[d, col] if d in steps.index and col in steps.columns else None
-            out.append({"chapter": chapter, "defense": d, "bits": int(b), "seed": int(tm.config.seed),
-                        "steps": None if k is None or (isinstance(k, float) and math.isnan(k)) else int(k),
-                        "fidelity": _none_if_nan(history[-1].get("fidelity")),
-                        "clean": float(acc.loc[(d, b)]), "robust": float(w.robust),
-                        "robust_ci_low": float(w.robust_ci_low), "robust_ci_high": float(w.robust_ci_high),
-                        "start": start, "start_robust": float(worst.loc[(start, b)].robust) if start else None,
-                        "n": int(w.n_images), "collapsed": (d, int(b)) in flagged,
-                        "robust_reading": "worst case over every threat (white-box, transfer, random search)"})
+            entry = {"chapter": chapter, "defense": d, "bits": int(b), "seed": int(tm.config.seed),
+                     "steps": None if k is None or (isinstance(k, float) and math.isnan(k)) else int(k),
+                     "fidelity": _none_if_nan(history[-1].get("fidelity")), "clean": float(acc.loc[(d, b)]),
+                     "start": start, "collapsed": (d, int(b)) in flagged}
+            if (d, b) in worst.index:
+                w = worst.loc[(d, b)]
+                has_start = start is not None and (start, b) in worst.index
+                entry.update({"robust": float(w.robust), "robust_ci_low": float(w.robust_ci_low),
+                              "robust_ci_high": float(w.robust_ci_high),
+                              "start_robust": float(worst.loc[(start, b)].robust) if has_start else None,
+                              "n": int(w.n_images),
+                              "robust_reading": "worst case over every threat (white-box, transfer, random search)"})
+            else:
+                entry.update({"robust": None, "robust_ci_low": None, "robust_ci_high": None, "start_robust": None,
+                              "n": None, "robust_reading": "not attacked: the profile's threat matrix leaves out "
+                                                           "this width (Profile.defense_eval_bits)"})
+            out.append(entry)
     return out
 
 

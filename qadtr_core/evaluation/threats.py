@@ -117,6 +117,25 @@ EOT_THREAT = Threat("EOT over the drawn widths, 8x8", source="EOT")
 WORST = "worst case (any threat)"
 
 
+def select_threats(names: Sequence[str] = ()) -> tuple[Threat, ...]:
+    """The threats of :data:`THREATS` named in ``names``, in :data:`THREATS`' order; all of them if empty
+    (``Profile.defense_threats``). A start transfer needs the white-box threat of its patch beside it (a model
+    without a start meets that attack instead)."""
+    if not names:
+        return THREATS
+    known = {t.name: t for t in THREATS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown threat(s) {', '.join(map(repr, unknown))}; allowed: "
+                         f"{', '.join(repr(t.name) for t in THREATS)}")
+    chosen = tuple(t for t in THREATS if t.name in set(names))
+    for t in chosen:
+        if t.source == "start transfer" and not any(
+                w.source == "white-box" and (w.size, w.shape, w.region) == (t.size, t.shape, t.region) for w in chosen):
+            raise ValueError(f"threat {t.name!r} needs the white-box threat of the same patch among the threats")
+    return chosen
+
+
 @dataclass(frozen=True)
 class PatchDistribution:
     """The patches a defense trained on.
