@@ -67,8 +67,8 @@ class Profile:
             ``defense_epochs``, a shared-weight model serving k widths (DWQ, QADT-R) ``k x defense_epochs``
             (equal optimiser steps per width, :mod:`qadtr_core.defenses.recipes`).
         n_defense_eval: evaluation images of the defense chapters' threat tables (clean accuracy uses
-            ``n_eval``); defense_attack_steps, defense_attack_restarts and defense_location_opt: the
-            per-image patch attack that evaluates them.
+            ``n_eval``); defense_attack_steps, defense_attack_restarts, defense_location_opt and
+            defense_attack_loss ("ce" or "margin", CW-style): the per-image patch attack that evaluates them.
         defense_rs_queries: query budget per image of the gradient-free random search (Sparse-RS) that every
             defense meets on the images no gradient threat broke (Sparse-RS's own budget: 10,000).
         defense_rp_draws: seeded draws of DWQ's random-precision predictor each threat is scored over.
@@ -130,6 +130,7 @@ class Profile:
     defense_attack_steps: int = 100
     defense_attack_restarts: int = 3
     defense_location_opt: bool = False
+    defense_attack_loss: str = "ce"
     defense_rs_queries: int = 10000
     defense_rp_draws: int = 10
     defense_eval_bits: tuple[int, ...] = ()
@@ -158,6 +159,8 @@ class Profile:
                              f"{self.defense_eval_bits!r}")
         if not isinstance(self.defense_threats, tuple) or not all(isinstance(t, str) for t in self.defense_threats):
             raise ValueError(f"defense_threats must be a tuple of threat names, got {self.defense_threats!r}")
+        if self.defense_attack_loss not in ("ce", "margin"):
+            raise ValueError(f"defense_attack_loss must be 'ce' or 'margin', got {self.defense_attack_loss!r}")
         start = self.defense_start_seed
         if start is not None and (not isinstance(start, int) or isinstance(start, bool) or start < 0):
             raise ValueError(f"defense_start_seed must be None or a seed >= 0, got {start!r}")

@@ -371,8 +371,9 @@ def test_the_profile_names_the_cells_of_its_threat_matrix():
         select_threats(("8x8 square", "9x9 square"))
     with pytest.raises(ValueError, match="needs the white-box threat"):  # a start transfer needs its own patch
         select_threats(("transfer from its undefended start, 8x8", "4x4 square"))
-    smoke = get_profile("smoke")
+    smoke = replace(get_profile("smoke"), defense_eval_bits=())
     assert eval_widths(smoke, [32, 8, 2]) == [32, 8, 2]  # empty: every width
+    assert eval_widths(get_profile("smoke"), [32, 8, 5, 4, 2]) == [32, 2]  # CI runs the fewer-cells path
     assert eval_widths(replace(smoke, defense_eval_bits=(2, 32)), [32, 8, 5, 4, 2]) == [32, 2]  # the bit set's order
     assert eval_widths(replace(smoke, defense_eval_bits=(2, 32)), [32, 4]) == [32]
     with pytest.raises(ValueError, match=r"at \[2\] bits only.*has none"):
@@ -382,3 +383,12 @@ def test_the_profile_names_the_cells_of_its_threat_matrix():
             replace(smoke, defense_eval_bits=bad)
     with pytest.raises(ValueError, match="defense_threats"):
         replace(smoke, defense_threats="8x8 square")
+
+
+def test_the_defense_attack_loss_is_the_profiles_and_nothing_else():
+    from dataclasses import replace
+
+    assert attack_config(SQUARE, 10, 1, 0).loss == "ce"
+    assert attack_config(SQUARE, 10, 1, 0, loss="margin").loss == "margin"
+    with pytest.raises(ValueError, match="defense_attack_loss must be 'ce' or 'margin', got 'hinge'"):
+        replace(get_profile("smoke"), defense_attack_loss="hinge")

@@ -85,14 +85,15 @@ def BitEnsemble(model: nn.Module, bit_set: Sequence[int]) -> Ensemble:  # noqa: 
 
 
 def attack_config(threat: Threat, steps: int, restarts: int, seed: int, location_opt: bool = False,
-                  early_stop: bool = False) -> ImagePatchConfig:
+                  early_stop: bool = False, loss: str = "ce") -> ImagePatchConfig:
     """The per-image patch attack of ``threat`` (step 0.05, as in Rao et al.'s evaluation). For the centre
     region it runs inside the central box (:func:`craft`), so it avoids nothing there. ``early_stop``: stop
     on an image once it is fooled (:class:`~qadtr_core.attacks.ImagePatchConfig`): for white-box threats,
-    whose patches are scored on the model they were crafted on; never for patches crafted to transfer."""
+    whose patches are scored on the model they were crafted on; never for patches crafted to transfer.
+    ``loss``: "ce" or "margin" (CW-style, :class:`~qadtr_core.attacks.ImagePatchConfig`)."""
     avoid = central_box(CENTRE) if threat.region == "outside centre" else None
     return ImagePatchConfig(size=threat.size, shape=threat.shape, steps=steps, restarts=restarts, step_size=0.05,
-                            avoid=avoid, seed=seed, location_opt=location_opt, early_stop=early_stop)
+                            avoid=avoid, seed=seed, location_opt=location_opt, early_stop=early_stop, loss=loss)
 
 
 class _InBox(nn.Module):
@@ -252,7 +253,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
                      restarts: int = 1, seed: int = 0, location_opt: bool = False, progress: bool = True,
                      universal: Mapping[str, torch.Tensor] | None = None, rs_queries: int = 1000,
                      randomised: Mapping[str, Sequence[int]] | None = None, rp_draws: int = 5,
-                     starts: Mapping[str, str | None] | None = None) -> Evaluation:
+                     starts: Mapping[str, str | None] | None = None, loss: str = "ce") -> Evaluation:
     """Every threat against every defense at every bit-width, per image (see the module doc).
 
     ``defenses`` maps a name to ``{bits: TrainedModel}``. The transfers are crafted once on ``surrogate``
@@ -281,7 +282,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
                 raise ValueError(f"threat {t.name!r} is a universal patch: pass universal={{{t.name!r}: patch}}")
             transfer[t.name] = _universal_applied(x, universal[t.name], t, seed)
             continue
-        cfg = attack_config(t, steps, restarts, seed, location_opt)
+        cfg = attack_config(t, steps, restarts, seed, location_opt, loss=loss)
         transfer[t.name], rec = craft([(surrogate.model, surrogate.config.bits)], [surrogate.record["config_hash"]],
                                       x, y, cfg, t.region)
         strength.append(_strength_row(t, "FP surrogate", rec, steps, "FP surrogate", surrogate.config.bits))
@@ -298,7 +299,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
             return None
         if (s, b, t.name) not in from_start:
             stm = defenses[s][b]
-            cfg = attack_config(t, steps, restarts, seed, location_opt)
+            cfg = attack_config(t, steps, restarts, seed, location_opt, loss=loss)
             from_start[(s, b, t.name)], _ = craft([(stm.model, b)], [stm.record["config_hash"]], x, y, cfg, t.region)
             set_bits(stm.model, stm.config.bits)
         return from_start[(s, b, t.name)]
@@ -323,7 +324,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
                 bar.update()
                 broken = torch.zeros(n, dtype=torch.bool)
                 if len(idx) and t.source == "white-box":  # scored where it was crafted: stop once fooled
-                    cfg = attack_config(t, steps, restarts, seed, location_opt, early_stop=True)
+                    cfg = attack_config(t, steps, restarts, seed, location_opt, early_stop=True, loss=loss)
                     adv, rec = craft([(model, b)], [h], x[idx.to(x.device)], y[idx.to(y.device)], cfg, t.region)
                     strength.append(_strength_row(t, f"{name} {b} b", rec, steps, name, b))
                     set_bits(model, b)
@@ -368,7 +369,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
             raise ValueError(f"random-precision inference needs one shared model; {name!r} has {len(models)}")
         tm = next(iter(per_bits.values()))
         rp_rows.append(_random_precision(name, tm, list(bit_set), x, y, threats, transfer, steps, restarts, seed,
-                                         location_opt, rs_queries, rp_draws, strength))
+                                         location_opt, rs_queries, rp_draws, strength, loss))
         set_bits(tm.model, tm.config.bits)
     rp = pd.concat(rp_rows, ignore_index=True) if rp_rows else pd.DataFrame(
         columns=["defense", "draw", "threat", "image", "clean_ok", "broken", "clean_bits", "attack_bits"])
@@ -384,7 +385,8 @@ def _rp_predict(model: nn.Module, bit_set: Sequence[int], x: torch.Tensor, seed:
 
 def _random_precision(name: str, tm: TrainedModel, bit_set: list[int], x: torch.Tensor, y: torch.Tensor,
                       threats: Sequence[Threat], transfer: Mapping[str, torch.Tensor], steps: int, restarts: int,
-                      seed: int, location_opt: bool, rs_queries: int, draws: int, strength: list) -> pd.DataFrame:
+                      seed: int, location_opt: bool, rs_queries: int, draws: int, strength: list,
+                      loss: str = "ce") -> pd.DataFrame:
     """The random-precision deployment of one shared model: EOT, the transfers and random search, per draw.
 
     Draw ``d`` scores the clean images and each threat's images with its own seeded random-precision
@@ -394,7 +396,7 @@ def _random_precision(name: str, tm: TrainedModel, bit_set: list[int], x: torch.
     """
     n, model, h = len(x), tm.model, tm.record["config_hash"]
     y_cpu = y.cpu()
-    cfg = attack_config(EOT_THREAT, steps, restarts, seed, location_opt)
+    cfg = attack_config(EOT_THREAT, steps, restarts, seed, location_opt, loss=loss)
     eot, rec = craft([(model, b) for b in bit_set], [h] * len(bit_set), x, y, cfg)
     strength.append(_strength_row(EOT_THREAT, f"{name} random precision", rec, steps, name, None))
     advs = {EOT_THREAT.name: eot, **{t.name: transfer[t.name] for t in threats if t.source == "transfer"}}
