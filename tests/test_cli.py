@@ -26,6 +26,7 @@ BUDGET_FIELDS = {
     "certify_image_patch_steps", "certify_image_patch_restarts",
     "defense_seeds", "defense_start_seed",  # how many seeds, and whether they share their starts: budget
     "image_patch_source_bits",  # fewer transfer sources at the quick budget, never a shorter attack
+    "defense_eval_bits", "defense_threats",  # fewer cells of the threat matrix at the quick budget, never other ones
 }
 
 
@@ -43,7 +44,9 @@ def test_paper_profile_differs_from_quick_in_budgets_only():
     # the paper's known budgets (paper.md 3.2, protocol.md)
     assert (paper.arch, paper.fp_epochs, paper.fp_lr, paper.batch_size, paper.n_train) == ("resnet56", 200, 0.1, 128, 50000)
     budgets = (paper.n_attack, paper.image_patch_steps, paper.defense_attack_steps, paper.n_patch_train)
-    assert budgets == (1000, 100, 100, 50000)
+    # the defense threats run longer than protocol.md's 100 steps: 100 x 3 did not converge on a defended model
+    assert budgets == (1000, 100, 800, 50000)
+    assert paper.defense_eval_bits == () and paper.defense_threats == ()  # the paper profile attacks every cell
     assert paper.defense_epochs == paper.qat_epochs  # a defense gets the budget of the QAT model it replaces
 
 
