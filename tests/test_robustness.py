@@ -232,6 +232,11 @@ def test_a_collapsed_cell_never_counts_as_robust_in_a_claim():
     assert np.isnan(everywhere["value"]) and everywhere["by_bits"] == {}
     assert everywhere["defends"] == {"DWQ": False, "QADT-R": False}  # a collapsed defense never defends
     assert verdict_c3({**everywhere, "attack_strength": []})[1] == "inconclusive"  # no verdict, and no crash
+    # a width the threats did not attack (Profile.defense_eval_bits) gates nothing: only 4 bits attacked here
+    only4 = defense_claims(ev, _clean(), DISTS, (4, 2), {"seeds": [0], "profile": "t"}, n_boot=100,
+                           collapsed={("QADT-R", 2)}, eval_bits=(4,))["C3"]
+    assert only4["defends"] == {} and only4["excluded_bits"] == {}  # without the fix: {"QADT-R": False}
+    assert set(only4["by_bits"]) == {"4"} and only4["value"] == pytest.approx(-20)
 
 
 def test_c3_is_zero_when_every_defense_has_the_same_per_image_outcomes():

@@ -21,8 +21,10 @@ def defense_claims(ev: Evaluation, clean: pd.DataFrame, distributions: Mapping[s
     """C3, C4 and C5 in the scorecard's layout (:func:`~qadtr_core.claims.c3_defense_gain.c3_claim`,
     :func:`~qadtr_core.claims.c4_pbat_gap.c4_claim`, :func:`~qadtr_core.claims.c5_clean_accuracy.c5_claim`).
     C3 and C4 read the widths the threats were evaluated at, ``eval_bits`` (``Study.eval_bits``; default
-    ``bit_set``), C5 (clean accuracy) every width of ``bit_set``."""
+    ``bit_set``), C5 (clean accuracy) every width of ``bit_set``. A collapse at a width the threats did not
+    attack gates neither C3 nor C4 (the defends table, their other gate, reads the attacked widths too)."""
     attacked = list(bit_set if eval_bits is None else eval_bits)
+    collapsed = {(d, b) for d, b in collapsed if int(b) in attacked}
     return {"C3": c3_claim(ev, distributions, attacked, meta, ours=ours, baselines=baselines, n_boot=n_boot,
                            collapsed=collapsed, defends=defends, threats=threats),
             "C4": c4_claim(ev, distributions, attacked, meta, undefended=undefended, n_boot=n_boot, collapsed=collapsed,

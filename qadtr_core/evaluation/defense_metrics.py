@@ -314,7 +314,8 @@ def defense_entries(threats: pd.DataFrame, clean: pd.DataFrame, budget: pd.DataF
                               "robust_ci_high": float(w.robust_ci_high),
                               "start_robust": float(worst.loc[(start, b)].robust) if has_start else None,
                               "n": int(w.n_images),
-                              "robust_reading": "worst case over every threat (white-box, transfer, random search)"})
+                              "robust_reading": "worst case over every threat attacked (white-box, transfer, "
+                                                "random search; the profile's Profile.defense_threats)"})
             else:
                 entry.update({"robust": None, "robust_ci_low": None, "robust_ci_high": None, "start_robust": None,
                               "n": None, "robust_reading": "not attacked: the profile's threat matrix leaves out "
