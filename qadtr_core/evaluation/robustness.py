@@ -51,7 +51,7 @@ from ..quant import FULL_PRECISION, set_bits
 from ..stats import bootstrap_mean, wilson
 from ..utils import Member, fingerprint, seeded_generator, stream_seed
 from ..zoo import TrainedModel
-from .threats import CENTRE, EOT_THREAT, THREATS, WORST, PatchDistribution, Threat
+from .threats import CENTRE, EOT_THREAT, THREATS, WORST, PatchDistribution, Threat, white_box_twin
 
 RP_SEED_OFFSET = 5151  # the random-precision draws of the evaluation never share a seed with an attack
 PGD_THREAT = "L-inf PGD 8/255, 20 steps"  # DWQ's own training threat, for the "does it defend" table
@@ -306,8 +306,8 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
 
     def own_white_box(t: Threat) -> str | None:
         """The white-box threat with ``t``'s patch (what a model without a start meets as its start transfer)."""
-        return next((w.name for w in threats if w.source == "white-box" and (w.size, w.shape, w.region) ==
-                     (t.size, t.shape, t.region)), None)
+        twin = white_box_twin(t, threats)
+        return twin.name if twin else None
 
     gradient = [t for t in threats if not t.adaptive]
     from_starts = [t for t in threats if t.source == "start transfer"]

@@ -117,6 +117,12 @@ EOT_THREAT = Threat("EOT over the drawn widths, 8x8", source="EOT")
 WORST = "worst case (any threat)"
 
 
+def white_box_twin(threat: Threat, threats: Sequence[Threat]) -> Threat | None:
+    """The white-box threat of ``threats`` with ``threat``'s patch (size, shape and region), or None."""
+    return next((w for w in threats if w.source == "white-box"
+                 and (w.size, w.shape, w.region) == (threat.size, threat.shape, threat.region)), None)
+
+
 def select_threats(names: Sequence[str] = ()) -> tuple[Threat, ...]:
     """The threats of :data:`THREATS` named in ``names``, in :data:`THREATS`' order; all of them if empty
     (``Profile.defense_threats``). A start transfer needs the white-box threat of its patch beside it (a model
@@ -130,8 +136,7 @@ def select_threats(names: Sequence[str] = ()) -> tuple[Threat, ...]:
                          f"{', '.join(repr(t.name) for t in THREATS)}")
     chosen = tuple(t for t in THREATS if t.name in set(names))
     for t in chosen:
-        if t.source == "start transfer" and not any(
-                w.source == "white-box" and (w.size, w.shape, w.region) == (t.size, t.shape, t.region) for w in chosen):
+        if t.source == "start transfer" and white_box_twin(t, chosen) is None:
             raise ValueError(f"threat {t.name!r} needs the white-box threat of the same patch among the threats")
     return chosen
 
