@@ -60,6 +60,8 @@ class _FakeQuant(torch.autograd.Function):
         v, q, step = ctx.saved_tensors
         inside = (v >= ctx.qmin) & (v <= ctx.qmax)
         grad_x = grad * inside  # straight-through inside the clipping range, zero outside
+        if not ctx.needs_input_grad[1]:  # a frozen step (an attack): the input gradient alone
+            return grad_x, None, None, None, None
         # d(q*s)/ds = round(v) - v inside, and the clamp bound (= q) outside.
         dstep = grad * (q - v * inside)
         if step.dim() == 0:

@@ -27,6 +27,29 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
+@contextlib.contextmanager
+def input_gradients_only(*models: nn.Module) -> Iterator[None]:
+    """Run a block with no parameter of ``models`` requiring a gradient, restoring each one's flag afterwards.
+
+    An attack needs the gradient of its input only. With the parameters frozen, no parameter gradient is
+    computed or accumulated, and the fake quantizers skip their step-size gradient (the LSQ term that
+    costs about a fifth of a quantized backward pass; see :class:`~qadtr_core.quant.QuantAct`): the
+    input gradient is the same, bit for bit. A parameter frozen before the block stays frozen.
+    """
+    seen: dict[int, nn.Parameter] = {}
+    for m in models:
+        for p in m.parameters():
+            if p.requires_grad:
+                seen.setdefault(id(p), p)
+    for p in seen.values():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in seen.values():
+            p.requires_grad_(True)
+
+
 def stream_seed(seed: int, *stream: int) -> int:
     """A seed for the random stream ``stream`` (e.g. a step number, an offset) of run ``seed``.
 

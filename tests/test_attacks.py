@@ -17,7 +17,7 @@ from qadtr_core.evaluation.transfer import add_relative, asr_matrix, patched_ver
 from qadtr_core.metrics import Rate, clean_accuracy, targeted_asr, untargeted_asr
 from qadtr_core.models import build_model
 from qadtr_core.patches import make_mask, random_placement
-from qadtr_core.quant import prepare_bits
+from qadtr_core.quant import prepare_bits, set_bits
 from qadtr_core.testing import ChannelMeanModel
 
 
@@ -207,3 +207,39 @@ def test_universal_patches_are_cached_per_source(tmp_path, monkeypatch):
     assert torch.equal(again["a"], first["a"])
     place = transfer.evaluation_placement(16, cfg, seed=3)
     assert torch.equal(place.rows, transfer.evaluation_placement(16, cfg, seed=3).rows)
+
+
+@pytest.mark.parametrize("name", ["universal", "image", "pgd"])
+def test_attacks_freeze_the_weights_while_they_run_and_restore_every_flag(name):
+    # The attacks need input gradients only: every parameter is frozen while they run (so the quantizers skip
+    # their step gradient), a parameter frozen before stays frozen, the others are trainable again, no .grad
+    model = build_model("smallcnn").eval()
+    prepare_bits(model, 4)
+    set_bits(model, 4)
+    frozen_before = next(model.parameters())
+    frozen_before.requires_grad_(False)
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(any(p.requires_grad for p in m.parameters())))
+    x, y = _images(8)
+    if name == "universal":
+        universal_patch([(model, 4)], x, y, UniversalPatchConfig(steps=2, batch_size=4))
+    elif name == "image":
+        image_patch_attack(model, x, y, ImagePatchConfig(steps=2, location_opt=True))
+    else:
+        pgd_attack(model, x, y, PGDConfig(steps=2))
+    assert seen and not any(seen)
+    params = list(model.parameters())
+    assert not params[0].requires_grad and all(p.requires_grad for p in params[1:])
+    assert all(p.grad is None for p in params)
+
+
+def test_input_gradients_only_restores_shared_parameters_even_after_an_error():
+    from qadtr_core.utils import input_gradients_only
+
+    shared = torch.nn.Linear(2, 2)
+    a, b = torch.nn.Sequential(shared), torch.nn.Sequential(shared, torch.nn.Linear(2, 1))
+    b[1].bias.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="inside"), input_gradients_only(a, b):
+        assert not any(p.requires_grad for p in b.parameters())
+        raise RuntimeError("inside")
+    assert [p.requires_grad for p in b.parameters()] == [True, True, True, False]

@@ -148,3 +148,16 @@ def test_a_step_that_crossed_zero_quantizes_like_its_magnitude():
     x = torch.tensor([-0.3, -0.1, 0.0, 0.12, 0.5])
     pos = fake_quant(x, torch.tensor(0.1), *weight_range(3))
     assert torch.equal(fake_quant(x, torch.tensor(-0.1), *weight_range(3)), pos)
+
+
+def test_a_frozen_step_gives_the_same_input_gradient_and_no_step_gradient():
+    # An attack freezes the parameters (utils.input_gradients_only): the quantizer then skips LSQ's step term
+    x = torch.tensor([0.71, 3.0, -1.0, 0.26])
+    grads = []
+    for trainable in (True, False):
+        step = torch.tensor(0.1, requires_grad=trainable)
+        xi = x.clone().requires_grad_(True)
+        (fake_quant(xi, step, *act_range(4)) * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+        grads.append(xi.grad)
+        assert (step.grad is not None) == trainable
+    assert grads[0].tolist() == grads[1].tolist() == [1.0, 0.0, 0.0, 4.0]

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..metrics import check_target
 from ..patches import Box, Placement, Shape, apply_patch, central_box, make_mask, random_placement
-from ..utils import eval_mode
+from ..utils import eval_mode, input_gradients_only
 
 # The four moves of location optimisation: up, down, left, right.
 _MOVES = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]])
@@ -261,7 +261,7 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
         best_r[sel], best_c[sel] = rows[cpu], cols[cpu]
         best_loss[sel_dev], best_fooled[sel_dev] = loss[better], fooled[better]
 
-    with eval_mode(model):
+    with eval_mode(model), input_gradients_only(model):
         for restart in range(cfg.restarts):
             g = torch.Generator().manual_seed(cfg.seed * 7919 + offset * 31 + restart)
             place = random_placement(n, cfg.size, g, x.shape[-1], cfg.avoid)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from captum.robust import PGD
 from torch import nn
 
-from ..utils import eval_mode
+from ..utils import eval_mode, input_gradients_only
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, con
         raise ValueError("images must be finite")
     pgd = PGD(model, loss_func=_ce_per_image, lower_bound=0.0, upper_bound=1.0)
     torch.manual_seed(config.seed)  # captum draws its random start from the global generator
-    with eval_mode(model), warnings.catch_warnings():  # captum notes that it switches on input gradients itself
+    # captum notes that it switches on input gradients itself: that warning is silenced
+    with eval_mode(model), input_gradients_only(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
         out = [pgd.perturb(images[i:i + batch_size], radius=config.eps, step_size=config.step_size,
                            step_num=config.steps, target=labels[i:i + batch_size], random_start=config.random_start)

@@ -28,7 +28,7 @@ from ..metrics import check_target
 from ..patches import Box, Shape, apply_patch, make_mask, random_placement
 from ..quant import bits as at_bits
 from ..quant import check_bits
-from ..utils import Member, eval_mode, seeded_generator
+from ..utils import Member, eval_mode, input_gradients_only, seeded_generator
 
 Schedule = Literal["constant", "cosine", "doubling"]
 
@@ -157,7 +157,8 @@ class UniversalPatchAttack:
     def run(self, steps: int | None = None, progress: bool = False) -> torch.Tensor:
         """Take ``steps`` more steps (default: the configured total); returns the patch (detached)."""
         steps = self.config.steps - self.step if steps is None else steps
-        with eval_mode(*(m for m, _ in self.members)):
+        models = [m for m, _ in self.members]
+        with eval_mode(*models), input_gradients_only(*models):
             for _ in tqdm(range(steps), disable=not progress, desc="universal patch", mininterval=2.0):
                 lr = self.config.step_size_at(self.step)
                 loss = self.loss_on(self.step)
