@@ -385,6 +385,20 @@ def test_the_profile_names_the_cells_of_its_threat_matrix():
         replace(smoke, defense_threats="8x8 square")
 
 
+@pytest.mark.parametrize("widths, threats, every", [
+    ([32, 8, 2], THREATS, True), ([2, 32, 8], THREATS, True),  # the chapters say "fewer cells" when False
+    ([32, 2], THREATS, False), ([32, 8, 2], THREATS[:-1], False), ([32, 8, 2], (), False)])
+def test_a_study_knows_whether_it_attacked_every_cell(widths, threats, every):
+    from dataclasses import fields
+
+    from qadtr_core.build.studies import Study
+
+    blank = {f.name: None for f in fields(Study)}
+    configs = {"PBAT": {32: None, 8: None}, "QADT-R": {32: None, 8: None, 2: None}}
+    study = Study(**{**blank, "configs": configs, "eval_bits": widths, "threat_set": threats})
+    assert study.attacks_every_cell is every
+
+
 def test_the_defense_attack_loss_is_the_profiles_and_nothing_else():
     from dataclasses import replace
 

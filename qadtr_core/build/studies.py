@@ -38,7 +38,7 @@ from ..evaluation.robustness import (
     starts_of,
     surrogate_universal_patch,
 )
-from ..evaluation.threats import PatchDistribution, Threat, distribution_of, own_seen_threat, select_threats
+from ..evaluation.threats import THREATS, PatchDistribution, Threat, distribution_of, own_seen_threat, select_threats
 from ..profiles import Profile, get_profile
 from ..train import TrainConfig
 from ..zoo import TrainedModel, get_or_train
@@ -93,6 +93,13 @@ class Study:
     seed: int = 0
     eval_bits: list[int] = field(default_factory=list)
     threat_set: tuple[Threat, ...] = ()
+
+    @property
+    def attacks_every_cell(self) -> bool:
+        """Whether the threat matrix attacked every width the models serve with every threat of
+        :data:`~qadtr_core.evaluation.threats.THREATS` (the paper profile), not a subset of the cells."""
+        served = sorted({b for per in self.configs.values() for b in per})
+        return sorted(self.eval_bits) == served and tuple(self.threat_set) == THREATS
 
     def defends_by_defense(self) -> dict[str, bool]:
         """``{defense: beats its start on its own seen threat}``
