@@ -32,9 +32,9 @@ def input_gradients_only(*models: nn.Module) -> Iterator[None]:
     """Run a block with no parameter of ``models`` requiring a gradient, restoring each one's flag afterwards.
 
     An attack needs the gradient of its input only. With the parameters frozen, no parameter gradient is
-    computed or accumulated, and the fake quantizers skip their step-size gradient (the LSQ term that
-    costs about a fifth of a quantized backward pass; see :class:`~qadtr_core.quant.QuantAct`): the
-    input gradient is the same, bit for bit. A parameter frozen before the block stays frozen.
+    computed or accumulated, and :func:`~qadtr_core.quant.fake_quant` skips its step-size gradient (LSQ's
+    term: a 2-bit ResNet-20 forward and backward took 0.83 s with it and 0.62 s without, benchmarks/README.md):
+    the input gradient is the same, bit for bit. A parameter frozen before the block stays frozen.
     """
     seen: dict[int, nn.Parameter] = {}
     for m in models:
