@@ -31,7 +31,16 @@ def _cumulative(success: torch.Tensor) -> torch.Tensor:
 
 def _expected_image_steps(full: torch.Tensor) -> int:
     """What early stopping must run, from a full run's record: image i is attacked at step t < steps of restart
-    k unless restart k fooled it before step t or an earlier restart fooled it within t steps."""
+    k unless restart k or an earlier restart had fooled it within t - 1 steps (the restarts run side by side,
+    so restart k learns of an earlier restart's success at the step after it)."""
+    cum = _cumulative(full)
+    n, n_r, n_t1 = full.shape
+    return sum(int((~cum[:, k, t - 1]).sum()) if t > 0 else n for k in range(n_r) for t in range(n_t1 - 1))
+
+
+def _serial_image_steps(full: torch.Tensor) -> int:
+    """What early stopping would run with the restarts one after another: as above, but restart k also skips
+    step t where an earlier restart fooled the image within t steps."""
     cum = _cumulative(full)
     n, n_r, n_t1 = full.shape
     total = 0
@@ -86,6 +95,9 @@ def test_early_stop_keeps_the_whole_success_curve_and_runs_fewer_image_steps(mod
         assert early.image_steps_full_budget == full.image_steps_full_budget
         assert early.image_steps_run == _expected_image_steps(full.success)
         assert early.image_steps_run < 0.8 * early.image_steps_full_budget
+        # side by side costs at most one image-step more per image and later restart than one after another
+        serial = _serial_image_steps(full.success)
+        assert serial <= early.image_steps_run <= serial + len(x) * (cfg.restarts - 1)
         assert (b.image_steps_run, b.image_steps_full_budget) == (early.image_steps_run, early.image_steps_full_budget)
         # the kept patch is one that fools wherever the record says fooled
         with torch.no_grad():
@@ -100,15 +112,55 @@ def test_early_stop_shrinks_the_batch_and_skips_images_fooled_by_an_earlier_rest
     cfg = ImagePatchConfig(size=6, steps=12, restarts=2, seed=0, early_stop=True)
     found = image_patch_attack(seen, x, y, cfg)
     assert found.success[:8].all()  # fooled at every step of every restart
-    # restart 0: all 40 images at step 0, then never the eight again; restart 1 starts without them
-    assert seen.sizes[0] == 40 and max(seen.sizes[1:]) <= 32
-    rises = sum(b > a for a, b in zip(seen.sizes, seen.sizes[1:]))
-    assert rises <= 1 and min(seen.sizes) < 20  # it shrinks within a restart (one rise: the second restart)
-    # without location optimisation every forward pass at a step t < steps is one image-step per image
+    # step 0: both restarts of all 40 images in one pass; from step 1 on never the eight again, in either
+    assert seen.sizes[0] == 80 and max(seen.sizes[1:]) <= 64
+    assert all(b <= a for a, b in zip(seen.sizes, seen.sizes[1:])) and min(seen.sizes) < 40  # it only shrinks
+    # without location optimisation every forward pass at a step t < steps is one image-step per pair
     assert found.image_steps_run <= sum(seen.sizes) <= found.image_steps_run + 2 * 40
     full_seen = _Sizes(model)
     image_patch_attack(full_seen, x, y, ImagePatchConfig(**{**cfg.__dict__, "early_stop": False}))
-    assert set(full_seen.sizes) == {40} and sum(seen.sizes) < 0.6 * sum(full_seen.sizes)
+    assert full_seen.sizes == [80] * 13 and sum(seen.sizes) < 0.6 * sum(full_seen.sizes)
+
+
+# ------------------------------------------------------------------------------------------ restarts side by side
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_restarts_run_side_by_side_one_pass_per_step(early_stop):
+    model = _tiny(2)
+    x, y = _data(model, 30)
+    seen = _Sizes(model)
+    cfg = ImagePatchConfig(size=6, steps=10, restarts=3, location_opt=True, seed=1, early_stop=early_stop)
+    image_patch_attack(seen, x, y, cfg, batch_size=30)
+    # one forward per step and one per location try (the last step has no try): never one per restart
+    assert len(seen.sizes) <= 2 * cfg.steps + 1 and seen.sizes[0] == 90
+    if not early_stop:
+        assert seen.sizes == [90] * (2 * cfg.steps + 1)
+
+
+@pytest.mark.parametrize("location_opt", [False, True])
+def test_each_restart_is_the_attack_that_restart_would_run_alone(monkeypatch, location_opt):
+    # Restart r of a 3-restart run (no early stop: each restart's own record) equals a 1-restart run drawn
+    # from restart r's seed: the restarts share a pass but nothing else (no generator, no best, no location).
+    from qadtr_core.attacks import image_patch as ip
+    model = _tiny(0)
+    x, y = _data(model, 30)
+    cfg = ImagePatchConfig(size=6, steps=10, step_size=0.05, restarts=3, location_opt=location_opt, seed=2)
+    together = image_patch_attack(model, x, y, cfg, batch_size=30)
+    seed_of = ip._restart_seed
+    alone = []
+    for r in range(3):
+        monkeypatch.setattr(ip, "_restart_seed", lambda seed, offset, restart, r=r: seed_of(seed, offset, restart + r))
+        alone.append(image_patch_attack(model, x, y, ImagePatchConfig(**{**cfg.__dict__, "restarts": 1}), batch_size=30))
+        assert torch.equal(together.success[:, r], alone[-1].success[:, 0]), r
+    assert not torch.equal(alone[0].success, alone[1].success)  # the restarts do differ
+    with torch.no_grad():  # the kept patch: one that fools if any restart fooled, else the highest loss
+        losses = torch.stack([_per_image_loss(model(a.apply(x)), y, None) for a in alone])
+        fooled = torch.stack([model(a.apply(x)).argmax(1) != y for a in alone])
+        kept = model(together.apply(x))
+    assert torch.equal(kept.argmax(1) != y, fooled.any(0))
+    never = ~fooled.any(0)
+    assert torch.allclose(_per_image_loss(kept, y, None)[never], losses[:, never].amax(0), atol=1e-5)
 
 
 def test_early_stop_targeted_and_split_into_batches():

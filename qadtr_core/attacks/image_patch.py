@@ -13,16 +13,22 @@ early stopping: the first that fooled it), else the one with the highest loss.
 The attack records, per image, restart and step, whether the best iterate so far fools the model
 (:attr:`ImagePatches.success`), so one run shows its own strength curve: the ASR it would have had
 with half the steps or fewer restarts (the convergence check of Carlini et al. 2019) costs nothing.
-All images of a batch are attacked at once.
+All images of a batch are attacked at once, and so are all restarts: each step is one forward and
+backward pass over every (restart, image) pair still attacked, which is what makes restarts cheap on a
+GPU (the pass costs about the same for a few hundred rows as for a few thousand). Each restart draws
+from its own generator and each pair follows its own trajectory, so the records and kept patches are
+exactly those of running the restarts one after another.
 
-**Early stopping** (``early_stop=True``) attacks an image only while its record is open: it leaves the
-batch at the step it is first fooled, and a later restart attacks it only up to the step at which an
-earlier restart had fooled it (so a restart runs only on the images no earlier restart fooled within
-the same number of steps, and not at all on those fooled at the random start). Later steps run on the
-remaining images alone, which is the saving. Every step and restart is drawn from the same seeds as
-without early stopping, so the images that stay are attacked exactly as in a full run, and
-:meth:`ImagePatches.fooled_within` gives the same answer for every number of steps and restarts
-(the white-box ASR and its whole curve are unchanged; only which fooling patch is kept may differ).
+**Early stopping** (``early_stop=True``) attacks an image only while its record is open: restart ``r``
+stops attacking it from the step after it, or any earlier restart of the same image, first fooled it
+(so a restart never runs past the step at which an earlier one had fooled the image, and not at all
+past the random start on images fooled there). Later steps run on the remaining pairs alone, which is
+the saving. Every step and restart is drawn from the same seeds as without early stopping, so the
+pairs that stay are attacked exactly as in a full run, and :meth:`ImagePatches.fooled_within` gives
+the same answer for every number of steps and restarts (the white-box ASR and its whole curve are
+unchanged; only which fooling patch is kept may differ). Since the restarts run side by side, a
+restart learns that an earlier one fooled the image one step late: at most one image-step more per
+image and later restart than running them one after another would take.
 Patches meant to *transfer* keep the full budget (the default), since a stronger source patch
 transfers better. :attr:`ImagePatches.image_steps_run` says what a run cost against
 :attr:`ImagePatches.image_steps_full_budget`.
@@ -67,10 +73,10 @@ class ImagePatchConfig:
         target: a target class, or None for untargeted. (Default: None)
         num_classes: classes of the attacked models (bounds ``target``). (Default: 10)
         seed: seeds locations, moves and starting patches. (Default: 0)
-        early_stop: stop attacking an image once it is fooled, and run each later restart only on the
-            images no earlier restart had fooled within as many steps (see the module doc); the
-            success record, and so the ASR for any steps and restarts, is that of the full run, the
-            kept patch is the first that fooled. Not for patches crafted to transfer. (Default: False)
+        early_stop: stop attacking an image in a restart once that restart or an earlier one has fooled
+            it (see the module doc); the success record, and so the ASR for any steps and restarts,
+            is that of the full run, the kept patch is the first that fooled. Not for patches crafted
+            to transfer. (Default: False)
         step_schedule: the step size over the steps of a restart (``t = 0 .. steps - 1``; see
             :meth:`step_sizes`): "constant" (``step_size`` throughout), "cosine" (cosine decay from
             ``step_size`` at the first step to ``step_size * final_step_fraction`` at the last) or
@@ -144,9 +150,10 @@ class ImagePatches:
     for every ``steps`` and ``restarts``, while one restart's column alone is no longer that restart's
     own success.
 
-    ``image_steps_run``: image-steps the attack ran (one image-step: one image's forward and backward
-    pass, with its location try, at a step ``t < steps``; an early-stopped image fooled at step ``t``
-    ran ``t + 1`` of them in that restart, the one that found it fooled included).
+    ``image_steps_run``: image-steps the attack ran (one image-step: one (restart, image) pair's forward
+    and backward pass, with its location try, at a step ``t < steps``; with early stopping, restart ``r``
+    runs image ``i`` at step ``t`` unless restart ``r`` or an earlier one had fooled it within ``t - 1``
+    steps, so a pair first fooled at step ``t`` ran ``t + 1`` of them, the one that found it fooled included).
     ``image_steps_full_budget``: images x restarts x steps, what it runs without early stopping.
     Both None where unknown (patches from before these were recorded).
     """
@@ -217,23 +224,42 @@ def _allowed(rows: torch.Tensor, cols: torch.Tensor, size: int, image_size: int,
 
 
 def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ImagePatchConfig, offset: int) -> ImagePatches:
+    # The restarts run side by side, one batch row per restart and image (row r * n + i: restart r of image i),
+    # so a step costs one forward and backward pass for all restarts. Each restart draws from its own
+    # generator, and each row follows exactly the trajectory it would follow run alone, so the records and
+    # the kept patches are those of running the restarts one after another (see _pick_restart).
     n, c = x.shape[:2]
+    n_r = cfg.restarts
     dev = x.device
     mask = make_mask(cfg.size, cfg.shape).to(x)
-    ones, zeros = torch.ones(n), torch.zeros(n)
-    best_p = torch.zeros(n, c, cfg.size, cfg.size, dtype=x.dtype, device=dev)
-    best_r = torch.zeros(n, dtype=torch.long)
-    best_c = torch.zeros(n, dtype=torch.long)
-    best_loss = torch.full((n,), -float("inf"), device=dev)
-    best_fooled = torch.zeros(n, dtype=torch.bool, device=dev)
-    success = torch.zeros(n, cfg.restarts, cfg.steps + 1, dtype=torch.bool)
+    gens = [torch.Generator().manual_seed(_restart_seed(cfg.seed, offset, r)) for r in range(n_r)]
+    starts = [(random_placement(n, cfg.size, g, x.shape[-1], cfg.avoid), torch.rand(n, c, cfg.size, cfg.size, generator=g))
+              for g in gens]
+    rows = torch.cat([pl.rows for pl, _ in starts]).clone()
+    cols = torch.cat([pl.cols for pl, _ in starts]).clone()
+    p = torch.cat([start for _, start in starts]).to(x)
+    xr, yr = (x, y) if n_r == 1 else (x.repeat(n_r, 1, 1, 1), y.repeat(n_r))
+    rows_n = n * n_r
+    ones, zeros = torch.ones(rows_n), torch.zeros(rows_n)
+    best_p = torch.zeros(rows_n, c, cfg.size, cfg.size, dtype=x.dtype, device=dev)
+    best_r = torch.zeros(rows_n, dtype=torch.long)
+    best_c = torch.zeros(rows_n, dtype=torch.long)
+    best_loss = torch.full((rows_n,), -float("inf"), device=dev)
+    best_fooled = torch.zeros(rows_n, dtype=torch.bool, device=dev)
+    own = torch.zeros(rows_n, dtype=torch.bool)  # each row's own record: fooled so far
+    success = torch.zeros(n, n_r, cfg.steps + 1, dtype=torch.bool)
     sizes = cfg.step_sizes()
     image_steps = 0
 
+    def record() -> torch.Tensor:
+        # (n, restarts): each restart's own record, or with early stopping the cumulative one (any of 0..r).
+        rec = own.view(n_r, n)
+        return (rec.cummax(0).values if cfg.early_stop else rec).t()
+
     def loss_of(p: torch.Tensor, idx: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The loss and "fooled" of the images ``idx`` (None: all) with patches ``p`` at (rows, cols).
-        xs, ys = (x, y) if idx is None else (x[idx.to(dev)], y[idx.to(dev)])
+        # The loss and "fooled" of the rows ``idx`` (None: all) with patches ``p`` at (rows, cols).
+        xs, ys = (xr, yr) if idx is None else (xr[idx.to(dev)], yr[idx.to(dev)])
         m = len(xs)
         logits = model(apply_patch(xs, p, mask, Placement(rows, cols, zeros[:m], ones[:m])))
         loss = _per_image_loss(logits, ys, cfg.target, cfg.loss)
@@ -241,14 +267,12 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
 
     def keep_best(idx: torch.Tensor | None, p: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                   loss: torch.Tensor, fooled: torch.Tensor) -> None:
-        # Prefer a patch that fools the model; among equals, the higher loss (early stop: the first that fools).
+        # Per row: prefer a patch that fools the model; among equals, the higher loss (early stop: the first that fools).
         if idx is None:
             bf, bl = best_fooled, best_loss
         else:
             bf, bl = best_fooled[idx.to(dev)], best_loss[idx.to(dev)]
-        better = (fooled & ~bf) | ((fooled == bf) & (loss > bl))
-        if cfg.early_stop:
-            better &= ~bf
+        better = _better(fooled, loss, bf, bl, cfg.early_stop)
         cpu = better.cpu()
         if idx is None:
             best_p[better] = p.detach()[better]
@@ -262,60 +286,80 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
         best_loss[sel_dev], best_fooled[sel_dev] = loss[better], fooled[better]
 
     with eval_mode(model), input_gradients_only(model):
-        for restart in range(cfg.restarts):
-            g = torch.Generator().manual_seed(cfg.seed * 7919 + offset * 31 + restart)
-            place = random_placement(n, cfg.size, g, x.shape[-1], cfg.avoid)
-            rows, cols = place.rows.clone(), place.cols.clone()
-            p = torch.rand(n, c, cfg.size, cfg.size, generator=g).to(x)
-            fooled_here = torch.zeros(n, dtype=torch.bool)  # this restart's own record
-            # Early stop: the cumulative record of the earlier restarts, per step (None: nothing fooled yet).
-            before = success[:, restart - 1] if cfg.early_stop and restart > 0 else None
-            for t in range(cfg.steps + 1):
-                idx: torch.Tensor | None = None  # the images attacked at this step (None: all)
-                if cfg.early_stop:
-                    settled = fooled_here if before is None else fooled_here | before[:, t]
-                    if settled.all():  # every record is closed from here on
-                        success[:, restart, t:] = True
-                        break
-                    idx = (~settled).nonzero()[:, 0]
-                at = slice(None) if idx is None else idx
-                pa = (p if idx is None else p[idx.to(dev)]).requires_grad_(True)
-                ra, ca = rows[at], cols[at]
-                loss, fooled = loss_of(pa, idx, ra, ca)
-                with torch.no_grad():
-                    keep_best(idx, pa, ra, ca, loss.detach(), fooled)
-                    fooled_cpu = fooled.cpu()
-                    fooled_here[at] |= fooled_cpu
-                # Location step (RandLO): the patch content then takes the gradient of its old location.
-                if cfg.location_opt and t < cfg.steps:
-                    with torch.no_grad():
-                        move = _MOVES[torch.randint(4, (n,), generator=g)] * cfg.location_stride
-                        # Early stop: only the images still unfooled try a move (the others leave now).
-                        try_ = torch.ones(len(ra), dtype=torch.bool) if idx is None else ~fooled_cpu
-                        sub = None if idx is None else idx[try_]
-                        if sub is None or len(sub):
-                            mv = move if sub is None else move[sub]
-                            old_r, old_c = ra[try_], ca[try_]
-                            new_r, new_c = old_r + mv[:, 0], old_c + mv[:, 1]
-                            ok = _allowed(new_r, new_c, cfg.size, x.shape[-1], cfg.avoid)
-                            new_r, new_c = torch.where(ok, new_r, old_r), torch.where(ok, new_c, old_c)
-                            pm = pa.detach() if sub is None else pa.detach()[try_.to(dev)]
-                            loss_m, fooled_m = loss_of(pm, sub, new_r, new_c)
-                            keep_best(sub, pm, new_r, new_c, loss_m, fooled_m)
-                            to = slice(None) if sub is None else sub
-                            fooled_here[to] |= fooled_m.cpu()
-                            accept = (ok.to(dev) & (loss_m > loss.detach()[try_.to(dev)])).cpu()
-                            rows[to], cols[to] = torch.where(accept, new_r, old_r), torch.where(accept, new_c, old_c)
-                success[:, restart, t] = fooled_here if before is None else fooled_here | before[:, t]
-                if t == cfg.steps:
+        for t in range(cfg.steps + 1):
+            idx: torch.Tensor | None = None  # the rows attacked at this step (None: all)
+            if cfg.early_stop:
+                # A row's record is closed once its restart, or an earlier restart of its image, has fooled it.
+                settled = record().t().reshape(-1)  # back to row order
+                if settled.all():  # every record is closed from here on
+                    success[:, :, t:] = True
                     break
-                grad, = torch.autograd.grad(loss.sum(), pa)
-                image_steps += len(ra)
+                idx = (~settled).nonzero()[:, 0]
+            at = slice(None) if idx is None else idx
+            pa = (p if idx is None else p[idx.to(dev)]).requires_grad_(True)
+            ra, ca = rows[at], cols[at]
+            loss, fooled = loss_of(pa, idx, ra, ca)
+            with torch.no_grad():
+                keep_best(idx, pa, ra, ca, loss.detach(), fooled)
+                fooled_cpu = fooled.cpu()
+                own[at] |= fooled_cpu
+            # Location step (RandLO): the patch content then takes the gradient of its old location.
+            if cfg.location_opt and t < cfg.steps:
                 with torch.no_grad():
-                    step = (pa.detach() + sizes[t] * grad.sign()).clamp_(0, 1)
-                    if idx is None:
-                        p = step
-                    else:
-                        p[idx.to(dev)] = step
-    return ImagePatches(best_p, Placement(best_r, best_c, torch.zeros(n), torch.ones(n)), mask, success,
-                        image_steps, n * cfg.restarts * cfg.steps)
+                    move = torch.cat([_MOVES[torch.randint(4, (n,), generator=g)] for g in gens]) * cfg.location_stride
+                    # Early stop: only the rows still unfooled try a move (the others leave now).
+                    try_ = torch.ones(len(ra), dtype=torch.bool) if idx is None else ~fooled_cpu
+                    sub = None if idx is None else idx[try_]
+                    if sub is None or len(sub):
+                        mv = move if sub is None else move[sub]
+                        old_r, old_c = ra[try_], ca[try_]
+                        new_r, new_c = old_r + mv[:, 0], old_c + mv[:, 1]
+                        ok = _allowed(new_r, new_c, cfg.size, x.shape[-1], cfg.avoid)
+                        new_r, new_c = torch.where(ok, new_r, old_r), torch.where(ok, new_c, old_c)
+                        pm = pa.detach() if sub is None else pa.detach()[try_.to(dev)]
+                        loss_m, fooled_m = loss_of(pm, sub, new_r, new_c)
+                        keep_best(sub, pm, new_r, new_c, loss_m, fooled_m)
+                        to = slice(None) if sub is None else sub
+                        own[to] |= fooled_m.cpu()
+                        accept = (ok.to(dev) & (loss_m > loss.detach()[try_.to(dev)])).cpu()
+                        rows[to], cols[to] = torch.where(accept, new_r, old_r), torch.where(accept, new_c, old_c)
+            success[:, :, t] = record()
+            if t == cfg.steps:
+                break
+            grad, = torch.autograd.grad(loss.sum(), pa)
+            image_steps += len(ra)
+            with torch.no_grad():
+                step = (pa.detach() + sizes[t] * grad.sign()).clamp_(0, 1)
+                if idx is None:
+                    p = step
+                else:
+                    p[idx.to(dev)] = step
+    pick = _pick_restart(best_fooled.cpu().view(n_r, n), best_loss.cpu().view(n_r, n), cfg.early_stop)
+    row = pick * n + torch.arange(n)
+    return ImagePatches(best_p[row.to(dev)], Placement(best_r[row], best_c[row], torch.zeros(n), torch.ones(n)), mask,
+                        success, image_steps, n * cfg.restarts * cfg.steps)
+
+
+def _restart_seed(seed: int, offset: int, restart: int) -> int:
+    """The seed of one restart's generator (its locations, moves and start) for the batch starting at image ``offset``."""
+    return seed * 7919 + offset * 31 + restart
+
+
+def _better(fooled: torch.Tensor, loss: torch.Tensor, best_fooled: torch.Tensor, best_loss: torch.Tensor,
+            early_stop: bool) -> torch.Tensor:
+    """Where a candidate beats the best so far: it fools and the best does not, or both fool or both do not and
+    its loss is higher; with early stopping a best that fools is never replaced (the first that fools stays)."""
+    better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+    return better & ~best_fooled if early_stop else better
+
+
+def _pick_restart(fooled: torch.Tensor, loss: torch.Tensor, early_stop: bool) -> torch.Tensor:
+    """Per image, the restart whose best patch is kept, from each restart's best (``(restarts, n)``): the one
+    that would be kept had the restarts run one after another, each compared with the best of those before it
+    by :func:`_better` (ties go to the earlier restart)."""
+    pick = torch.zeros(fooled.shape[1], dtype=torch.long)
+    bf, bl = fooled[0].clone(), loss[0].clone()
+    for r in range(1, len(fooled)):
+        better = _better(fooled[r], loss[r], bf, bl, early_stop)
+        pick[better], bf[better], bl[better] = r, fooled[r][better], loss[r][better]
+    return pick
