@@ -59,14 +59,14 @@ notebooks: $(STAMP)
 	    *09_certified*) extra=(-p certified_json $(abspath $(EXECUTED))/certified.json);; esac; \
 	  $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb) -p profile $(PROFILE) "$${extra[@]}"; \
 	  $(PY) -m qadtr_core.build.bookconfig stamp --commit $$commit $(EXECUTED)/$$(basename $$nb); \
-	  case $$nb in *02_defenses*) \
-	    others=$$($(PY) -c "from qadtr_core.profiles import get_profile; print(*get_profile('$(PROFILE)').defense_seeds[1:])"); \
-	    for s in $$others; do \
-	      echo "== $$nb seed $$s (profile $(PROFILE), beside the book: its claims feed the scorecard)"; \
-	      mkdir -p $(QADTR_ARTIFACTS)/runs/$(PROFILE)/seed$$s; \
-	      $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(QADTR_ARTIFACTS)/runs/$(PROFILE)/seed$$s/02_defenses.ipynb \
-	        -p profile $(PROFILE) -p seed $$s "$${extra[@]}"; \
-	    done;; esac; \
+	  others=$$($(PY) -c "from qadtr_core.build.jobs import chapter_seeds; from qadtr_core.profiles import get_profile; \
+	    print(*chapter_seeds('$$(basename $$nb .ipynb)', get_profile('$(PROFILE)'))[1:])"); \
+	  for s in $$others; do \
+	    echo "== $$nb seed $$s (profile $(PROFILE), beside the book: its claims feed the scorecard)"; \
+	    mkdir -p $(QADTR_ARTIFACTS)/runs/$(PROFILE)/seed$$s; \
+	    $(PY) -m papermill --no-progress-bar --cwd notebooks $$nb $(QADTR_ARTIFACTS)/runs/$(PROFILE)/seed$$s/$$(basename $$nb) \
+	      -p profile $(PROFILE) -p seed $$s "$${extra[@]}"; \
+	  done; \
 	done
 
 # The book from the executed notebooks in book/results (committed ones in a fresh clone): nothing is executed.
