@@ -25,7 +25,16 @@ from qadtr_core.evaluation.robustness import (
     evaluate_threats,
     starts_of,
 )
-from qadtr_core.evaluation.threats import EOT_THREAT, NO_PATCHES, THREATS, PatchDistribution, Threat, own_seen_threat
+from qadtr_core.evaluation.threats import (
+    EOT_THREAT,
+    NO_PATCHES,
+    THREATS,
+    PatchDistribution,
+    Threat,
+    check_seen_threats,
+    own_seen_threat,
+    select_threats,
+)
 from qadtr_core.patches import central_box, make_mask
 from qadtr_core.profiles import get_profile
 from qadtr_core.tables import headline, show
@@ -73,6 +82,22 @@ def test_own_seen_threat_is_the_training_square():
     assert own_seen_threat(PBATConfig().training_patches(), (32, 2)) == "8x8 square"
     assert own_seen_threat(QADTRConfig().training_patches(), (32, 2)) == "8x8 square"
     assert own_seen_threat(NO_PATCHES, (32, 2)) is None
+
+
+def test_a_threat_set_without_a_defense_s_seen_threat_is_refused_before_anything_runs():
+    dists = {"PBAT": PBATConfig().training_patches(), "QAT (undefended)": NO_PATCHES}
+    check_seen_threats(dists, (32, 2), select_threats(("8x8 square", "4x4 square")))  # seen threat kept: fine
+    check_seen_threats({"QAT (undefended)": NO_PATCHES}, (32, 2), select_threats(("4x4 square",)))  # nothing to see
+    with pytest.raises(ValueError, match=r"PBAT trained on '8x8 square' patches, but the threats \['4x4 square', "
+                                         r"'4x16 bar, anywhere'\] leave out every threat it saw; add '8x8 square'"):
+        check_seen_threats(dists, (32, 2), select_threats(("4x4 square", "4x16 bar, anywhere")))
+    # and the study itself refuses at once: no model is trained, no data is read
+    from dataclasses import replace
+
+    from qadtr_core.build.studies import defense_study
+    p = replace(get_profile("smoke"), defense_threats=("4x4 square",))
+    with pytest.raises(ValueError, match="add '8x8 square' to Profile.defense_threats"):
+        defense_study(p, [32, 2], data=object())
 
 
 # ---------------------------------------------------------------- the centre region

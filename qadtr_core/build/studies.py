@@ -38,7 +38,15 @@ from ..evaluation.robustness import (
     starts_of,
     surrogate_universal_patch,
 )
-from ..evaluation.threats import THREATS, PatchDistribution, Threat, distribution_of, own_seen_threat, select_threats
+from ..evaluation.threats import (
+    THREATS,
+    PatchDistribution,
+    Threat,
+    check_seen_threats,
+    distribution_of,
+    own_seen_threat,
+    select_threats,
+)
 from ..profiles import Profile, get_profile
 from ..train import TrainConfig
 from ..zoo import TrainedModel, get_or_train
@@ -140,9 +148,10 @@ def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed
     data = data or load_cifar10()
     bit_set = list(dict.fromkeys(b for per in configs.values() for b in per))
     widths, threats = eval_widths(profile, bit_set), select_threats(profile.defense_threats)
+    dists = {name: distribution_of(next(iter(per.values())).strategy_params) for name, per in configs.items()}
+    check_seen_threats(dists, widths, threats)
     models = train_all(configs, data, progress=progress, device=device)
     surrogate = get_or_train(surrogate_config(profile, seed), data, progress=progress, device=device)
-    dists = {name: distribution_of(next(iter(per.values())).strategy_params) for name, per in configs.items()}
     starts = starts_of(configs)
     collapsed = collapsed_cells(models)
     attack_seed = seed + ATTACK_SEED_OFFSET

@@ -195,6 +195,18 @@ def own_seen_threat(dist: PatchDistribution, bit_set: Sequence[int], threats: Se
     return best[2] if best[0] else None
 
 
+def check_seen_threats(distributions: Mapping[str, PatchDistribution], bit_set: Sequence[int],
+                       threats: Sequence[Threat]) -> None:
+    """Raise ValueError if a defense that trained on patches has no seen threat among ``threats`` (a profile's
+    ``defense_threats`` that left it out) while :data:`THREATS` has one: its defends-at-all row and C4 need it,
+    so the study refuses before it trains or attacks anything."""
+    for name, dist in distributions.items():
+        own = own_seen_threat(dist, bit_set, THREATS)
+        if own is not None and own_seen_threat(dist, bit_set, threats) is None:
+            raise ValueError(f"{name} trained on {own!r} patches, but the threats {[t.name for t in threats]} leave "
+                             f"out every threat it saw; add {own!r} to Profile.defense_threats")
+
+
 def seen_table(distributions: Mapping[str, PatchDistribution], bit_set: Sequence[int],
                threats: Sequence[Threat] = THREATS) -> pd.DataFrame:
     """Which threat is seen or unseen for which defense: one row per threat (its name, source and family
