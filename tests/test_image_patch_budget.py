@@ -163,6 +163,51 @@ def test_each_restart_is_the_attack_that_restart_would_run_alone(monkeypatch, lo
     assert torch.allclose(_per_image_loss(kept, y, None)[never], losses[:, never].amax(0), atol=1e-5)
 
 
+def test_early_stop_keeps_the_earliest_restart_s_first_fooling_patch(monkeypatch):
+    # Not the fooling patch with the highest loss: the one of the first restart that fooled the image, as
+    # that restart alone (early stop: its first fooling iterate) would keep it.
+    from qadtr_core.attacks import image_patch as ip
+    model = _tiny(1)
+    x, y = _data(model, 30)
+    cfg = ImagePatchConfig(size=6, steps=10, step_size=0.05, restarts=3, location_opt=True, seed=4, early_stop=True)
+    together = image_patch_attack(model, x, y, cfg, batch_size=30)
+    seed_of = ip._restart_seed
+    alone = []
+    for r in range(3):
+        monkeypatch.setattr(ip, "_restart_seed", lambda seed, offset, restart, r=r: seed_of(seed, offset, restart + r))
+        alone.append(image_patch_attack(model, x, y, ImagePatchConfig(**{**cfg.__dict__, "restarts": 1}), batch_size=30))
+    own = torch.stack([a.fooled_within(cfg.steps) for a in alone])  # (restarts, n): restart r alone fools image i
+    assert (own.sum(0) >= 2).sum() >= 5  # images that several restarts fool, so the choice matters
+    with torch.no_grad():
+        ce = torch.stack([_per_image_loss(model(a.apply(x)), y, None) for a in alone])
+    first = own.float().argmax(0)
+    highest = torch.where(own, ce, -float("inf")).argmax(0)
+    assert ((first != highest) & own.any(0)).any()  # somewhere the first is not the highest-loss one
+    for i in range(len(x)):
+        if own[:, i].any():
+            r = int(first[i])
+            assert torch.equal(together.patches[i], alone[r].patches[i]), i
+            assert (together.placement.rows[i], together.placement.cols[i]) == \
+                (alone[r].placement.rows[i], alone[r].placement.cols[i])
+
+
+def test_ties_go_to_the_earlier_restart_and_the_earlier_step():
+    # A model that ignores its input: every candidate has the same loss and never fools, so nothing ever beats
+    # restart 0's random start (its patch and location), which is what one restart with no step keeps.
+    class Constant(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x * 0).flatten(1)[:, :10] + torch.arange(10.0)
+    x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.full((12,), 9)
+    for early_stop in (False, True):
+        cfg = ImagePatchConfig(size=6, steps=5, restarts=3, location_opt=True, seed=3, early_stop=early_stop)
+        got = image_patch_attack(Constant(), x, y, cfg)
+        start = image_patch_attack(Constant(), x, y, ImagePatchConfig(**{**cfg.__dict__, "steps": 0, "restarts": 1}))
+        assert not got.success.any()
+        assert torch.equal(got.patches, start.patches)
+        assert torch.equal(got.placement.rows, start.placement.rows) and torch.equal(got.placement.cols, start.placement.cols)
+
+
 def test_early_stop_targeted_and_split_into_batches():
     model = _tiny(1)
     x, y = _data(model, 30)

@@ -8,7 +8,7 @@ location optimisation (Rao et al.'s "RandLO"), each step also tries moving every
 ``location_stride`` pixels in a random direction and keeps the move where it raises the loss. With
 restarts, each restart draws a new location and start. Each image keeps its **best iterate** over
 all steps and restarts: if any patch fooled the model, the fooling one with the highest loss (with
-early stopping: the first that fooled it), else the one with the highest loss.
+early stopping: the earliest restart's first fooling patch), else the one with the highest loss.
 
 The attack records, per image, restart and step, whether the best iterate so far fools the model
 (:attr:`ImagePatches.success`), so one run shows its own strength curve: the ASR it would have had
@@ -17,7 +17,10 @@ All images of a batch are attacked at once, and so are all restarts: each step i
 backward pass over every (restart, image) pair still attacked, which is what makes restarts cheap on a
 GPU (the pass costs about the same for a few hundred rows as for a few thousand). Each restart draws
 from its own generator and each pair follows its own trajectory, so the records and kept patches are
-exactly those of running the restarts one after another.
+exactly those of running the restarts one after another, wherever a row's result does not depend on how
+many rows share its pass (on the CPU; a GPU library may pick other kernels for a larger batch, and the
+signed step can turn a last-bit difference into another trajectory). ``batch_size`` counts images: a
+pass holds up to ``batch_size x restarts`` rows.
 
 **Early stopping** (``early_stop=True``) attacks an image only while its record is open: restart ``r``
 stops attacking it from the step after it, or any earlier restart of the same image, first fooled it
@@ -75,8 +78,8 @@ class ImagePatchConfig:
         seed: seeds locations, moves and starting patches. (Default: 0)
         early_stop: stop attacking an image in a restart once that restart or an earlier one has fooled
             it (see the module doc); the success record, and so the ASR for any steps and restarts,
-            is that of the full run, the kept patch is the first that fooled. Not for patches crafted
-            to transfer. (Default: False)
+            is that of the full run, the kept patch is the earliest restart's that fooled, at its first
+            fooling step. Not for patches crafted to transfer. (Default: False)
         step_schedule: the step size over the steps of a restart (``t = 0 .. steps - 1``; see
             :meth:`step_sizes`): "constant" (``step_size`` throughout), "cosine" (cosine decay from
             ``step_size`` at the first step to ``step_size * final_step_fraction`` at the last) or
@@ -152,8 +155,8 @@ class ImagePatches:
 
     ``image_steps_run``: image-steps the attack ran (one image-step: one (restart, image) pair's forward
     and backward pass, with its location try, at a step ``t < steps``; with early stopping, restart ``r``
-    runs image ``i`` at step ``t`` unless restart ``r`` or an earlier one had fooled it within ``t - 1``
-    steps, so a pair first fooled at step ``t`` ran ``t + 1`` of them, the one that found it fooled included).
+    runs image ``i`` at step ``t`` unless restart ``r`` or an earlier one had fooled it before step ``t``,
+    so a pair first fooled at step ``t`` ran ``t + 1`` of them, the one that found it fooled included).
     ``image_steps_full_budget``: images x restarts x steps, what it runs without early stopping.
     Both None where unknown (patches from before these were recorded).
     """
@@ -203,7 +206,8 @@ def _fooled(logits: torch.Tensor, y: torch.Tensor, target: int | None) -> torch.
 
 def image_patch_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                        config: ImagePatchConfig = ImagePatchConfig(), batch_size: int = 250) -> ImagePatches:
-    """Craft one patch per image against ``model`` at its current bit-width (see module doc)."""
+    """Craft one patch per image against ``model`` at its current bit-width (see module doc); ``batch_size``
+    images at a time, each pass holding their ``config.restarts`` restarts side by side."""
     if not torch.isfinite(images).all():
         raise ValueError("images must be finite")
     parts = [_attack_batch(model, images[i:i + batch_size], labels[i:i + batch_size], config, i)

@@ -76,7 +76,9 @@ def universal_patch_seconds(arch: str, steps: int, batch: int) -> float:
 
 
 def image_patch_seconds(arch: str, n_images: int, steps: int, restarts: int) -> float:
-    """Estimated GPU seconds of the per-image patch attack on ``n_images`` images."""
+    """Estimated GPU seconds of the per-image patch attack on ``n_images`` images, linear in image-steps (the
+    full budget). The restarts run side by side in one pass per step, which costs a launch-bound GPU less
+    than this (measured at 256 images, one restart); not yet measured with restarts."""
     return n_images * steps * restarts * unit_costs(arch).image_patch_image_step
 
 
