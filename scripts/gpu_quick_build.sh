@@ -3,7 +3,10 @@
 # after the CIFAR-10 parts have arrived in data/parts/ (scripts/cifar_parts.py; one call per part).
 #
 #   bash scripts/gpu_quick_build.sh [WORKERS]      # default 8 jobs sharing the GPU
+#   MODELS_ONLY=1 bash scripts/gpu_quick_build.sh  # train the models the bundle lacks, execute no chapter
 #
+# With $OUT set (the device tool), the models bundle under $OUT is rewritten after every model trained, so a
+# run stopped at the device's time limit still brings back every model it finished.
 # It joins and verifies the data, imports the committed models bundle (so only the models it lacks are
 # trained), builds every model and executes every chapter into book/results (qadtr build --book), rewrites
 # the models bundle, and copies what the repository keeps (the bundle, book/results, book/_static) under
@@ -22,12 +25,15 @@ export QADTR_ARTIFACTS=${QADTR_ARTIFACTS:-$PWD/artifacts}
 "$py" -m pip install -q --no-deps -e . >/dev/null
 if [[ -f bundle/quick-models.tar.xz ]]; then "$py" -m qadtr_core.build.cli import --missing-only --profile quick bundle/quick-models.tar.xz; fi
 start=$(date +%s)
-"$py" -m qadtr_core.build.cli build --profile quick --device cuda --workers "$workers" --book book/results \
+what=(--book book/results); [[ -n "${MODELS_ONLY:-}" ]] && what=(--models-only)
+keep=(); [[ -n "${OUT:-}" ]] && { mkdir -p "$OUT/bundle"; keep=(--bundle "$OUT/bundle/quick-models.tar.xz"); }
+"$py" -m qadtr_core.build.cli build --profile quick --device cuda --workers "$workers" "${what[@]}" "${keep[@]}" \
   ${DRY_RUN:+--dry-run}
 [[ -n "${DRY_RUN:-}" ]] && exit 0
 "$py" -m qadtr_core.build.cli export --profile quick --models-only bundle/quick-models.tar.xz
 echo "gpu_quick_build: $(( $(date +%s) - start )) s for the build on $("$py" -c 'import torch; print(torch.cuda.get_device_name())')"
 if [[ -n "${OUT:-}" ]]; then
   mkdir -p "$OUT/book" "$OUT/bundle"
-  cp -r book/results book/_static "$OUT/book/" && cp bundle/quick-models.tar.xz "$OUT/bundle/"
+  cp bundle/quick-models.tar.xz "$OUT/bundle/"
+  [[ -n "${MODELS_ONLY:-}" ]] || cp -r book/results book/_static "$OUT/book/"
 fi

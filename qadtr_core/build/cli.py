@@ -92,7 +92,9 @@ def _build(args: argparse.Namespace) -> int:
     graph = jobs.build_graph(args.profile, args.seeds, only=args.only, models_only=args.models_only)
     todo = jobs.to_run(graph, book=args.book)
     print(f"{args.profile}: {len(graph)} jobs, {len(graph) - len(todo)} cached, {len(todo)} to run "
-          f"on {args.device}" + (f" via {args.scheduler}" if args.scheduler else " in this process"), flush=True)
+          f"on {args.device}" + (f" via {args.scheduler}" if args.scheduler else
+                                 f" in {args.workers} local processes" if args.workers > 1 else " in this process"),
+          flush=True)
     if args.dry_run:
         for j in todo:
             print(f"  {j.kind:8} {j.key}  {j.label}")
