@@ -50,12 +50,11 @@ GPU_UNIT_COSTS: dict[str, UnitCosts] = {
 GPU_UNIT_COSTS["smallcnn"] = GPU_UNIT_COSTS["resnet20"]
 
 # A defense's training step relative to a plain QAT step. Measured on 2 idle CPU cores (ResNet-20, batch 128,
-# QAT and PBAT at 4 bits, DWQ and QADT-R over their bit set, 10 inner steps per batch: the faithful defenses;
-# benchmarks/README.md, "Defense step cost after issue 17"); no GPU ratio has been measured yet.
-STRATEGY_STEP_RATIO: dict[str, float] = {"standard": 1.0, "multiwidth": 1.0, "pbat": 5.85, "dwq": 8.98, "qadtr": 6.39}
+# QAT and PBAT at 4 bits, DWQ and QADT-R over their bit set, 20 inner steps per batch: the profiles' faithful
+# defenses; benchmarks/README.md, "Defense step cost at 20 inner steps"); no GPU ratio has been measured yet.
+STRATEGY_STEP_RATIO: dict[str, float] = {"standard": 1.0, "multiwidth": 1.0, "pbat": 9.98, "dwq": 14.00, "qadtr": 9.53}
 STRATEGY_RATIO_SOURCE = ("benchmarks/README.md: benchmarks/defense_cost.py --steps 12 on 2 idle CPU cores, ResNet-20, "
-                         "batch 128, 10 inner steps, 2026-12-02, one run (no GPU ratio measured; the profiles now train "
-                         "with 20 inner steps, not yet measured, so these defense estimates are low by up to about 2x)")
+                         "batch 128, 20 inner steps (the profiles'), 2026-12-02, one run (no GPU ratio measured)")
 
 
 def unit_costs(arch: str) -> UnitCosts:
