@@ -1,5 +1,6 @@
-"""Compute budgets: ``smoke`` (CI, minutes), ``quick`` (2 CPU cores for the chapters, about 75 minutes, with
-the models trained on a GPU; see the README's times), ``paper`` (a GPU).
+"""Compute budgets: ``smoke`` (CI, minutes), ``quick`` (2 CPU cores for chapters 00, 01 and 04-09, with the
+models and the defense chapters 02-03 on a GPU at its converging attack budget; see the README's times),
+``paper`` (a GPU).
 
 A profile changes budgets (epochs, images, steps), never the definitions of ``protocol.md``.
 """
@@ -224,7 +225,9 @@ PROFILES: dict[str, Profile] = {
                      # measured meets the 2-point doubling rule on a defended model (800 x 2: halving the steps loses
                      # 2.9 points, halving the restarts 5.4), and the book's old 10 x 1 overstated every defense.
                      # The same attack at 800 x 4 reached 96.6 % [94.4, 98.0] (Wilson), 2.4 points above 400 x 4 and 2.2
-                     # above 800 x 2: not converged either; at 1,600 x 4 97.6 % [95.6, 98.7], 1.0 point above 800 x 4
+                     # above 800 x 2 (94.4 % read off the same run: 390 images, one fewer than the separate 800 x 2 run
+                     # above, 391; with 391 the restarts would add 1.9, the steps still 2.4): not converged
+                     # either; at 1,600 x 4 97.6 % [95.6, 98.7], 1.0 point above 800 x 4
                      # and 1.2 above 1,600 x 2: converged by the rule (238,540 image-steps of a 2,643,200 budget, 9 %;
                      # 996 s on one core beside a training job; 2026-12-02, same 413 images, seed 0).
                      # So the quick profile runs 1,600 x 4 (the chapters read each attack's convergence again) on 500

@@ -25,9 +25,9 @@ export QADTR_ARTIFACTS=${QADTR_ARTIFACTS:-$PWD/artifacts}
 "$py" -m pip install -q --no-deps -e . >/dev/null
 if [[ -f bundle/quick-models.tar.xz ]]; then "$py" -m qadtr_core.build.cli import --missing-only --profile quick bundle/quick-models.tar.xz; fi
 start=$(date +%s)
-what=(--book book/results); [[ -n "${MODELS_ONLY:-}" ]] && what=(--models-only)
+what=(--book book/results); [[ "${MODELS_ONLY:-}" == 1 ]] && what=(--models-only)
 keep=(); [[ -n "${OUT:-}" ]] && { mkdir -p "$OUT/bundle"; keep=(--bundle "$OUT/bundle/quick-models.tar.xz"); }
-"$py" -m qadtr_core.build.cli build --profile quick --device cuda --workers "$workers" "${what[@]}" "${keep[@]}" \
+"$py" -m qadtr_core.build.cli build --profile quick --device cuda --workers "$workers" "${what[@]}" ${keep[@]+"${keep[@]}"} \
   ${DRY_RUN:+--dry-run}
 [[ -n "${DRY_RUN:-}" ]] && exit 0
 "$py" -m qadtr_core.build.cli export --profile quick --models-only bundle/quick-models.tar.xz
@@ -35,5 +35,5 @@ echo "gpu_quick_build: $(( $(date +%s) - start )) s for the build on $("$py" -c 
 if [[ -n "${OUT:-}" ]]; then
   mkdir -p "$OUT/book" "$OUT/bundle"
   cp bundle/quick-models.tar.xz "$OUT/bundle/"
-  [[ -n "${MODELS_ONLY:-}" ]] || cp -r book/results book/_static "$OUT/book/"
+  [[ "${MODELS_ONLY:-}" == 1 ]] || cp -r book/results book/_static "$OUT/book/"
 fi

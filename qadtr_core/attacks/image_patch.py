@@ -18,9 +18,10 @@ backward pass over every (restart, image) pair still attacked, which is what mak
 GPU (the pass costs about the same for a few hundred rows as for a few thousand). Each restart draws
 from its own generator and each pair follows its own trajectory, so the records and kept patches are
 exactly those of running the restarts one after another, wherever a row's result does not depend on how
-many rows share its pass (on the CPU; a GPU library may pick other kernels for a larger batch, and the
-signed step can turn a last-bit difference into another trajectory). ``batch_size`` counts images: a
-pass holds up to ``batch_size x restarts`` rows.
+many rows share its pass. That held in every check made on the CPU (tiny models, and 30 steps on a quantized
+ResNet-20); it is not guaranteed, since a math library may pick other kernels for a larger batch (a GPU one
+more often), and over hundreds of signed steps a last-bit difference can become another trajectory.
+``batch_size`` counts images: a pass holds up to ``batch_size x restarts`` rows.
 
 **Early stopping** (``early_stop=True``) attacks an image only while its record is open: restart ``r``
 stops attacking it from the step after it, or any earlier restart of the same image, first fooled it

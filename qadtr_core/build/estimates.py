@@ -53,8 +53,8 @@ GPU_UNIT_COSTS["smallcnn"] = GPU_UNIT_COSTS["resnet20"]
 # QAT and PBAT at 4 bits, DWQ and QADT-R over their bit set, 20 inner steps per batch: the profiles' faithful
 # defenses; benchmarks/README.md, "Defense step cost at 20 inner steps"); no GPU ratio has been measured yet.
 STRATEGY_STEP_RATIO: dict[str, float] = {"standard": 1.0, "multiwidth": 1.0, "pbat": 9.98, "dwq": 14.00, "qadtr": 9.53}
-STRATEGY_RATIO_SOURCE = ("benchmarks/README.md: benchmarks/defense_cost.py --steps 12 on 2 idle CPU cores, ResNet-20, "
-                         "batch 128, 20 inner steps (the profiles'), 2026-12-02, one run (no GPU ratio measured)")
+STRATEGY_RATIO_SOURCE = ("benchmarks/README.md: benchmarks/defense_cost.py --steps 12 --threads 2 on 2 idle CPU cores, "
+                         "ResNet-20, batch 128, 20 inner steps (the profiles'), 2026-12-02, one run (no GPU ratio measured)")
 
 
 def unit_costs(arch: str) -> UnitCosts:
