@@ -138,21 +138,29 @@ def test_restarts_run_side_by_side_one_pass_per_step(early_stop):
         assert seen.sizes == [90] * (2 * cfg.steps + 1)
 
 
+def _each_restart_alone(monkeypatch, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        cfg: ImagePatchConfig) -> list:
+    """Each restart r of ``cfg`` run as a 1-restart attack drawn from restart r's seed (one batch)."""
+    from qadtr_core.attacks import image_patch as ip
+    seed_of = ip._restart_seed
+    alone = []
+    for r in range(cfg.restarts):
+        monkeypatch.setattr(ip, "_restart_seed", lambda seed, offset, restart, r=r: seed_of(seed, offset, restart + r))
+        alone.append(image_patch_attack(model, x, y, ImagePatchConfig(**{**cfg.__dict__, "restarts": 1}), batch_size=len(x)))
+    return alone
+
+
 @pytest.mark.parametrize("location_opt", [False, True])
 def test_each_restart_is_the_attack_that_restart_would_run_alone(monkeypatch, location_opt):
     # Restart r of a 3-restart run (no early stop: each restart's own record) equals a 1-restart run drawn
     # from restart r's seed: the restarts share a pass but nothing else (no generator, no best, no location).
-    from qadtr_core.attacks import image_patch as ip
     model = _tiny(0)
     x, y = _data(model, 30)
     cfg = ImagePatchConfig(size=6, steps=10, step_size=0.05, restarts=3, location_opt=location_opt, seed=2)
     together = image_patch_attack(model, x, y, cfg, batch_size=30)
-    seed_of = ip._restart_seed
-    alone = []
+    alone = _each_restart_alone(monkeypatch, model, x, y, cfg)
     for r in range(3):
-        monkeypatch.setattr(ip, "_restart_seed", lambda seed, offset, restart, r=r: seed_of(seed, offset, restart + r))
-        alone.append(image_patch_attack(model, x, y, ImagePatchConfig(**{**cfg.__dict__, "restarts": 1}), batch_size=30))
-        assert torch.equal(together.success[:, r], alone[-1].success[:, 0]), r
+        assert torch.equal(together.success[:, r], alone[r].success[:, 0]), r
     assert not torch.equal(alone[0].success, alone[1].success)  # the restarts do differ
     with torch.no_grad():  # the kept patch: one that fools if any restart fooled, else the highest loss
         losses = torch.stack([_per_image_loss(model(a.apply(x)), y, None) for a in alone])
@@ -166,16 +174,11 @@ def test_each_restart_is_the_attack_that_restart_would_run_alone(monkeypatch, lo
 def test_early_stop_keeps_the_earliest_restart_s_first_fooling_patch(monkeypatch):
     # Not the fooling patch with the highest loss: the one of the first restart that fooled the image, as
     # that restart alone (early stop: its first fooling iterate) would keep it.
-    from qadtr_core.attacks import image_patch as ip
     model = _tiny(1)
     x, y = _data(model, 30)
     cfg = ImagePatchConfig(size=6, steps=10, step_size=0.05, restarts=3, location_opt=True, seed=4, early_stop=True)
     together = image_patch_attack(model, x, y, cfg, batch_size=30)
-    seed_of = ip._restart_seed
-    alone = []
-    for r in range(3):
-        monkeypatch.setattr(ip, "_restart_seed", lambda seed, offset, restart, r=r: seed_of(seed, offset, restart + r))
-        alone.append(image_patch_attack(model, x, y, ImagePatchConfig(**{**cfg.__dict__, "restarts": 1}), batch_size=30))
+    alone = _each_restart_alone(monkeypatch, model, x, y, cfg)
     own = torch.stack([a.fooled_within(cfg.steps) for a in alone])  # (restarts, n): restart r alone fools image i
     assert (own.sum(0) >= 2).sum() >= 5  # images that several restarts fool, so the choice matters
     with torch.no_grad():
