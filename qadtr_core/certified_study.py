@@ -17,14 +17,22 @@ For each cell (a base model at a bit-width, a patch size ``p``), on the same ``n
   gradient-free random search (:func:`qadtr_core.attacks.random_search_patch`) over patch location and
   content on the end-to-end hard-label double-masking predictor. An image is robust if neither breaks it.
 
+**Does the upper bound's attack converge?** A weak attack only widens the bracket (the upper bound stays an
+upper bound), but a reader needs to know how loose it may be. With ``half_budget`` the same two attacks run
+again at half their budgets (half the per-image steps, half the queries; the same restarts and seeds), and
+:func:`~qadtr_core.evaluation.strength.not_converged_reason`, the study's rule, reads the attack success rate
+on the attacked images at half against full budget: converged when doubling added less than 2 points and
+the attack breaks something.
+
 So ``certified <= attacked robust <= masked clean`` holds in every cell by construction. Every rate has its
 Wilson 95 % interval (:func:`qadtr_core.stats.wilson`).
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -35,6 +43,7 @@ from tqdm.auto import tqdm
 from .attacks import ImagePatchConfig, RandomSearchConfig, image_patch_attack, random_search_patch
 from .certify import CertifiedResult, CertifyConfig, Fill, certify, double_masking_classifier, double_masking_predict, mask_set
 from .data import Cifar10, load_cifar10
+from .evaluation.strength import not_converged_reason
 from .profiles import Profile
 from .quant import bits as at_bits
 from .stats import wilson
@@ -61,6 +70,8 @@ class CertifiedStudyConfig:
         fill: value of masked pixels (see :class:`qadtr_core.certify.CertifyConfig`). (Default: 0.5)
         batch_size: masked copies per forward pass. (Default: 512)
         seed: seeds both attacks. (Default: 0)
+        half_budget: also run both attacks at half their budgets, to read whether doubling still breaks more
+            (see the module doc). (Default: True)
     """
 
     patch_sizes: tuple[int, ...] = (4, 6, 8)
@@ -72,6 +83,7 @@ class CertifiedStudyConfig:
     fill: Fill = 0.5
     batch_size: int = 512
     seed: int = 0
+    half_budget: bool = True
 
     def __post_init__(self) -> None:
         if not self.patch_sizes or len(set(self.patch_sizes)) != len(self.patch_sizes):
@@ -83,6 +95,8 @@ class CertifiedStudyConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer (0 = that attack is not run), got {v!r}")
+        if not isinstance(self.half_budget, bool):
+            raise ValueError(f"half_budget must be True or False, got {self.half_budget!r}")
         if isinstance(self.image_patch_restarts, bool) or not isinstance(self.image_patch_restarts, int) \
                 or self.image_patch_restarts < 1:
             raise ValueError(f"image_patch_restarts must be a positive integer, got {self.image_patch_restarts!r}")
@@ -97,6 +111,14 @@ class CertifiedStudyConfig:
                       image_patch_restarts=profile.certify_image_patch_restarts,
                       image_patch_location_opt=profile.image_patch_location_opt, seed=seed)
         return cls(**{**values, **overrides})
+
+    def halved(self) -> CertifiedStudyConfig | None:
+        """The same attacks at half their budgets (steps and queries halved, rounded down), or None when an
+        attack that runs has a budget of 1, which cannot be halved."""
+        if self.image_patch_steps == 1 or self.rs_queries == 1:
+            return None
+        return replace(self, image_patch_steps=self.image_patch_steps // 2, rs_queries=self.rs_queries // 2,
+                       half_budget=False)
 
     def certify_config(self, patch_size: int) -> CertifyConfig:
         return CertifyConfig(patch_size, self.masks_per_side, self.fill, self.batch_size)
@@ -142,6 +164,9 @@ class CertifiedCell:
         rs_queries_spent: random-search queries per image (0 where it did not run), long ``(N,)``.
         seconds, certify_seconds, image_patch_seconds, random_search_seconds: wall time of the cell, and of
             its certification, per-image patch (with its double-masking check) and random search.
+        broken_half: broken by the two attacks at half their budgets (``config.half_budget``; None where
+            they did not run or a budget could not be halved).
+        half_seconds: wall time of that second run.
     """
 
     result: CertifiedResult
@@ -154,6 +179,8 @@ class CertifiedCell:
     certify_seconds: float
     image_patch_seconds: float = 0.0
     random_search_seconds: float = 0.0
+    broken_half: torch.Tensor | None = None
+    half_seconds: float = 0.0
 
     def __len__(self) -> int:
         return len(self.robust)
@@ -163,6 +190,22 @@ class CertifiedCell:
         r = self.result
         return {"clean": int(r.clean_correct.sum()), "masked_clean": int(r.masked_correct.sum()),
                 "certified": int(r.certified.sum()), "attacked_robust": int(self.robust.sum())}
+
+    def attack_success(self) -> tuple[int, int, int | None]:
+        """Images attacked, broken by the attacks at their budgets, and broken at half (None if not run)."""
+        attacked = int(self.attacked.sum())
+        broken = int((self.broken_image_patch | self.broken_random_search).sum())
+        half = None if self.broken_half is None else int(self.broken_half.sum())
+        return attacked, broken, half
+
+    def not_converged(self) -> str | None:
+        """Why the attacks behind the upper bound do not count as converged (None if they do), by the
+        study's rule on their success rate over the attacked images (see the module doc). None too when no
+        image was left to attack: the upper bound is then the certified share itself."""
+        attacked, broken, half = self.attack_success()
+        if attacked == 0:  # every image right under double masking is certified: the bracket is closed
+            return None
+        return not_converged_reason(broken / attacked, None if half is None else half / attacked, n=attacked)
 
 
 def certified_cell(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, patch_size: int,
@@ -177,9 +220,26 @@ def certified_cell(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     masks = mask_set(images.shape[-1], patch_size, config.masks_per_side)
     result = certify(model, images, labels, masks, config.certify_config(patch_size))
     certify_seconds = time.perf_counter() - t0
+    attacked = result.masked_correct & ~result.certified
+    broken_ip, broken_rs, queries, ip_seconds, rs_seconds = _attacks(model, images, labels, attacked, masks, patch_size,
+                                                                     config)
+    robust = result.masked_correct & ~broken_ip & ~broken_rs
+    broken_half, t_half = None, time.perf_counter()
+    half = config.halved() if config.half_budget else None
+    if half is not None:
+        ip_half, rs_half, *_ = _attacks(model, images, labels, attacked, masks, patch_size, half)
+        broken_half = ip_half | rs_half
+    t3 = time.perf_counter()
+    return CertifiedCell(result, attacked, broken_ip, broken_rs, robust, queries, t3 - t0, certify_seconds, ip_seconds,
+                         rs_seconds, broken_half, t3 - t_half)
+
+
+def _attacks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attacked: torch.Tensor, masks: torch.Tensor,
+             patch_size: int, config: CertifiedStudyConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    """The per-image patch, then the random search on what it left, on the ``attacked`` images (bool ``(N,)``):
+    broken by each (bool ``(N,)``), queries spent per image, and the seconds of each."""
     n, dev = len(images), images.device
     y = labels.to(dev)
-    attacked = result.masked_correct & ~result.certified
     broken_ip = torch.zeros(n, dtype=torch.bool)
     broken_rs = torch.zeros(n, dtype=torch.bool)
     queries = torch.zeros(n, dtype=torch.long)
@@ -201,9 +261,7 @@ def certified_cell(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                                   images[idx.to(dev)], labels[idx.to(labels.device)].cpu(), rs)
         broken_rs[idx] = out.fooled
         queries[idx] = out.queries
-    robust = result.masked_correct & ~broken_ip & ~broken_rs
-    t3 = time.perf_counter()
-    return CertifiedCell(result, attacked, broken_ip, broken_rs, robust, queries, t3 - t0, certify_seconds, t2 - t1, t3 - t2)
+    return broken_ip, broken_rs, queries, t2 - t1, time.perf_counter() - t2
 
 
 @dataclass
@@ -214,7 +272,9 @@ class CertifiedTable:
         table: one row per (model, bits, patch): ``n``, ``masks_per_side`` (asked), ``num_masks`` (the
             set's size), each rate of :data:`RATES` as a share with ``<rate>_ci_low`` / ``<rate>_ci_high``,
             ``n_attacked``, ``broken_image_patch``, ``broken_random_search`` (counts), the budgets and the
-            seconds of :class:`CertifiedCell`.
+            seconds of :class:`CertifiedCell`; ``attack_asr`` and ``attack_asr_half_budget`` (the attacks' success
+            over the attacked images at their budgets and at half; NaN where unknown), ``attack_converged`` and
+            ``attack_not_converged`` (why not, in words; empty when converged).
         per_image: one row per (model, bits, patch, image): ``clean``, ``masked_clean``, ``certified``,
             ``attacked_robust`` (booleans), ``label``, ``masked_pred``, ``rs_queries``.
         cells: the :class:`CertifiedCell` of every row, by ``(model, bits, patch)``.
@@ -242,11 +302,17 @@ def certified_table(models: Mapping[str, Mapping[int, nn.Module]], images: torch
         for rate in RATES:
             ci = wilson(counts[rate], n)
             row.update({rate: ci.value, f"{rate}_ci_low": ci.low, f"{rate}_ci_high": ci.high})
+        attacked, broken, half = cell.attack_success()
+        why = cell.not_converged()
+        row.update({"attack_asr": broken / attacked if attacked else float("nan"),
+                    "attack_asr_half_budget": half / attacked if attacked and half is not None else float("nan"),
+                    "attack_converged": why is None, "attack_not_converged": why or ""})
         row.update({"n_attacked": int(cell.attacked.sum()), "broken_image_patch": int(cell.broken_image_patch.sum()),
                     "broken_random_search": int(cell.broken_random_search.sum()), "rs_queries": config.rs_queries,
                     "image_patch_steps": config.image_patch_steps, "image_patch_restarts": config.image_patch_restarts,
                     "seconds": cell.seconds, "certify_seconds": cell.certify_seconds,
-                    "image_patch_seconds": cell.image_patch_seconds, "random_search_seconds": cell.random_search_seconds})
+                    "image_patch_seconds": cell.image_patch_seconds, "random_search_seconds": cell.random_search_seconds,
+                    "half_budget_seconds": cell.half_seconds})
         rows.append(row)
         r = cell.result
         per_image.append(pd.DataFrame({
@@ -260,14 +326,17 @@ def certified_table(models: Mapping[str, Mapping[int, nn.Module]], images: torch
 
 ENTRY_FIELDS: tuple[str, ...] = ("model", "bits", "patch", "n",
                                  *(f"{r}{s}" for r in RATES for s in ("", "_ci_low", "_ci_high")),
-                                 "masks_per_side", "num_masks", "seconds")
+                                 "masks_per_side", "num_masks", "seconds", "attack_asr", "attack_asr_half_budget",
+                                 "attack_converged")
 
 
 def certified_entries(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows of :attr:`CertifiedTable.table` as ``certified.json`` entries (fractions, plain Python types)."""
+    """The rows of :attr:`CertifiedTable.table` as ``certified.json`` entries (fractions, plain Python types; an
+    unknown rate, NaN in the table, as None)."""
     out = []
     for row in table.to_dict("records"):
-        out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if k in ENTRY_FIELDS})
+        entry = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if k in ENTRY_FIELDS}
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in entry.items()})
     return out
 
 
@@ -291,3 +360,33 @@ def reader_table(table: pd.DataFrame) -> pd.DataFrame:
     out["gap (attacked - certified)"] = [f"{100 * (a - c):.1f} points" for a, c in zip(table["attacked_robust"],
                                                                                          table["certified"])]
     return out
+
+
+def attack_table(table: pd.DataFrame) -> pd.DataFrame:
+    """What the attacks behind the upper bound did, for readers: per cell the images attacked (double masking
+    right, not certified), those broken by the per-image patch and by the random search on what it left,
+    the attacks' success over the attacked images at half and at full budget with the convergence reading,
+    and the seconds of each part (certification, each attack, the half-budget run, the whole cell)."""
+    return pd.DataFrame({
+        "model": table["model"],
+        "bit-width": table["bits"].map(bit_label),
+        "patch": [f"{p}x{p} px" for p in table["patch"]],
+        "attacked": table["n_attacked"],
+        "broken: per-image patch": table["broken_image_patch"],
+        "broken: random search": table["broken_random_search"],
+        "attack success, half -> full budget": [
+            _convergence_text(full, half, ok) for full, half, ok in
+            zip(table["attack_asr"], table["attack_asr_half_budget"], table["attack_converged"])],
+        **{f"{label} (s)": [f"{v:.0f}" for v in table[col]] for label, col in (
+            ("certify", "certify_seconds"), ("per-image patch", "image_patch_seconds"),
+            ("random search", "random_search_seconds"), ("half budget", "half_budget_seconds"), ("cell", "seconds"))},
+    })
+
+
+def _convergence_text(full: float, half: float, converged: bool) -> str:
+    verdict = "converged" if converged else "not converged"
+    if math.isnan(full):
+        return f"nothing to attack ({verdict})"
+    if math.isnan(half):
+        return f"{100 * full:.1f} % (half budget not run; {verdict})"
+    return f"{100 * half:.1f} % -> {100 * full:.1f} % ({100 * (full - half):+.1f} points; {verdict})"

@@ -14,7 +14,9 @@ from qadtr_core import zoo
 from qadtr_core.artifacts import read_json
 from qadtr_core.certified_study import (
     RATES,
+    CertifiedCell,
     CertifiedStudyConfig,
+    attack_table,
     certified_cell,
     certified_entries,
     certified_models,
@@ -22,6 +24,7 @@ from qadtr_core.certified_study import (
     reader_table,
 )
 from qadtr_core.certify import (
+    CertifiedResult,
     CertifyConfig,
     MaskedMultiWidthConfig,
     MaskedTrainingConfig,
@@ -311,3 +314,79 @@ def test_study_config_from_profile_and_errors():
     with pytest.raises(ValueError, match="images must be square"):
         certified_cell(ChannelMeanModel(), x[..., :10], y, 3, CFG)
     assert isinstance(certified_table({}, x, y, CFG).table, pd.DataFrame)
+
+
+def test_the_half_budget_run_is_the_same_attacks_at_half_their_budget(monkeypatch):
+    import qadtr_core.certified_study as cs
+
+    calls = []
+    real = cs._attacks
+
+    def spy(model, images, labels, attacked, masks, patch_size, config):
+        calls.append((config.image_patch_steps, config.rs_queries, config.image_patch_restarts, config.seed,
+                      attacked.clone()))
+        return real(model, images, labels, attacked, masks, patch_size, config)
+
+    monkeypatch.setattr(cs, "_attacks", spy)
+    x, y = colour_images()
+    cfg = dataclasses.replace(CFG, image_patch_steps=10, rs_queries=41, image_patch_restarts=2, seed=3)
+    cell = certified_cell(ChannelMeanModel(), x, y, 3, cfg)
+    (s1, q1, r1, seed1, a1), (s2, q2, r2, seed2, a2) = calls
+    assert (s1, q1, s2, q2) == (10, 41, 5, 20) and r1 == r2 == 2 and seed1 == seed2 == 3
+    assert torch.equal(a1, a2) and torch.equal(a1, cell.attacked)  # the same images at both budgets
+    assert cell.broken_half is not None and not (cell.broken_half & ~cell.attacked).any()
+    assert cell.half_seconds > 0
+    calls.clear()
+    off = certified_cell(ChannelMeanModel(), x, y, 3, dataclasses.replace(cfg, half_budget=False))
+    assert len(calls) == 1 and off.broken_half is None
+    assert off.not_converged() == "only one checkpoint: the gain from doubling its steps is unknown"
+    # the full-budget results do not depend on whether the half run happened
+    assert torch.equal(off.robust, cell.robust)
+    assert CertifiedStudyConfig(image_patch_steps=1).halved() is None
+    assert CertifiedStudyConfig(rs_queries=1).halved() is None
+    h = CertifiedStudyConfig(image_patch_steps=0, rs_queries=7).halved()
+    assert (h.image_patch_steps, h.rs_queries, h.half_budget) == (0, 3, False)
+    with pytest.raises(ValueError, match="half_budget must be True or False, got 1"):
+        CertifiedStudyConfig(half_budget=1)
+
+
+def _cell_with(attacked: int, broken: int, half: int | None, n: int = 20):
+    """A hand-made cell: the first ``attacked`` of ``n`` images attacked, the first ``broken`` broken at full
+    budget (by the per-image patch) and the first ``half`` at half."""
+    idx = torch.arange(n)
+    result = CertifiedResult(clean_correct=torch.ones(n, dtype=torch.bool), masked_correct=torch.ones(n, dtype=torch.bool),
+                             certified=idx >= attacked, masked_pred=torch.zeros(n, dtype=torch.long),
+                             forwards=torch.ones(n, dtype=torch.long), seconds=1.0, patch_size=2, num_masks=4, bits=32)
+    broken_ip = idx < broken
+    return CertifiedCell(result, idx < attacked, broken_ip, torch.zeros(n, dtype=torch.bool), ~broken_ip,
+                         torch.zeros(n, dtype=torch.long), 1.0, 1.0, broken_half=None if half is None else idx < half)
+
+
+def test_the_upper_bound_attacks_are_read_by_the_studys_convergence_rule():
+    assert _cell_with(10, 8, 8).not_converged() is None  # doubling added nothing
+    assert _cell_with(10, 8, 5).not_converged() == "doubling its steps still added 30.0 points of white-box ASR"
+    assert "does nothing" in _cell_with(10, 0, 0).not_converged()  # an attack that breaks nothing never converges
+    assert _cell_with(0, 0, 0).not_converged() is None  # every image certified or wrong: the bracket is closed
+    assert _cell_with(10, 8, None).not_converged().startswith("only one checkpoint")
+    assert _cell_with(10, 8, 5).attack_success() == (10, 8, 5)
+
+
+def test_the_attack_table_and_entries_carry_the_convergence_reading():
+    x, y = colour_images(16)
+    cfg = dataclasses.replace(CFG, patch_sizes=(3,), rs_queries=4, image_patch_steps=2)
+    t = certified_table({"a": {32: ChannelMeanModel()}}, x, y, cfg).table
+    cell = t.iloc[0]
+    assert cell.n_attacked > 0 and 0 <= cell.attack_asr_half_budget <= 1 and 0 <= cell.attack_asr <= 1
+    assert cell.attack_asr == (cell.broken_image_patch + cell.broken_random_search) / cell.n_attacked
+    assert bool(cell.attack_converged) == (cell.attack_not_converged == "")
+    shown = attack_table(t)
+    assert list(shown.columns[:3]) == ["model", "bit-width", "patch"]
+    text = shown["attack success, half -> full budget"].iloc[0]
+    verdict = "converged" if cell.attack_converged else "not converged"
+    assert text == (f"{100 * cell.attack_asr_half_budget:.1f} % -> {100 * cell.attack_asr:.1f} % "
+                    f"({100 * (cell.attack_asr - cell.attack_asr_half_budget):+.1f} points; {verdict})")
+    entry = certified_entries(t)[0]
+    assert entry["attack_converged"] == bool(cell.attack_converged) and entry["attack_asr"] == cell.attack_asr
+    no_half = certified_table({"a": {32: ChannelMeanModel()}}, x, y, dataclasses.replace(cfg, half_budget=False)).table
+    assert certified_entries(no_half)[0]["attack_asr_half_budget"] is None  # NaN in the table, None in JSON
+    assert "half budget not run; not converged" in attack_table(no_half).iloc[0, 6]
