@@ -307,7 +307,7 @@ def certified_table(models: Mapping[str, Mapping[int, nn.Module]], images: torch
         row.update({"attack_asr": broken / attacked if attacked else float("nan"),
                     "attack_asr_half_budget": half / attacked if attacked and half is not None else float("nan"),
                     "attack_converged": why is None, "attack_not_converged": why or ""})
-        row.update({"n_attacked": int(cell.attacked.sum()), "broken_image_patch": int(cell.broken_image_patch.sum()),
+        row.update({"n_attacked": attacked, "broken_image_patch": int(cell.broken_image_patch.sum()),
                     "broken_random_search": int(cell.broken_random_search.sum()), "rs_queries": config.rs_queries,
                     "image_patch_steps": config.image_patch_steps, "image_patch_restarts": config.image_patch_restarts,
                     "seconds": cell.seconds, "certify_seconds": cell.certify_seconds,
@@ -340,6 +340,12 @@ def certified_entries(table: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def _cell_columns(table: pd.DataFrame) -> dict[str, Any]:
+    """The columns that name a cell for readers: model, bit-width (FP, 4b, ...) and patch."""
+    return {"model": table["model"], "bit-width": table["bits"].map(bit_label),
+            "patch": [f"{p}x{p} px" for p in table["patch"]]}
+
+
 def _cell_text(value: float, low: float, high: float) -> str:
     return f"{100 * value:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
 
@@ -347,13 +353,7 @@ def _cell_text(value: float, low: float, high: float) -> str:
 def reader_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table for readers: one row per model, width and patch; each rate in percent with one decimal and
     its Wilson 95 % interval in the same cell; human column names."""
-    out = pd.DataFrame({
-        "model": table["model"],
-        "bit-width": table["bits"].map(bit_label),
-        "patch": [f"{p}x{p} px" for p in table["patch"]],
-        "n": table["n"],
-        "masks": table["num_masks"],
-    })
+    out = pd.DataFrame({**_cell_columns(table), "n": table["n"], "masks": table["num_masks"]})
     for rate in RATES:
         out[RATE_LABELS[rate]] = [_cell_text(v, lo, hi) for v, lo, hi in
                                   zip(table[rate], table[f"{rate}_ci_low"], table[f"{rate}_ci_high"])]
@@ -368,9 +368,7 @@ def attack_table(table: pd.DataFrame) -> pd.DataFrame:
     the attacks' success over the attacked images at half and at full budget with the convergence reading,
     and the seconds of each part (certification, each attack, the half-budget run, the whole cell)."""
     return pd.DataFrame({
-        "model": table["model"],
-        "bit-width": table["bits"].map(bit_label),
-        "patch": [f"{p}x{p} px" for p in table["patch"]],
+        **_cell_columns(table),
         "attacked": table["n_attacked"],
         "broken: per-image patch": table["broken_image_patch"],
         "broken: random search": table["broken_random_search"],
