@@ -34,10 +34,13 @@ from qadtr_core.evaluation.strength import (
     image_patch_strength,
     universal_strength,
 )
+from qadtr_core.evaluation.transfer import random_patch_floor
 from qadtr_core.metrics import Rate, targeted_asr
-from qadtr_core.patches import apply_patch, bounding_mask, make_mask, random_placement
-from qadtr_core.stats import across_seeds, bootstrap_mean, paired_bootstrap, wilson
+from qadtr_core.patches import Placement, apply_patch, bounding_mask, make_mask, random_placement
+from qadtr_core.stats import Interval, across_seeds, bootstrap_mean, paired_bootstrap, wilson
 from qadtr_core.testing import ChannelMeanModel, RegionModel
+
+WORKING = Interval(0.85, 0.82, 0.88)  # a working lowest-width model's clean accuracy
 
 
 def _images(n=32, seed=0):
@@ -180,6 +183,39 @@ def _strength(converged=True, name="attack"):
     return AttackStrength(name, 0.9, 0.895 if converged else 0.7, 0.0, 100, 500)
 
 
+class _CornerPixel(torch.nn.Module):
+    """Class 3 where the top-left pixel's red exceeds 0.5 (``flip``: where it does not), else class 5."""
+
+    def __init__(self, flip=False):
+        super().__init__()
+        self.flip = flip
+
+    def forward(self, x):
+        on = ((x[:, 0, 0, 0] > 0.5) != self.flip).float()
+        logits = torch.zeros(len(x), 10)
+        logits[:, 3], logits[:, 5] = on, 1 - on
+        return logits
+
+
+def test_random_patch_floor_is_the_null_of_a_patch_at_its_places_and_never_below_the_clean_floor():
+    n = 400
+    x, y = torch.zeros(n, 3, 8, 8), torch.full((n,), 5)
+    at = lambda r: Placement(torch.full((n,), r), torch.full((n,), r), torch.zeros(n), torch.ones(n))  # noqa: E731
+    rate = lambda o: (o[0] & o[1]).sum() / o[1].sum()  # noqa: E731
+    model = _CornerPixel()
+    # per image: a uniform patch over the decisive pixel flips about half the images, one elsewhere none
+    over = random_patch_floor(model, 32, x, y, 2, at(0), seed=1, per_image=True)
+    assert 0.4 < rate(over) < 0.6 and over[1].all()
+    assert rate(random_patch_floor(model, 32, x, y, 2, at(4), seed=1, per_image=True)) == 0
+    # one shared patch (a universal attack's null): every image has the same outcome
+    shared = random_patch_floor(model, 32, x, y, 2, at(0), seed=1)
+    assert shared[0].all() or not shared[0].any()
+    # targeted (class 3): the random patch where the clean floor is 0, the clean floor where it is higher
+    assert 0.4 < rate(random_patch_floor(model, 32, x, y, 2, at(0), target_class=3, seed=1, per_image=True)) < 0.6
+    flipped = random_patch_floor(_CornerPixel(flip=True), 32, x, y, 2, at(0), target_class=3, seed=1, per_image=True)
+    assert rate(flipped) == 1.0  # every clean image is already called the target
+
+
 def test_c1_null_patch_is_never_reproduced_or_partly_and_a_strong_one_is_reproduced():
     floor = _outcomes(0.02, seed=1)
     # doubling adds nothing, but neither does the patch (white-box at its clean floor): not converged, so a
@@ -187,25 +223,38 @@ def test_c1_null_patch_is_never_reproduced_or_partly_and_a_strong_one_is_reprodu
     null_strength = AttackStrength("null patch", 0.02, 0.02, 0.02, 100, 500)
     assert not null_strength.converged
     null = PatchReading("null patch", white_box=floor, transfer=floor, floor=floor, strength=null_strength)
-    c = c1_claim([null], "2b", "test", [0])
+    c = c1_claim([null], "2b", "test", [0], target_clean=WORKING)
     assert VERDICTS["C1"](c)[1] == "inconclusive" and "null patch" in VERDICTS["C1"](c).reason
-    # untargeted: a random patch already breaks 15 % of images; a "patch" at that floor is not partly
+    # untargeted: a random patch already breaks 15 % of images; an "attack" no stronger than that, white-box on
+    # the model it was crafted on (its null floor there), has done nothing: it neither passes for partly nor
+    # refutes the claim
     noise = _outcomes(0.15, seed=8)
-    untargeted_null = PatchReading("random patch", noise, noise, noise, AttackStrength("random", 0.15, 0.15, 0.0, 10, 500))
-    assert VERDICTS["C1"](c1_claim([untargeted_null], "2b", "test", [0]))[1] == "not reproduced"
+    random_strength = AttackStrength("random patch", 0.15, 0.15, 0.15, 10, 500)
+    untargeted_null = PatchReading("random patch", noise, noise, noise, random_strength)
+    c = c1_claim([untargeted_null], "2b", "test", [0], target_clean=WORKING)
+    assert VERDICTS["C1"](c)[1] == "inconclusive" and "does nothing" in VERDICTS["C1"](c).reason
+    # a real white-box attack (90 % against a 15 % null) whose patches transfer at the null floor: not reproduced
+    real_strength = AttackStrength("real, does not transfer", 0.9, 0.9, 0.15, 10, 500)
+    real = PatchReading("real, does not transfer", _outcomes(0.9), noise, noise, real_strength)
+    assert VERDICTS["C1"](c1_claim([real], "2b", "test", [0], target_clean=WORKING))[1] == "not reproduced"
+    # the same readings on a lowest-width model near chance: no verdict either way
+    broken = Interval(0.11, 0.085, 0.14)
+    for readings in ([real], [null, PatchReading("strong", _outcomes(0.95), _outcomes(0.85, seed=2), floor, _strength())]):
+        c = c1_claim(readings, "2b", "test", [0], target_clean=broken)
+        assert VERDICTS["C1"](c)[1] == "inconclusive" and "near chance" in VERDICTS["C1"](c).reason
     strong = PatchReading("strong", white_box=_outcomes(0.95), transfer=_outcomes(0.85, seed=2), floor=floor,
                           strength=_strength())
-    assert VERDICTS["C1"](c1_claim([null, strong], "2b", "test", [0]))[1] == "reproduced"
+    assert VERDICTS["C1"](c1_claim([null, strong], "2b", "test", [0], target_clean=WORKING))[1] == "reproduced"
     weak = PatchReading("weak but real", _outcomes(0.6), _outcomes(0.4, seed=3), floor, _strength())
-    assert VERDICTS["C1"](c1_claim([weak], "2b", "test", [0]))[1] == "partly"
+    assert VERDICTS["C1"](c1_claim([weak], "2b", "test", [0], target_clean=WORKING))[1] == "partly"
     straddle = PatchReading("near 70", _outcomes(0.9), _outcomes(0.70, n=100, seed=4), _outcomes(0.02, n=100), _strength())
-    assert VERDICTS["C1"](c1_claim([straddle], "2b", "test", [0]))[1] == "inconclusive"
+    assert VERDICTS["C1"](c1_claim([straddle], "2b", "test", [0], target_clean=WORKING))[1] == "inconclusive"
     unconverged = PatchReading("weak, still improving", _outcomes(0.6), _outcomes(0.4, seed=3), floor, _strength(False))
-    c = c1_claim([unconverged], "2b", "test", [0])
+    c = c1_claim([unconverged], "2b", "test", [0], target_clean=WORKING)
     assert VERDICTS["C1"](c)[1] == "inconclusive"  # an unconverged attack cannot refute the claim
     # a weak converged attack beside a stronger one still improving: no verdict from the weak one
     stronger = PatchReading("stronger, still improving", _outcomes(0.9), _outcomes(0.5, seed=5), floor, _strength(False))
-    assert VERDICTS["C1"](c1_claim([null, stronger], "2b", "test", [0]))[1] == "inconclusive"
+    assert VERDICTS["C1"](c1_claim([null, stronger], "2b", "test", [0], target_clean=WORKING))[1] == "inconclusive"
 
 
 def test_c2_rules():
@@ -283,6 +332,13 @@ def test_c3_c4_c5_c7_rules_null_and_strong():
 
     assert verdict_c5({**_iv(1.0), "by_bits": {"2": _iv(1.0)}, "mean_drop": _iv(0.5)})[1] == "reproduced"
     assert verdict_c5({**_iv(25.0), "by_bits": {"2": _iv(25.0)}, "mean_drop": _iv(8.0)})[1] == "not reproduced"
+    # a start near chance at some width: no drop is read against it (QADT-R at chance too would read reproduced)
+    starts = {"2": {"value": 0.10, "ci_low": 0.08, "ci_high": 0.13}, "32": {"value": 0.9, "ci_low": 0.87, "ci_high": 0.92}}
+    r = verdict_c5({**_iv(1.0), "by_bits": {"2": _iv(1.0), "32": _iv(0.5)}, "mean_drop": _iv(0.5), "start_clean": starts})
+    assert r[1] == "inconclusive" and "2 bits" in r.reason and "32 bits" not in r.reason
+    working = {**starts, "2": {"value": 0.8, "ci_low": 0.76, "ci_high": 0.83}}
+    fine = {**_iv(1.0), "by_bits": {"2": _iv(1.0)}, "mean_drop": _iv(0.5), "start_clean": working}
+    assert verdict_c5(fine)[1] == "reproduced"
 
     null7 = {"increase": {k: _iv(0.0, 0.5) for k in ("A-QAPA", "DBWT", "GIR")}, "attack_strength": conv}
     assert verdict_c7(null7)[1] == "not reproduced"
@@ -296,7 +352,7 @@ def test_scorecard_reads_every_seed_and_writes_the_committed_layout(tmp_path):
     reading = PatchReading("strong", _outcomes(0.95), _outcomes(0.85, seed=2), floor, _strength())
     for seed, rate in ((0, 0.85), (1, 0.80)):
         entry = c1_claim([PatchReading("strong", _outcomes(0.95), _outcomes(rate, seed=seed), floor, _strength())],
-                         "2b", "smoke", [seed])
+                         "2b", "smoke", [seed], target_clean=WORKING)
         write_json(tmp_path / "results" / "01_transferability" / "smoke" / f"claims-seed{seed}.json", {"C1": entry})
     claims = load_claims("smoke", root=tmp_path)
     assert claims["C1"]["seeds"] == [0, 1] and len(claims["C1"]["per_seed"]) == 2
@@ -317,7 +373,7 @@ def test_seeds_are_each_judged_and_their_interval_never_shrinks(tmp_path):
     floor = _outcomes(0.02, seed=1)
     for seed, rate in ((0, 0.90), (1, 0.30)):  # one seed clears 70 %, the other does not: no verdict
         entry = c1_claim([PatchReading("p", _outcomes(0.95), _outcomes(rate, seed=seed), floor, _strength())], "2b", "q",
-                         [seed])
+                         [seed], target_clean=WORKING)
         write_json(tmp_path / "results" / "01_transferability" / "q" / f"claims-seed{seed}.json", {"C1": entry})
     # an unseeded file with the same seed as a seeded one is a duplicate, not a third seed
     write_json(tmp_path / "results" / "01_transferability" / "q" / "claims.json", {"C1": entry})

@@ -28,8 +28,10 @@ from qadtr_core.claims import (
 from qadtr_core.claims.scorecard import _aggregate
 from qadtr_core.evaluation.strength import AttackStrength, converge_universal, is_converged, universal_strength
 from qadtr_core.metrics import Rate
-from qadtr_core.stats import across_seeds, paired_bootstrap
+from qadtr_core.stats import Interval, across_seeds, paired_bootstrap
 from qadtr_core.testing import ChannelMeanModel
+
+WORKING = Interval(0.85, 0.82, 0.88)  # a working lowest-width model's clean accuracy
 
 
 def _exact(k, n, seed=0):
@@ -61,14 +63,14 @@ def test_c1_random_patch_on_a_model_random_patches_break_85_percent_is_never_rep
     # a random "patch": its transfer is what another random patch scores; both break 85 % of images
     transfer, floor = _exact(425, 500, seed=1), _exact(425, 500, seed=2)
     random_patch = PatchReading("random patch", transfer, transfer, floor, AttackStrength("random", 0.85, 0.85, 0.0, 10, 500))
-    c = c1_claim([random_patch], "2b", "test", [0])
+    c = c1_claim([random_patch], "2b", "test", [0], target_clean=WORKING)
     assert c["ci_low"] >= 0.70  # far above 70 % ...
     ruling = VERDICTS["C1"](c)
     assert ruling[1] == "inconclusive"  # ... but no better than its floor: nothing to credit
     assert "floor" in ruling.reason
     # a real patch on the same model, clearly above its floor as well as above 70 %, is reproduced
     real = PatchReading("real patch", _exact(490, 500), _exact(480, 500, seed=3), floor, _converged())
-    assert VERDICTS["C1"](c1_claim([random_patch, real], "2b", "test", [0]))[1] == "reproduced"
+    assert VERDICTS["C1"](c1_claim([random_patch, real], "2b", "test", [0], target_clean=WORKING))[1] == "reproduced"
 
 
 # ---------------------------------------------------------------- 2. one interval for C1
@@ -80,7 +82,7 @@ def test_c1_298_of_400_against_70_percent_is_judged_on_the_corrected_interval_on
     floor = _exact(8, 400, seed=9)
     near = PatchReading("74.5 %", _exact(380, 400), _exact(298, 400, seed=4), floor, _converged())
     weak = PatchReading("weak", _exact(200, 400), _exact(40, 400, seed=5), floor, _converged())
-    c = c1_claim([near, weak], "2b", "test", [0])
+    c = c1_claim([near, weak], "2b", "test", [0], target_clean=WORKING)
     assert c["reading"] == "74.5 %" and c["ci_low"] < 0.70 < c["ci_high"]  # the headline is the corrected interval
     ruling = VERDICTS["C1"](c)
     assert ruling[1] == "inconclusive" and "straddles 70 %" in ruling.reason
@@ -94,20 +96,20 @@ def test_c1_a_straddling_reading_makes_c1_inconclusive_unless_another_clears():
     precise = PatchReading("precise, below", _exact(900, 1000), _exact(660, 1000, seed=2), floor, _converged())
     # few images: 18/30 = 60 % by point value, its interval reaches past 70 %
     vague = PatchReading("vague", _exact(27, 30), _exact(18, 30, seed=3), _exact(1, 30), _converged(n=30))
-    c = c1_claim([precise, vague], "2b", "test", [0])
+    c = c1_claim([precise, vague], "2b", "test", [0], target_clean=WORKING)
     ruling = VERDICTS["C1"](c)
     assert ruling[1] == "inconclusive" and "vague" in ruling.reason
     strong = PatchReading("strong", _exact(990, 1000), _exact(900, 1000, seed=4), floor, _converged())
-    assert VERDICTS["C1"](c1_claim([precise, vague, strong], "2b", "test", [0]))[1] == "reproduced"
+    assert VERDICTS["C1"](c1_claim([precise, vague, strong], "2b", "test", [0], target_clean=WORKING))[1] == "reproduced"
     # without the straddling reading, the precise one (converged, far above its floor) is partly
-    assert VERDICTS["C1"](c1_claim([precise], "2b", "test", [0]))[1] == "partly"
+    assert VERDICTS["C1"](c1_claim([precise], "2b", "test", [0], target_clean=WORKING))[1] == "partly"
 
 
 def test_c1_headline_is_the_strongest_reading_and_a_lower_bound_while_unconverged():
     floor = _exact(10, 500, seed=1)
     universal = PatchReading("universal", _exact(300, 500), _exact(60, 500, seed=2), floor, _converged())
     per_image = PatchReading("per-image", _exact(470, 500), _exact(180, 500, seed=3), floor, _unconverged("per-image"))
-    c = c1_claim([universal, per_image], "2b", "test", [0])
+    c = c1_claim([universal, per_image], "2b", "test", [0], target_clean=WORKING)
     assert c["reading"] == "per-image" and c["lower_bound"] and c["value"] == pytest.approx(0.36)
     ruling = VERDICTS["C1"](c)
     assert ruling[1] == "inconclusive" and "per-image" in ruling.reason and "converged" in ruling.reason
@@ -304,7 +306,7 @@ def test_seed_aggregation_averages_nested_fields_and_keeps_n_per_seed(tmp_path):
     for seed, k in ((0, 450), (1, 400)):
         r = PatchReading("p", _exact(480, 500), _exact(k, 500, seed=seed), floor, strengths[seed])
         write_json(tmp_path / "results" / "01_transferability" / "q" / f"claims-seed{seed}.json",
-                   {"C1": c1_claim([r], "2b", "q", [seed])})
+                   {"C1": c1_claim([r], "2b", "q", [seed], target_clean=WORKING)})
     c = load_claims("q", root=tmp_path)["C1"]
     assert c["seeds"] == [0, 1] and c["n"] == 500  # images per seed, not 1000
     r = c["readings"][0]
@@ -321,7 +323,8 @@ def test_seed_aggregation_averages_nested_fields_and_keeps_n_per_seed(tmp_path):
 
 def test_every_claim_in_the_record_has_reading_metric_and_reason():
     floor = _exact(10, 500, seed=1)
-    c1 = c1_claim([PatchReading("p", _exact(480, 500), _exact(450, 500), floor, _converged())], "2b", "t", [0])
+    c1 = c1_claim([PatchReading("p", _exact(480, 500), _exact(450, 500), floor, _converged())], "2b", "t", [0],
+                  target_clean=WORKING)
     by = {str(b): _iv(1.0, 0.5, 1.5) for b in (8, 2)}
     claims = {"C1": c1, "C2": _c2((0.06, 0.02, 0.10)),
               "C3": {**_iv(1.0, -1, 3), "by_bits": by, "worst_case": _iv(1, 0, 2),
@@ -361,3 +364,18 @@ def test_every_claim_gets_a_plain_answer_computed_from_its_rule():
     assert row["answer"] == text and row["question"] == QUESTIONS["C3"]
     entry = scorecard_record({"C3": c3}, "t", "abc")["claims"]["C3"]
     assert entry["answer"] == text and entry["attack_strength"][0]["converged"] is False
+
+
+def test_a_transfer_resample_without_a_valid_image_is_dropped_not_scored_zero():
+    from qadtr_core.evaluation.transfer import relative_transfer, white_box_excess_interval
+
+    n = 10
+    hits, every, first = np.ones(n, bool), np.ones(n, bool), np.zeros(n, bool)
+    first[0] = True  # (a -> b) counts image 0 only
+    out = {("a", "a"): (hits, every), ("b", "b"): (hits, every), ("a", "b"): (hits, first), ("b", "a"): (hits, every)}
+    assert relative_transfer(out, ["a", "b"]) == 1.0
+    assert math.isnan(relative_transfer(out, ["a", "b"], np.arange(1, n)))  # no valid (a -> b) image in the draw
+    # a white-box cell with no valid image at all: no interval, rather than one around a made-up 0
+    empty = {("a", "a"): (hits, np.zeros(n, bool))}
+    iv = white_box_excess_interval(empty, ["a"], None, n_boot=20)
+    assert math.isnan(iv.value) and math.isnan(iv.low) and math.isnan(iv.high)

@@ -17,7 +17,18 @@ from typing import Any
 from ..evaluation.strength import AttackStrength
 from ..evaluation.transfer import Outcomes, rate_of
 from ..stats import Interval, paired_bootstrap, wilson
-from .common import Ruling, above, attack_problem, corrected_level, fmt, interval, rate_interval, widened, z_of
+from .common import (
+    Ruling,
+    above,
+    attack_problem,
+    corrected_level,
+    fmt,
+    interval,
+    near_chance,
+    rate_interval,
+    widened,
+    z_of,
+)
 
 ID = "C1"
 STATEMENT = 'Patches transfer from FP to QAT models with ASR > 70 % even at 2 bits'
@@ -37,8 +48,10 @@ class PatchReading:
         name: e.g. "universal 6x6, targeted (airplane)".
         white_box: outcomes on the FP model it was crafted on.
         transfer: outcomes on the lowest-width QAT model.
-        floor: outcomes of the clean (unpatched) images on the lowest-width model under the same
-            definition (targeted: already the target; untargeted: None, the floor is 0).
+        floor: outcomes of the reading's null attack on the lowest-width model under the same definition
+            (:func:`~qadtr_core.evaluation.transfer.random_patch_floor`: a random patch of the same size at
+            the same places; targeted, or the clean images already called the target where that is
+            higher); None: a floor of 0.
         strength: the attack's white-box strength (converged or not).
     """
 
@@ -62,13 +75,15 @@ class PatchReading:
                 "steps": self.strength.steps, "n": rate_of(self.transfer)[1]}
 
 
-def c1_claim(readings: Sequence[PatchReading], low: str, profile: str, seeds: Sequence[int]) -> dict[str, Any]:
-    """The C1 entry: every reading, each with its transfer ASR and its excess over its floor also at the
-    level Bonferroni-corrected for the number of readings (``transfer_corrected``,
-    ``excess_over_floor_corrected``), and as the headline (``value``, ``ci_low``, ``ci_high``, at that
-    corrected level) the *strongest* reading: the highest corrected lower bound of its transfer ASR
-    (ties: the higher point value), converged or not. ``lower_bound`` is True while its attack has not
-    converged (a stronger attack reaches at least as much)."""
+def c1_claim(readings: Sequence[PatchReading], low: str, profile: str, seeds: Sequence[int], *,
+             target_clean: Interval) -> dict[str, Any]:
+    """The C1 entry: ``target_clean``, the clean accuracy of the lowest-width model on the evaluation
+    images (so that the rule never reads a model that close to chance, :func:`~.common.near_chance`); every
+    reading, each with its transfer ASR and its excess over its floor also at the level Bonferroni-corrected
+    for the number of readings (``transfer_corrected``, ``excess_over_floor_corrected``); and as the
+    headline (``value``, ``ci_low``, ``ci_high``, at that corrected level) the *strongest* reading: the
+    highest corrected lower bound of its transfer ASR (ties: the higher point value), converged or not.
+    ``lower_bound`` is True while its attack has not converged (a stronger attack reaches at least as much)."""
     if not readings:
         raise ValueError("C1 needs at least one patch reading")
     level = corrected_level(len(readings))
@@ -81,7 +96,8 @@ def c1_claim(readings: Sequence[PatchReading], low: str, profile: str, seeds: Se
     best = max(entries, key=lambda e: (e["transfer_corrected"]["ci_low"], e["transfer"]["value"]))
     return {**best["transfer_corrected"], "reading": best["name"], "lower_bound": not best["converged"],
             "readings": entries, "n": best["n"], "seeds": list(seeds), "profile": profile, "threshold": 0.70,
-            "target": low, "level": level, "attack_strength": [r.strength.record() for r in readings],
+            "target": low, "target_clean": interval(target_clean), "level": level,
+            "attack_strength": [r.strength.record() for r in readings],
             "measure": f"ASR of patches crafted on the FP model, evaluated on the {low} QAT model "
                        f"(interval at {100 * level:.4g} %, Bonferroni-corrected for {len(readings)} readings)"}
 
@@ -102,15 +118,19 @@ def verdict_c1(c: Mapping[str, Any]) -> Ruling:
     """**C1** (patch ASR from FP to the lowest-width QAT model > 70 %), over its k readings (targeted and
     untargeted, universal and per-image patches). Every interval is Bonferroni-corrected for the k readings
     (each at 1 - 0.05/k): the Wilson interval of a reading's ASR and the paired interval of its excess over
-    its null floor (targeted: the clean floor; untargeted: random patches at the same places). A reading
-    *clears* 70 % if its ASR's lower bound is at least 70 % and its excess's lower bound is above 0.
-    *Reproduced* if some reading clears 70 %, converged or not (an ASR is a lower bound on what a stronger
-    attack reaches). Otherwise *inconclusive* if some reading's ASR interval straddles 70 %, or some reading
-    lies above 70 % without clearing its floor (random patches already break the model that often), or some
-    reading's attack has not converged. Otherwise (every reading wholly below 70 %, every attack converged)
-    *partly* if some reading beats its floor by at least 10 points (lower bound: patches transfer, weaker
-    than claimed), else *not reproduced*. The headline is the strongest reading (the highest lower bound),
-    a lower bound while its attack has not converged."""
+    its null floor (a random patch of its size at its places; targeted, or the clean images already called
+    the target where that is higher). A reading *clears* 70 % if its ASR's lower bound is at least 70 % and
+    its excess's lower bound is above 0. First, *inconclusive* if the lowest-width model's clean accuracy is
+    near chance (``target_clean``, :func:`~.common.near_chance`; an entry without it is not checked): a
+    broken model neither refutes nor supports the claim. Then *reproduced* if some reading clears 70 %,
+    converged or not (an ASR is a lower bound on what a stronger attack reaches). Otherwise *inconclusive*
+    if some reading's ASR interval straddles 70 %, or some reading lies above 70 % without clearing its
+    floor (random patches already break the model that often), or some reading's attack has not converged
+    (an attack no stronger white-box than its null, on the model it was crafted on, has not converged:
+    :func:`~qadtr_core.evaluation.strength.not_converged_reason`). Otherwise (every reading wholly below
+    70 %, every attack converged) *partly* if some reading beats its floor by at least 10 points (lower
+    bound: patches transfer, weaker than claimed), else *not reproduced*. The headline is the strongest
+    reading (the highest lower bound), a lower bound while its attack has not converged."""
     readings = c["readings"]
     k = len(readings)
     level = 1 - 0.05 / max(1, k)
@@ -132,6 +152,9 @@ def verdict_c1(c: Mapping[str, Any]) -> Ruling:
     def ruling(verdict: str, reason: str | None = None) -> Ruling:
         return Ruling(ours, verdict, reason, reading, headline)
 
+    if (clean := c.get("target_clean")) is not None and near_chance(clean):
+        return ruling("inconclusive", f"the {c.get('target', 'lowest-width')} model's clean accuracy, "
+                                      f"{fmt(clean, 100, ' %')}, is near chance: it is no working network to transfer to")
     if any(t["ci_low"] >= 0.70 and e["ci_low"] > 0 for t, e in ivs.values()):
         return ruling("reproduced")
     straddle = [f"{name} {fmt(t, 100, ' %')} straddles 70 %" for name, (t, _) in ivs.items() if above(t, 0.70) is None]

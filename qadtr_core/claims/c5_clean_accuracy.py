@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.defense_metrics import bootstrap, ci
-from ..stats import Interval, paired_bootstrap
-from .common import Ruling, fmt
+from ..stats import Interval, paired_bootstrap, wilson
+from .common import Ruling, fmt, interval, near_chance
 
 ID = "C5"
 STATEMENT = 'QADT-R keeps clean accuracy'
@@ -28,7 +28,8 @@ METRIC = 'clean accuracy'
 def c5_claim(clean: pd.DataFrame, bit_set: Sequence[int], meta: Mapping, multiwidth: str = "multi-width (undefended)",
              ours: str = "QADT-R", n_boot: int = 2000) -> dict[str, Any]:
     """The C5 entry from a :func:`~qadtr_core.evaluation.robustness.clean_table` of per-image correctness
-    (``meta``: ``seeds``, ``profile``); the headline is the width of the largest drop."""
+    (``meta``: ``seeds``, ``profile``); the headline is the width of the largest drop. ``start_clean``: the
+    undefended model's own clean accuracy per width (fractions, Wilson), which the rule checks."""
     bits = list(bit_set)
 
     def correct(d: str, b: int) -> np.ndarray:
@@ -41,18 +42,28 @@ def c5_claim(clean: pd.DataFrame, bit_set: Sequence[int], meta: Mapping, multiwi
     n_clean = diffs.shape[1]
     return {**ci(scale(by_bits[worst_b])), "bits": worst_b, "by_bits": {str(b): ci(scale(i)) for b, i in by_bits.items()},
             "mean_drop": ci(bootstrap(lambda idx: 100 * diffs[:, idx].mean(-1).mean(0), n_clean, n_boot)),
+            "start_clean": {str(b): interval(wilson(int(correct(multiwidth, b).sum()), len(correct(multiwidth, b))))
+                            for b in bits},
             "n": n_clean, "seeds": list(meta["seeds"]), "profile": meta["profile"]}
 
 
 def verdict_c5(c: Mapping[str, Any]) -> Ruling:
     """**C5** (QADT-R keeps clean accuracy): the drop of clean accuracy against the undefended multi-width
-    model, per bit-width (points, paired intervals). In this order (disjoint regions): *reproduced* if every
+    model, per bit-width (points, paired intervals). First, *inconclusive* if the undefended model's own
+    clean accuracy is near chance at some width (``start_clean``, :func:`~.common.near_chance`; an entry
+    without it is not checked): no drop can be read against a broken start. Then, in this order (disjoint
+    regions): *reproduced* if every
     width's drop is at most 3 points (upper bound); *not reproduced* if some width drops more than 5 points
     (lower bound), whatever the mean; *partly* if the mean drop over widths is at most 5 (upper bound);
     else *inconclusive*."""
     ours = f"largest drop {fmt(c, unit=' pts')}; mean {fmt(c['mean_drop'], unit=' pts')}"
     reading = c.get("reading") or (f"largest drop over widths, at {c['bits']} bits" if "bits" in c
                                    else "largest drop over widths")
+    broken = [b for b, acc in (c.get("start_clean") or {}).items() if near_chance(acc)]
+    if broken:
+        return Ruling(ours, "inconclusive", "the undefended start's clean accuracy is near chance at "
+                      + ", ".join(f"{b} bits ({fmt(c['start_clean'][b], 100, ' %')})" for b in broken)
+                      + ": no drop can be read against a broken start", reading)
     by = c["by_bits"].values()
     if all(v["ci_high"] <= 3 for v in by):
         return Ruling(ours, "reproduced", reading=reading)

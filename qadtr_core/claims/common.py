@@ -57,6 +57,17 @@ class Ruling(tuple):
         return self[1]
 
 
+CHANCE = 0.10  # clean accuracy of a guess among CIFAR-10's ten classes
+WORKING_MARGIN = 0.10  # a working classifier's clean accuracy lies surely more than this above chance
+
+
+def near_chance(acc: Mapping[str, float]) -> bool:
+    """Whether a clean-accuracy interval (fractions) fails to lie surely above chance plus
+    :data:`WORKING_MARGIN` (its lower bound <= 20 % on CIFAR-10). ASR over the few clean-correct images of
+    a model that close to chance says nothing about attacks on working networks, so no claim reads it."""
+    return acc["ci_low"] <= CHANCE + WORKING_MARGIN
+
+
 def above(iv: Mapping[str, float], threshold: float) -> bool | None:
     """True if the whole interval is at or above ``threshold``, False if wholly below, None if it straddles."""
     if iv["ci_low"] >= threshold:

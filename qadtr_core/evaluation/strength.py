@@ -45,8 +45,10 @@ class AttackStrength:
         name: the attack, as the chapter names it.
         white_box_asr: its ASR against the model it was crafted on.
         white_box_asr_half_steps: the same attack stopped at half its steps.
-        clean_floor: the rate the metric gives without any attack (targeted: images already classified
-            as the target; untargeted: 0 by definition).
+        clean_floor: the rate the metric gives without the attack's optimisation: its null attack, a
+            random patch of the same kind at the same places (targeted: or the images already classified
+            as the target, where that is higher; :func:`~qadtr_core.evaluation.transfer.random_patch_floor`);
+            0 where the caller has none.
         steps: the steps it ran.
         n: images behind ``white_box_asr``.
         budget_exhausted: the profile's step budget ended before the stopping rule was met.

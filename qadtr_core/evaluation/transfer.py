@@ -167,6 +167,25 @@ def clean_floor(model: nn.Module, bits: int, images: torch.Tensor, labels: torch
     return attack_outcomes(model, bits, images, images, labels, target_class)
 
 
+def random_patch_floor(model: nn.Module, bits: int, images: torch.Tensor, labels: torch.Tensor, size: int,
+                       placement: Placement, target_class: int | None = None, shape: str = "square",
+                       seed: int = 0, per_image: bool = False) -> Outcomes:
+    """The null of a patch attack: outcomes (as :func:`attack_outcomes`) of a uniformly random patch of
+    ``size`` and ``shape`` at ``placement``, one shared patch (a universal attack's null) or, with
+    ``per_image``, one per image (a per-image attack's), drawn from ``seed``. Targeted, the floor is the
+    larger of this and :func:`clean_floor` (images the model already calls the target), so that neither
+    a patch nor the model's own bias passes for an attack."""
+    g = torch.Generator().manual_seed(seed)
+    c = images.shape[1]
+    patch = torch.rand(*((len(images),) if per_image else ()), c, size, size, generator=g).to(images)
+    adv = apply_patch(images, patch, make_mask(size, shape).to(images), placement)
+    out = attack_outcomes(model, bits, adv, images, labels, target_class)
+    if target_class is None:
+        return out
+    clean = clean_floor(model, bits, images, labels, target_class)
+    return out if rate_of(out)[0] >= rate_of(clean)[0] else clean
+
+
 def rate_of(outcomes: Outcomes) -> tuple[int, int]:
     """``(k, n)``: hits among valid images, and valid images."""
     hits, valid = outcomes
@@ -220,8 +239,11 @@ def transfer_table(adversarial: Mapping[str, torch.Tensor], targets: Mapping[str
 
 
 def _asr(o: Outcomes, index: np.ndarray | None) -> float:
+    """The rate of ``o`` (over the images ``index``, a bootstrap draw); NaN where no image is valid, so that
+    a resample without a valid image is dropped rather than scored 0."""
     hits, valid = (o[0], o[1]) if index is None else (o[0][index], o[1][index])
-    return float((hits & valid).sum() / max(valid.sum(), 1))
+    n = int(valid.sum())
+    return float((hits & valid).sum() / n) if n else float("nan")
 
 
 def relative_transfer(outcomes: Mapping[tuple[str, str], Outcomes], names: list[str], index: np.ndarray | None = None,
@@ -273,7 +295,10 @@ def white_box_excess_interval(outcomes: Mapping[tuple[str, str], Outcomes], name
     """Bootstrap interval of :func:`white_box_excess` (images resampled, floors paired)."""
     n = len(next(iter(outcomes.values()))[0])
     rng = np.random.default_rng(seed)
-    draws = [white_box_excess(outcomes, names, floors, rng.integers(0, n, n)) for _ in range(n_boot)]
+    draws = np.array([white_box_excess(outcomes, names, floors, rng.integers(0, n, n)) for _ in range(n_boot)])
+    draws = draws[~np.isnan(draws)]  # resamples without a valid image
+    if not len(draws):
+        return Interval(float("nan"), float("nan"), float("nan"))
     return Interval(white_box_excess(outcomes, names, floors), float(np.quantile(draws, 0.025)),
                     float(np.quantile(draws, 0.975)))
 
