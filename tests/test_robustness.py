@@ -278,6 +278,13 @@ def test_attack_convergence_is_per_model_and_claims_keep_the_worst_defended_one(
         "white_box_asr_half_steps"] == pytest.approx(0.2)
     assert [e["name"] for e in attack_strength(ev, ["PBAT", "QAT (undefended)"], exclude=[RS, BAR])] == [
         "8x8 square on PBAT 4 b", "transfer from FP surrogate on FP surrogate 32 b"]
+    # an attack that fools nothing on one defense (converged-looking: no gain) is that threat's entry, not the
+    # model with the largest gain: a no-op would credit the defense with robustness
+    noop = pd.concat([strength, pd.DataFrame([{"threat": SEEN, "target": "DWQ 4 b", "defense": "DWQ", "bits": 4,
+                                               "steps": 10, "n_ok": 90, "k_full": 0, "k_half": 0}])])
+    entries = {e["name"]: e for e in attack_strength(Evaluation(pd.DataFrame(), noop, 100), ["PBAT", "DWQ"],
+                                                     exclude=[RS, BAR])}
+    assert "8x8 square on DWQ 4 b" in entries and entries["8x8 square on DWQ 4 b"]["white_box_asr"] == 0
 
 
 def test_ablation_claim_by_hand_on_robust_accuracy():

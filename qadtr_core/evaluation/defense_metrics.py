@@ -197,8 +197,10 @@ def convergence(ev: Evaluation) -> pd.DataFrame:
 def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
                     exclude: Sequence[str] = ()) -> list[dict]:
     """One entry per evaluation attack (threat, except ``exclude``): the attacked model of ``defenses``
-    (default: all; the transfer threat's only target, the FP surrogate, always counts) whose attack
-    gained most from its second half of steps, named "<threat> on <target>" (see :func:`convergence`)."""
+    (default: all; the transfer threat's only target, the FP surrogate, always counts) on which the attack
+    is least converged, named "<threat> on <target>" (see :func:`convergence`): a model on which it did not
+    converge first (also one it fooled nothing on: a no-op attack on one defense would credit that defense
+    with robustness), then the one whose attack gained most from its second half of steps."""
     conv = convergence(ev)
     out = []
     for threat, g in conv.groupby("threat", sort=False):
@@ -208,7 +210,8 @@ def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
             g = g[g.defense.isin([*defenses, "FP surrogate"]) & (g.n > 0)]
         if g.empty:
             continue
-        r = g.loc[g.gap.idxmax()]
+        r = g.loc[g.assign(open_=~g.converged.astype(bool)).sort_values(["open_", "gap"], ascending=False,
+                                                                          kind="stable").index[0]]
         out.append({"name": f"{threat} on {r.target}", "white_box_asr": float(r.white_box_asr),
                     "white_box_asr_half_steps": float(r.white_box_asr_half_steps), "clean_floor": 0.0,
                     "steps": int(r.steps), "n": int(r.n)})
