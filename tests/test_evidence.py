@@ -337,6 +337,9 @@ def test_c3_c4_c5_c7_rules_null_and_strong():
     r = verdict_c5({**_iv(1.0), "by_bits": {"2": _iv(1.0), "32": _iv(0.5)}, "mean_drop": _iv(0.5), "start_clean": starts})
     assert r[1] == "inconclusive" and "2 bits" in r.reason and "32 bits" not in r.reason
     working = {**starts, "2": {"value": 0.8, "ci_low": 0.76, "ci_high": 0.83}}
+    # ... but a readable width that drops more than 5 points still refutes the claim
+    drop = {**_iv(9.0), "by_bits": {"2": _iv(1.0), "32": _iv(9.0)}, "mean_drop": _iv(5.0), "start_clean": starts}
+    assert verdict_c5(drop)[1] == "not reproduced"
     fine = {**_iv(1.0), "by_bits": {"2": _iv(1.0)}, "mean_drop": _iv(0.5), "start_clean": working}
     assert verdict_c5(fine)[1] == "reproduced"
 

@@ -285,6 +285,10 @@ def test_attack_convergence_is_per_model_and_claims_keep_the_worst_defended_one(
     entries = {e["name"]: e for e in attack_strength(Evaluation(pd.DataFrame(), noop, 100), ["PBAT", "DWQ"],
                                                      exclude=[RS, BAR])}
     assert "8x8 square on DWQ 4 b" in entries and entries["8x8 square on DWQ 4 b"]["white_box_asr"] == 0
+    # ... unless the claim leaves that cell out (collapsed): then the worst of the cells it reads
+    kept = attack_strength(Evaluation(pd.DataFrame(), noop, 100), ["PBAT", "DWQ"], exclude=[RS, BAR],
+                           collapsed=[("DWQ", 4)])
+    assert [e["name"] for e in kept] == ["8x8 square on PBAT 4 b", "transfer from FP surrogate on FP surrogate 32 b"]
 
 
 def test_ablation_claim_by_hand_on_robust_accuracy():

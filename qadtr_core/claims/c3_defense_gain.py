@@ -81,7 +81,7 @@ def c3_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution], bit
             "worst_case": ci(bootstrap(gain("worst case", kept), n, n_boot)) if kept else dict(NAN_CI),
             "excluded_bits": out, "defends": defends_given(compared, collapsed, defends),
             "n": n, "seeds": list(meta["seeds"]), "profile": meta["profile"], "metric": ROBUST_ACCURACY,
-            "attack_strength": attack_strength(ev, compared, exclude=adaptive_names(threats))}
+            "attack_strength": attack_strength(ev, compared, exclude=adaptive_names(threats), collapsed=collapsed)}
 
 
 def _by_bits_corrected(c: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:

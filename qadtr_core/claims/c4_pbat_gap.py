@@ -87,7 +87,8 @@ def c4_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution], bit
                "metric": ROBUST_ACCURACY,
                "attack_strength": attack_strength(ev, ["PBAT", undefended],
                                                   exclude=adaptive_names(threats) + [t.name for t in threats
-                                                                                     if t.source != "white-box"])})
+                                                                                     if t.source != "white-box"],
+                                                  collapsed=collapsed)})
     return c4
 
 

@@ -49,17 +49,18 @@ def c5_claim(clean: pd.DataFrame, bit_set: Sequence[int], meta: Mapping, multiwi
 
 def verdict_c5(c: Mapping[str, Any]) -> Ruling:
     """**C5** (QADT-R keeps clean accuracy): the drop of clean accuracy against the undefended multi-width
-    model, per bit-width (points, paired intervals). First, *inconclusive* if the undefended model's own
-    clean accuracy is near chance at some width (``start_clean``, :func:`~.common.near_chance`; an entry
-    without it is not checked): no drop can be read against a broken start. Then, in this order (disjoint
-    regions): *reproduced* if every
-    width's drop is at most 3 points (upper bound); *not reproduced* if some width drops more than 5 points
-    (lower bound), whatever the mean; *partly* if the mean drop over widths is at most 5 (upper bound);
-    else *inconclusive*."""
+    model, per bit-width (points, paired intervals). A width where the undefended model's own clean
+    accuracy is near chance (``start_clean``, :func:`~.common.near_chance`; an entry without it is not
+    checked) is unreadable: no drop can be read against a broken start. In this order (disjoint regions):
+    *not reproduced* if some readable width drops more than 5 points (lower bound), whatever the mean;
+    *inconclusive* if some width is unreadable; *reproduced* if every width's drop is at most 3 points
+    (upper bound); *partly* if the mean drop over widths is at most 5 (upper bound); else *inconclusive*."""
     ours = f"largest drop {fmt(c, unit=' pts')}; mean {fmt(c['mean_drop'], unit=' pts')}"
     reading = c.get("reading") or (f"largest drop over widths, at {c['bits']} bits" if "bits" in c
                                    else "largest drop over widths")
     broken = [b for b, acc in (c.get("start_clean") or {}).items() if near_chance(acc)]
+    if any(v["ci_low"] > 5 for b, v in c["by_bits"].items() if b not in broken):
+        return Ruling(ours, "not reproduced", reading=reading)
     if broken:
         return Ruling(ours, "inconclusive", "the undefended start's clean accuracy is near chance at "
                       + ", ".join(f"{b} bits ({fmt(c['start_clean'][b], 100, ' %')})" for b in broken)
@@ -67,8 +68,6 @@ def verdict_c5(c: Mapping[str, Any]) -> Ruling:
     by = c["by_bits"].values()
     if all(v["ci_high"] <= 3 for v in by):
         return Ruling(ours, "reproduced", reading=reading)
-    if any(v["ci_low"] > 5 for v in by):
-        return Ruling(ours, "not reproduced", reading=reading)
     if c["mean_drop"]["ci_high"] <= 5:
         return Ruling(ours, "partly", reading=reading)
     return Ruling(ours, "inconclusive", f"the mean drop {fmt(c['mean_drop'], unit=' pts')} reaches above 5 points "

@@ -58,7 +58,8 @@ def ablation_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution
         inc[comp] = ci(bootstrap(lambda idx, var=var, base=base: base(idx) - var(idx), ev.n, n_boot))
     return {"C7": {"increase": inc, "excluded_bits": excluded, "n": ev.n, "seeds": list(meta["seeds"]),
                    "profile": meta["profile"], "metric": ROBUST_ACCURACY,
-                   "attack_strength": attack_strength(ev, [full, *removed.values()], exclude=adaptive_names(threats))}}
+                   "attack_strength": attack_strength(ev, [full, *removed.values()], exclude=adaptive_names(threats),
+                                                      collapsed=collapsed)}}
 
 
 def smallest_rise(c: Mapping[str, Any]) -> tuple[str, Mapping[str, float]]:

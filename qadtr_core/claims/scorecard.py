@@ -7,7 +7,7 @@ bare point values, and they can abstain:
 
 - *reproduced* / *partly* / *not reproduced* need the interval on the right side of the claim's
   threshold, and every attack behind the claim converged (doubling its steps added less than 2
-  points of white-box ASR, its white-box ASR is above its clean floor and its patch still moved:
+  points of white-box ASR, its white-box ASR is above its null floor and its patch still moved:
   :func:`qadtr_core.evaluation.strength.is_converged`);
 - *inconclusive* is the verdict where an attack has not converged or an interval straddles a threshold;
   the record says which (``reason``);

@@ -41,9 +41,13 @@ collapsed at any width it serves is entered as not defending even where no table
 rule reads *inconclusive* where one does not.
 
 Attack convergence is checked per attacked model (:func:`convergence`); each claim's
-``attack_strength`` keeps, per threat, the entry of the model behind that claim whose attack gained the
-most from its second half of steps (the worst case), so that an attack still improving against a
-defended model is not hidden by pooling it with the models it had already broken. Random search and EOT
+``attack_strength`` keeps, per threat, the entry of the model behind that claim on which the attack is
+least converged (the worst case: one where it did not converge, also one where it fooled nothing, else the
+one whose attack gained the most from its second half of steps), so that an attack still improving
+against a defended model, or failing on it outright, is not hidden by pooling it with the models it had
+already broken. An attack that fools nothing on a defended model is no evidence of robustness (perfect
+robustness and masked gradients read the same), so it holds the claim at *inconclusive*; cells a claim
+leaves out (collapsed ones) do not enter. Random search and EOT
 (supplementary attacks on what the gradient threats left, or on a randomised predictor) are shown in the
 chapters' convergence tables, but do not enter ``attack_strength``: on the images no gradient attack
 broke, a random search that breaks nothing is a finding, not an attack that "does nothing".
@@ -195,13 +199,17 @@ def convergence(ev: Evaluation) -> pd.DataFrame:
 
 
 def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
-                    exclude: Sequence[str] = ()) -> list[dict]:
+                    exclude: Sequence[str] = (), collapsed: Collection[tuple[str, int]] = ()) -> list[dict]:
     """One entry per evaluation attack (threat, except ``exclude``): the attacked model of ``defenses``
     (default: all; the transfer threat's only target, the FP surrogate, always counts) on which the attack
     is least converged, named "<threat> on <target>" (see :func:`convergence`): a model on which it did not
     converge first (also one it fooled nothing on: a no-op attack on one defense would credit that defense
-    with robustness), then the one whose attack gained most from its second half of steps."""
+    with robustness), then the one whose attack gained most from its second half of steps. The
+    ``collapsed`` (defense, bits) cells, which the claims leave out, do not count."""
     conv = convergence(ev)
+    gone = {(d, int(b)) for d, b in collapsed}
+    if gone:  # a row without a width (NaN) is no collapsed cell
+        conv = conv[[not (b == b and b is not None and (d, int(b)) in gone) for d, b in zip(conv.defense, conv.bits)]]
     out = []
     for threat, g in conv.groupby("threat", sort=False):
         if threat in exclude:

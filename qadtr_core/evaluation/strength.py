@@ -10,13 +10,13 @@ show it before they read any transfer:
 - :func:`image_patch_curve` reads the same curve off one run of the per-image attack (it records its
   best iterate per step and restart).
 - :class:`AttackStrength` is the record the scorecard keeps per attack: white-box ASR, the same
-  attack at half its steps, the clean floor, the steps, how far a universal patch moved between its
+  attack at half its steps, the null floor, the steps, how far a universal patch moved between its
   last two checkpoints, what a per-image attack cost (image-steps run against its full budget), and
   whether it converged.
 
 An attack converged (:func:`is_converged`) when doubling its steps added less than :data:`TOLERANCE`
-*and* it does something: its white-box ASR lies above its clean floor, and a patch that did not move
-between its last two checkpoints has stalled, not converged. An attack that fools nothing is never
+*and* it does something: its white-box ASR lies above its null floor (what a random patch scores), and a
+patch that did not move between its last two checkpoints has stalled, not converged. An attack that fools nothing is never
 converged, so that no claim is refuted by it.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ class AttackStrength:
     @property
     def converged(self) -> bool:
         """Converged by :func:`is_converged`: doubling the steps (from half to all) added less than
-        :data:`TOLERANCE`, the white-box ASR is above the clean floor and the patch still moved."""
+        :data:`TOLERANCE`, the white-box ASR is above the null floor and the patch still moved."""
         return self.why_not_converged() is None
 
     def why_not_converged(self) -> str | None:
@@ -114,7 +114,7 @@ def not_converged_reason(asr: float, asr_half_steps: float | None, tolerance: fl
     low = wilson(min(n, max(0, round(asr * n))), n).low if n > 0 else asr
     if not low > floor:
         bound = f" (lower bound {100 * low:.1f} %)" if n > 0 else ""
-        return (f"its white-box ASR, {100 * asr:.1f} %{bound}, is not above its clean floor, "
+        return (f"its white-box ASR, {100 * asr:.1f} %{bound}, is not above its null floor, "
                 f"{100 * floor:.1f} %: it does nothing")
     if not _unknown(checkpoint_linf) and not checkpoint_linf > 0:
         return "its patch did not move between its last two checkpoints (L-inf distance 0): stalled"

@@ -287,6 +287,8 @@ def relative_transfer_interval(outcomes: Mapping[tuple[str, str], Outcomes], nam
     rng = np.random.default_rng(seed)
     draws = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)])
     draws = draws[~np.isnan(draws)]
+    if not len(draws):  # no resample defines it
+        return Interval(point, float("nan"), float("nan"))
     return Interval(point, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975)))
 
 
