@@ -144,6 +144,19 @@ def test_pgd_stays_in_the_ball_and_in_range():
     assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
 
 
+def test_pgd_is_seeded_and_leaves_the_callers_random_stream_alone():
+    x, y = _images(4)
+    model = build_model("smallcnn")
+    torch.manual_seed(123)
+    expected = torch.rand(5)  # what the caller's stream gives next without an attack in between
+    torch.manual_seed(123)
+    a = pgd_attack(model, x, y, PGDConfig(steps=1, seed=7))
+    assert torch.equal(torch.rand(5), expected)
+    b = pgd_attack(model, x, y, PGDConfig(steps=1, seed=7))
+    c = pgd_attack(model, x, y, PGDConfig(steps=1, seed=8))
+    assert torch.equal(a, b) and not torch.equal(a, c)  # the random start follows the config's seed
+
+
 def test_asr_definitions_on_hand_made_predictions():
     y = torch.tensor([0, 1, 2, 0])
     r = untargeted_asr(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2, 2, 1]), y)

@@ -21,7 +21,10 @@ exactly those of running the restarts one after another, wherever a row's result
 many rows share its pass. That held in every check made on the CPU (tiny models, and 30 steps on a quantized
 ResNet-20); it is not guaranteed, since a math library may pick other kernels for a larger batch (a GPU one
 more often), and over hundreds of signed steps a last-bit difference can become another trajectory.
-``batch_size`` counts images: a pass holds up to ``batch_size x restarts`` rows.
+``batch_size`` counts images: a pass holds up to ``batch_size x restarts`` rows. The random draws (starts,
+locations, moves) are seeded per batch, by ``seed``, the index of the batch's first image and the restart,
+so a run repeats exactly at the same ``batch_size``; another ``batch_size`` draws other starts from the same
+distribution (the defenses' inner attacks, which trained the bundled models, depend on this scheme, so it stays).
 
 **Early stopping** (``early_stop=True``) attacks an image only while its record is open: restart ``r``
 stops attacking it from the step after it, or any earlier restart of the same image, first fooled it

@@ -49,9 +49,13 @@ def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, con
     if not torch.isfinite(images).all():
         raise ValueError("images must be finite")
     pgd = PGD(model, loss_func=_ce_per_image, lower_bound=0.0, upper_bound=1.0)
-    torch.manual_seed(config.seed)  # captum draws its random start from the global generator
-    # captum notes that it switches on input gradients itself: that warning is silenced
-    with eval_mode(model), input_gradients_only(model), warnings.catch_warnings():
+    # captum draws its random start from the global generator: it is seeded inside a fork of the global
+    # state, so the caller's own random stream is left as it was (captum notes that it switches on input
+    # gradients itself: that warning is silenced)
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), eval_mode(model), input_gradients_only(model), \
+            warnings.catch_warnings():
+        torch.manual_seed(config.seed)
         warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
         out = [pgd.perturb(images[i:i + batch_size], radius=config.eps, step_size=config.step_size,
                            step_num=config.steps, target=labels[i:i + batch_size], random_start=config.random_start)
