@@ -10,8 +10,9 @@ early stopping, on the clean-correct images among the first ``--n`` test images,
 reads), then reads off the one run the ASR at every halving of steps and restarts, and applies the study's
 doubling rule (:func:`~qadtr_core.evaluation.strength.not_converged_reason`, 2 points) to the larger of the
 two halvings. ``profiles.py`` records such a measurement on the 2-bit PBAT model; this script repeats it on
-any other model. It never trains: the model must be in the cache (``make import``). Measure on an
-otherwise idle machine.
+any other model. After every batch of 250 images it prints the same table over the images attacked so
+far, so a run stopped early still reports (on fewer images: its n says how many). It never trains: the
+model must be in the cache (``make import``). Measure on an otherwise idle machine.
 """
 from __future__ import annotations
 
@@ -49,6 +50,29 @@ def _pct(k: int, n: int) -> str:
     return f"{100 * k / max(n, 1):.1f} % [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
 
 
+def _report(success: torch.Tensor, s: int, r: int) -> None:
+    """The ASR table of ``success`` (images x restarts x steps + 1) at every halving, and the doubling rule."""
+    n = len(success)
+
+    def k(steps: int, restarts: int) -> int:
+        return int(success[:, :restarts, steps].any(1).sum())
+
+    restarts = sorted({max(1, r // 2), r})
+    print("| steps | " + " | ".join(f"ASR, {q} restart(s)" for q in restarts) + " |")
+    print("|---|" + "---|" * len(restarts))
+    steps = s
+    while steps >= max(1, s // 16):
+        print(f"| {steps} | " + " | ".join(_pct(k(steps, q), n) for q in restarts) + " |")
+        steps //= 2
+    full = k(s, r) / max(n, 1)
+    half_steps, half_restarts = k(s // 2, r) / max(n, 1), k(s, max(1, r // 2)) / max(n, 1)
+    half = min(half_steps, half_restarts) if r > 1 else half_steps
+    why = not_converged_reason(full, half, n=n)
+    print(f"doubling the steps adds {100 * (full - half_steps):.1f} points, doubling the restarts "
+          f"{100 * (full - half_restarts):.1f}: " + ("converged by the 2-point rule" if why is None
+                                                     else f"not converged ({why})"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--defense", choices=("qat", "pbat"), default="pbat",
@@ -81,33 +105,30 @@ def main(argv: list[str] | None = None) -> int:
     threat = WHITE_BOX[args.threat]
     cfg = attack_config(threat, args.steps, args.restarts, seed=0, location_opt=True, early_stop=True, loss="margin")
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    _, rec = craft([(model, args.bits)], [tm.record["config_hash"]], x[idx], y[idx], cfg, threat.region)
-    seconds = time.perf_counter() - t0
-    success = rec["success"].bool()
     n = len(idx)
-
-    def k(steps: int, restarts: int) -> int:
-        return int(success[:, :restarts, steps].any(1).sum())
-
     s, r = args.steps, args.restarts
+    t0 = time.perf_counter()
+    done: list[torch.Tensor] = []
+    ran = [0, 0]  # image-steps run, and their full budget, so far
+
+    def progress(offset: int, found) -> None:
+        # An interrupted run still reports: the table over the images attacked so far, after every batch.
+        done.append(found.success.bool())
+        ran[0], ran[1] = ran[0] + found.image_steps_run, ran[1] + found.image_steps_full_budget
+        seen = sum(len(d) for d in done)
+        if seen < n:
+            print(f"-- after {seen} of {n} images, {time.perf_counter() - t0:.0f} s, "
+                  f"{ran[0]:,} image-steps run of a full budget of {ran[1]:,}")
+            _report(torch.cat(done), s, r)
+            sys.stdout.flush()
+
+    _, rec = craft([(model, args.bits)], [tm.record["config_hash"]], x[idx], y[idx], cfg, threat.region,
+                   on_batch=progress)
+    seconds = time.perf_counter() - t0
     print(f"{args.defense} {args.bits} b seed {args.seed} (key {tm.record['config_hash'][:8]}), {args.threat}, "
           f"{n} clean-correct of the first {args.n} test images, {s} x {r}, {args.threads} thread(s), "
           f"{seconds:.0f} s (0 s: read from the cache), load average before {load:.2f}, after {os.getloadavg()[0]:.2f}")
-    restarts = sorted({max(1, r // 2), r})
-    print("| steps | " + " | ".join(f"ASR, {q} restart(s)" for q in restarts) + " |")
-    print("|---|" + "---|" * len(restarts))
-    steps = s
-    while steps >= max(1, s // 16):
-        print(f"| {steps} | " + " | ".join(_pct(k(steps, q), n) for q in restarts) + " |")
-        steps //= 2
-    full = k(s, r) / max(n, 1)
-    half_steps, half_restarts = k(s // 2, r) / max(n, 1), k(s, max(1, r // 2)) / max(n, 1)
-    half = min(half_steps, half_restarts) if r > 1 else half_steps
-    why = not_converged_reason(full, half, n=n)
-    print(f"doubling the steps adds {100 * (full - half_steps):.1f} points, doubling the restarts "
-          f"{100 * (full - half_restarts):.1f}: " + ("converged by the 2-point rule" if why is None
-                                                     else f"not converged ({why})"))
+    _report(rec["success"].bool(), s, r)
     return 0
 
 

@@ -223,6 +223,22 @@ def test_early_stop_targeted_and_split_into_batches():
         assert torch.equal(model(early.apply(x)).argmax(1) == 8, early.fooled_within(10))
 
 
+def test_on_batch_reports_each_batch_in_order_and_changes_nothing():
+    model = _tiny(2)
+    x, y = _data(model, 23)
+    cfg = ImagePatchConfig(size=6, steps=6, step_size=0.1, restarts=2, location_opt=True, early_stop=True, seed=5)
+    seen: list[tuple[int, torch.Tensor, int]] = []
+    got = image_patch_attack(model, x, y, cfg, batch_size=10,
+                             on_batch=lambda i, f: seen.append((i, f.success, f.image_steps_run)))
+    plain = image_patch_attack(model, x, y, cfg, batch_size=10)
+    assert [i for i, _, _ in seen] == [0, 10, 20] and [len(s) for _, s, _ in seen] == [10, 10, 3]
+    assert torch.equal(torch.cat([s for _, s, _ in seen]), got.success)
+    assert sum(k for _, _, k in seen) == got.image_steps_run
+    assert torch.equal(got.success, plain.success) and torch.equal(got.patches, plain.patches)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        image_patch_attack(model, x, y, cfg, batch_size=0)
+
+
 def test_strength_records_carry_the_image_steps():
     s = AttackStrength("x", 0.9, 0.895, 0.0, 100, 500)
     assert s.image_steps_run is None and s.image_steps_full_budget is None and s.converged

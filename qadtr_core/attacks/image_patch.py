@@ -43,6 +43,7 @@ transfers better. :attr:`ImagePatches.image_steps_run` says what a run cost agai
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -209,13 +210,21 @@ def _fooled(logits: torch.Tensor, y: torch.Tensor, target: int | None) -> torch.
 
 
 def image_patch_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                       config: ImagePatchConfig = ImagePatchConfig(), batch_size: int = 250) -> ImagePatches:
+                       config: ImagePatchConfig = ImagePatchConfig(), batch_size: int = 250,
+                       on_batch: Callable[[int, ImagePatches], None] | None = None) -> ImagePatches:
     """Craft one patch per image against ``model`` at its current bit-width (see module doc); ``batch_size``
-    images at a time, each pass holding their ``config.restarts`` restarts side by side."""
+    images at a time, each pass holding their ``config.restarts`` restarts side by side. ``on_batch(offset,
+    found)``, if given, is called after each batch with its first image's index and its result (progress
+    for long runs; it changes nothing)."""
     if not torch.isfinite(images).all():
         raise ValueError("images must be finite")
-    parts = [_attack_batch(model, images[i:i + batch_size], labels[i:i + batch_size], config, i)
-             for i in range(0, len(images), batch_size)]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    parts = []
+    for i in range(0, len(images), batch_size):
+        parts.append(_attack_batch(model, images[i:i + batch_size], labels[i:i + batch_size], config, i))
+        if on_batch is not None:
+            on_batch(i, parts[-1])
     patches = torch.cat([p.patches for p in parts])
     place = Placement(*(torch.cat([getattr(p.placement, f) for p in parts]) for f in ("rows", "cols", "angles", "scales")))
     return ImagePatches(patches, place, parts[0].mask, torch.cat([p.success for p in parts]),

@@ -121,34 +121,36 @@ class _InBox(nn.Module):
 
 
 def _image_patches(target: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ImagePatchConfig,
-                   region: str) -> dict[str, torch.Tensor]:
+                   region: str, on_batch=None) -> dict[str, torch.Tensor]:
     """Rao et al.'s per-image attack; for ``region="centre"`` run on the central box's crop (see :class:`_InBox`)."""
     if region != "centre":
-        found = image_patch_attack(target, x, y, cfg)
+        found = image_patch_attack(target, x, y, cfg, on_batch=on_batch)
         return {"patches": found.patches, "rows": found.placement.rows, "cols": found.placement.cols,
                 "success": found.success}
     r, col, h, w = central_box(CENTRE, x.shape[-1])
     n = len(x)
     code = ((torch.arange(n, dtype=x.dtype, device=x.device) + 0.5) / n)[:, None, None, None].expand(n, 1, h, w)
     z = torch.cat([x[:, :, r:r + h, col:col + w], code], 1)
-    found = image_patch_attack(_InBox(target, x, (r, col, h, w)), z, y, cfg, batch_size=max(1, n))
+    found = image_patch_attack(_InBox(target, x, (r, col, h, w)), z, y, cfg, batch_size=max(1, n), on_batch=on_batch)
     return {"patches": found.patches[:, :x.shape[1]], "rows": found.placement.rows + r,
             "cols": found.placement.cols + col, "success": found.success}
 
 
 def craft(members: Sequence[Member], hashes: Sequence[str], x: torch.Tensor, y: torch.Tensor,
-          cfg: ImagePatchConfig, region: str = "outside centre") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+          cfg: ImagePatchConfig, region: str = "outside centre", on_batch=None
+          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Patched ``x`` crafted against ``members`` (one: white-box; several: their ensemble), and the record.
 
     The record holds ``ok`` (the attacked target classifies the clean image correctly) and the
     attack's ``success`` curve (:attr:`ImagePatches.success`). Patches and locations, not images, are
-    cached, so a cache built on one device serves another.
+    cached, so a cache built on one device serves another. ``on_batch`` is passed to
+    :func:`~qadtr_core.attacks.image_patch.image_patch_attack` (progress; not called on a cache hit).
     """
     def compute() -> dict[str, torch.Tensor]:
         target = Ensemble(members) if len(members) > 1 else set_bits(members[0][0], members[0][1])
         with torch.no_grad():
             ok = predict(target, x) == y
-        found = _image_patches(target, x, y, cfg, region)
+        found = _image_patches(target, x, y, cfg, region, on_batch)
         return {"patches": found["patches"].cpu(), "rows": found["rows"].cpu(), "cols": found["cols"].cpu(),
                 "success": found["success"].cpu(), "ok": ok.cpu()}
 
