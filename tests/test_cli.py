@@ -190,8 +190,38 @@ def test_worker_pool_builds_the_same_bytes_in_dependency_order(tmp_path):
 
 
 def test_book_build_refuses_models_only(capsys):
-    with pytest.raises(SystemExit, match="--book"):
-        cli.main(["build", "--profile", "smoke", "--book", "book/results", "--dry-run", "--models-only"])
+    assert cli.main(["build", "--profile", "smoke", "--book", "book/results", "--dry-run", "--models-only"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--book book/results executes the chapters: drop --models-only" in err[0]
+    assert cli.main(["build", "--profile", "smoke", "--scheduler", "local", "--workers", "2", "--dry-run"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="--book"):
+        cli.main(["--debug", "build", "--profile", "smoke", "--book", "b", "--dry-run", "--models-only"])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["import"], "the following arguments are required: archive"),
+    (["status", "--profile", "huge"], "argument --profile: invalid choice: 'huge'"),
+    (["build", "--workers", "two"], "argument --workers: invalid int value: 'two'"),
+    (["launch"], "argument command: invalid choice: 'launch'"),
+])
+def test_a_bad_argument_prints_one_line_and_exits_2(argv, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and match in err[0] and "usage:" not in captured.err and captured.out == ""
+
+
+def test_a_junk_archive_prints_one_line(tmp_path, capsys):
+    for name, data in (("junk.tar.xz", b"not an archive at all\n" * 40), ("empty.tar", b"")):
+        (tmp_path / name).write_bytes(data)
+        assert cli.main(["import", str(tmp_path / name), "--root", str(tmp_path / "cache")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("qadtr import: error: ") and name in err[0]
+        assert "not a tar archive (plain, gzip, bzip2 or xz)" in err[0] and "method gz" not in err[0]
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))
 
 
 def test_the_default_build_runs_the_defenses_chapter_at_every_defense_seed():

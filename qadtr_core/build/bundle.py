@@ -53,6 +53,13 @@ _SKIP_NAMES = ("train_state.pt", "train_state.pt.sha256")
 _UNREADABLE = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
+def _reason(e: BaseException) -> str:
+    """Why an archive was refused, on one line (tarfile lists every compression it tried, one per line)."""
+    if isinstance(e, tarfile.ReadError) and str(e).startswith("file could not be opened successfully"):
+        return "not a tar archive (plain, gzip, bzip2 or xz)"
+    return " ".join(str(e).split())
+
+
 class BundleError(RuntimeError):
     """An archive could not be exported or was refused on import; the message names the archive and why."""
 
@@ -203,7 +210,7 @@ def read_manifest(archive: Path) -> dict[str, Any]:
             manifest = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
         _check_manifest(manifest)
     except (*_UNREADABLE, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise BundleError(f"{archive}: refused: {e}") from e
+        raise BundleError(f"{archive}: refused: {_reason(e)}") from e
     return manifest
 
 
@@ -299,7 +306,7 @@ def import_bundle(archive: Path, root: Path | None = None,
             manifest = _extract_verified(archive, staging / "new")
         except (*_UNREADABLE, ValueError, KeyError, TypeError, AttributeError) as e:
             kind = "truncated or corrupt archive" if isinstance(e, _UNREADABLE) else "refused"
-            raise BundleError(f"{archive}: {kind}: {e}; the artifact cache at {root} was not changed") from e
+            raise BundleError(f"{archive}: {kind}: {_reason(e)}; the artifact cache at {root} was not changed") from e
         if prepare is None and manifest.get("kind") == "models":
             raise BundleError(f"{archive}: a models bundle with compact weights: import it with `qadtr import` "
                               f"(qadtr_core.build.models_bundle.import_models); the artifact cache at {root} was not changed")

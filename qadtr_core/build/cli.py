@@ -23,10 +23,24 @@ from pathlib import Path
 from ..profiles import PROFILES
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``qadtr import: error: ... (see --help)`` and exit status 2, no usage text
+    (its subcommand parsers are of this class too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: object) -> str:
+    """``text`` on one line: its whitespace runs, newlines included, folded into single spaces."""
+    return " ".join(str(text).split())
+
+
 def _parser() -> argparse.ArgumentParser:
     from ..utils import default_device
 
-    ap = argparse.ArgumentParser(prog="qadtr", description="Build and inspect the QADT-R study's artifact cache.")
+    ap = _Parser(prog="qadtr", description="Build and inspect the QADT-R study's artifact cache.")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="prebuild the artifact cache of a profile (models, then chapter notebooks)")
@@ -74,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--missing-only", action="store_true",
                    help="a models bundle: import it only when it is --profile's and the cache lacks one of its models")
     i.add_argument("--profile", default="quick", choices=list(PROFILES), help="with --missing-only (default: %(default)s)")
-    for p in sub.choices.values():
-        p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    for p in sub.choices.values():  # also after the subcommand; SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return ap
 
 
@@ -85,10 +99,10 @@ def _build(args: argparse.Namespace) -> int:
     from . import jobs
 
     if args.scheduler and args.workers != 1:
-        raise SystemExit(f"--workers {args.workers} runs jobs in local processes; with --scheduler {args.scheduler} the "
+        raise ValueError(f"--workers {args.workers} runs jobs in local processes; with --scheduler {args.scheduler} the "
                          f"cluster's workers run them: give one of the two")
     if args.book is not None and args.models_only:
-        raise SystemExit(f"--book {args.book} executes the chapters: drop --models-only")
+        raise ValueError(f"--book {args.book} executes the chapters: drop --models-only")
     graph = jobs.build_graph(args.profile, args.seeds, only=args.only, models_only=args.models_only)
     todo = jobs.to_run(graph, book=args.book)
     print(f"{args.profile}: {len(graph)} jobs, {len(graph) - len(todo)} cached, {len(todo)} to run "
@@ -198,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, ValueError, FileNotFoundError) as e:
         if args.debug:
             raise
-        print(f"qadtr {args.command}: error: {e}", file=sys.stderr)
+        print(f"qadtr {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 
