@@ -7,7 +7,7 @@ returns a plain DataFrame of strings and numbers; :func:`show` renders one witho
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import pandas as pd
 from pandas.io.formats.style import Styler
@@ -153,11 +153,29 @@ def random_precision_display(rp: pd.DataFrame) -> pd.DataFrame:
 def convergence_display(conv: pd.DataFrame) -> pd.DataFrame:
     """:func:`~qadtr_core.evaluation.defense_metrics.convergence` for reading, largest gap first."""
     t = conv.sort_values("gap", ascending=False)
+    floor = t.null_floor if "null_floor" in t else [float("nan")] * len(t)
     return pd.DataFrame({"threat": t.threat, "attacked model": t.target, "steps (queries)": t.steps, "n": t.n,
                          "white-box ASR (%)": [pct(100 * v) for v in t.white_box_asr],
-                         "at half the steps (%)": [pct(100 * v) for v in t.white_box_asr_half_steps],
+                         "at half the budget (%)": [pct(100 * v) for v in t.white_box_asr_half_steps],
                          "gain (points)": [pct(100 * v) for v in t.gap],
+                         "null floor (%)": [pct(100 * v) for v in floor],
                          "converged": ["yes" if c else "no" for c in t.converged]})
+
+
+def attack_strength_display(strength: Sequence[Mapping]) -> pd.DataFrame:
+    """A claim's ``attack_strength`` entries for reading: percent, the gain from doubling in points."""
+    s = list(strength)
+    return pd.DataFrame({"attack": [a["name"] for a in s], "steps": [a["steps"] for a in s],
+                         "n": [a.get("n", "-") for a in s],
+                         "white-box ASR (%)": [pct(100 * a["white_box_asr"]) for a in s],
+                         "at half the budget (%)": [pct(None if a["white_box_asr_half_steps"] is None
+                                                        else 100 * a["white_box_asr_half_steps"]) for a in s],
+                         "gain from doubling (points)": [pct(None if a["white_box_asr_half_steps"] is None else
+                                                             100 * (a["white_box_asr"] - a["white_box_asr_half_steps"]))
+                                                         for a in s],
+                         "null floor (%)": [pct(100 * (a.get("clean_floor") or 0.0)) for a in s]},
+                        columns=["attack", "steps", "n", "white-box ASR (%)", "at half the budget (%)",
+                                 "gain from doubling (points)", "null floor (%)"])
 
 
 def claim_by_bits(claims: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pd.DataFrame:

@@ -210,6 +210,11 @@ def test_defends_table_beats_start_only_with_an_interval_above_zero_and_no_colla
     pbat = t[(t.defense == "PBAT") & (t.bits == "mean")].iloc[0]
     assert pbat.difference == pytest.approx(40) and pbat.ci_low > 0 and pbat.asr == pytest.approx(40)
     assert t[(t.defense == "QADT-R") & (t.bits == "2")].iloc[0].collapsed
+    # a collapse at a width the table does not evaluate (PBAT at 8 bits: only 4 and 2 were attacked) still
+    # means "does not defend", as the claims read it
+    t8 = defends_table(_pi(spec), {"PBAT": "8x8 square"}, {"PBAT": "QAT"}, collapsed={("PBAT", 8)}, n_boot=200)
+    assert defends_of(t8) == {"PBAT": False} and t8[t8.bits == "mean"].iloc[0].collapsed
+    assert not t8[t8.bits != "mean"].collapsed.any()  # the evaluated widths themselves are not flagged
 
 
 def _iv(v, half=1.0):
@@ -431,3 +436,13 @@ def test_the_defense_attack_loss_is_the_profiles_and_nothing_else():
     assert attack_config(SQUARE, 10, 1, 0, loss="margin").loss == "margin"
     with pytest.raises(ValueError, match="defense_attack_loss must be 'ce' or 'margin', got 'hinge'"):
         replace(get_profile("smoke"), defense_attack_loss="hinge")
+
+
+def test_attack_strength_reads_in_percent_and_points():
+    from qadtr_core.tables import attack_strength_display
+
+    t = attack_strength_display([{"name": "8x8 square on PBAT 2 b", "white_box_asr": 0.976, "white_box_asr_half_steps": 0.966,
+                                  "clean_floor": 0.05, "steps": 1600, "n": 413},
+                                 {"name": "x", "white_box_asr": 0.5, "white_box_asr_half_steps": None, "steps": 10}])
+    assert list(t.iloc[0]) == ["8x8 square on PBAT 2 b", 1600, 413, "97.6", "96.6", "1.0", "5.0"]
+    assert list(t.iloc[1])[3:] == ["50.0", "-", "-", "0.0"] and t.columns[3] == "white-box ASR (%)"

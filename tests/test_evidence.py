@@ -412,3 +412,11 @@ def test_the_answer_figure_draws_each_points_interval():
     for s in segments:  # each bar's x is one of the plotted points' x
         pts = [tuple(np.round(p, 6)) for line in fig.axes[0].lines for p in line.get_xydata()]
         assert any(abs(s[0, 0] - px) < 1e-6 for px, _ in pts)
+
+
+def test_an_attack_that_loses_its_asr_on_doubling_is_unstable_not_converged():
+    from qadtr_core.evaluation.strength import is_converged, not_converged_reason
+
+    assert not is_converged(0.40, 0.60, n=500)
+    assert "lowered its white-box ASR by 20.0 points: unstable" in not_converged_reason(0.40, 0.60, n=500)
+    assert is_converged(0.595, 0.60, n=500)  # a loss within the tolerance is a plateau

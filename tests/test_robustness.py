@@ -291,6 +291,47 @@ def test_attack_convergence_is_per_model_and_claims_keep_the_worst_defended_one(
     assert [e["name"] for e in kept] == ["8x8 square on PBAT 4 b", "transfer from FP surrogate on FP surrogate 32 b"]
 
 
+def test_a_defense_attack_no_better_than_a_random_patch_is_not_converged():
+    """The null floor of a white-box cell (a random patch per image at the attack's places): an attack fooling
+    3 % where random patches fool 5 % does nothing, however flat its curve; the claims' entry says so."""
+    rows = [{"threat": SEEN, "target": "PBAT 2 b", "defense": "PBAT", "bits": 2, "steps": 10, "n_ok": 500,
+             "k_full": 15, "k_half": 15, "k_floor": 25},
+            {"threat": BAR, "target": "PBAT 2 b", "defense": "PBAT", "bits": 2, "steps": 10, "n_ok": 500,
+             "k_full": 300, "k_half": 299, "k_floor": 25}]
+    ev = Evaluation(pd.DataFrame(), pd.DataFrame(rows), 500)
+    conv = convergence(ev)
+    assert list(conv.converged) == [False, True] and list(conv.null_floor) == [0.05, 0.05]
+    entry = {e["name"]: e for e in attack_strength(ev, ["PBAT"])}[f"{SEEN} on PBAT 2 b"]
+    assert entry["clean_floor"] == pytest.approx(0.05)
+    from qadtr_core.evaluation.strength import not_converged_reason
+    assert "null floor" in not_converged_reason(entry["white_box_asr"], entry["white_box_asr_half_steps"],
+                                                clean_floor=entry["clean_floor"], n=entry["n"])
+    # without a measured floor (older records) the floor is 0 and the same attack reads converged
+    old = convergence(Evaluation(pd.DataFrame(), pd.DataFrame(rows).drop(columns="k_floor"), 500))
+    assert list(old.converged) == [True, True]
+
+
+def test_the_white_box_cells_record_their_random_patch_floor(tmp_path, monkeypatch):
+    """evaluate_threats measures the null floor of every white-box cell, on the images that cell attacked,
+    with a random patch per image at the places its attack chose (the same count by hand)."""
+    from qadtr_core.evaluation.transfer import random_patch_floor, rate_of
+    from qadtr_core.patches import Placement
+    from qadtr_core.utils import stream_seed
+
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
+    d = synthetic_cifar(8, 40)
+    x, y = d.x_test.float() / 255, d.y_test
+    m = _tm(2)
+    ev = evaluate_threats({"m": {32: m}}, x, y, threats=(THREATS[0],), steps=2, progress=False)
+    row = ev.strength.iloc[0]
+    ok = (set_bits(m.model, 32)(x).argmax(1) == y).nonzero()[:, 0]
+    cfg = attack_config(THREATS[0], 2, 1, 0, False, early_stop=True)
+    _, rec = craft([(m.model, 32)], ["model2"], x[ok], y[ok], cfg, THREATS[0].region)
+    place = Placement(rec["rows"], rec["cols"], torch.zeros(len(ok)), torch.ones(len(ok)))
+    k, n = rate_of(random_patch_floor(m.model, 32, x[ok], y[ok], 8, place, seed=stream_seed(0, 41), per_image=True))
+    assert (row.n_ok, row.k_floor) == (n, k) == (len(ok), k) and "null_floor" in convergence(ev)
+
+
 def test_ablation_claim_by_hand_on_robust_accuracy():
     spec = {}
     for d, a in [("QADT-R", 30), ("without A-QAPA", 40), ("without DBWT", 29), ("without GIR", 35)]:
@@ -335,4 +376,20 @@ def test_the_strength_record_counts_an_image_fooled_by_any_restart():
     success[0, 0, 2:] = True  # image 0: the first restart, from step 2
     success[1, 1, 4:] = True  # image 1: the second restart, only at the last step
     row = _strength_row(THREATS[0], "m 2 b", {"ok": torch.tensor([True, True, True]), "success": success}, 4, "m", 2)
+    # half the steps keeps image 0 only; half the restarts (the first) keeps image 0 only as well
     assert (row["n_ok"], row["k_full"], row["k_half"]) == (3, 2, 1)
+
+
+def test_the_halved_defense_attack_is_half_the_steps_or_half_the_restarts_whichever_fools_fewer():
+    """An attack whose every success comes from its last restart, early in its steps, halves to nothing by
+    halving its restarts (not its steps): the doubling rule must see it (as image_patch_strength does)."""
+    from qadtr_core.evaluation.robustness import _strength_row
+
+    n = 500
+    success = torch.zeros(n, 4, 11, dtype=torch.bool)
+    success[:200, 3, 1:] = True  # 200 images, fooled by restart 4 of 4 from its first step
+    ok = torch.ones(n, dtype=torch.bool)
+    row = _strength_row(THREATS[0], "m 2 b", {"ok": ok, "success": success}, 10, "m", 2)
+    assert (row["k_full"], row["k_half"]) == (200, 0)
+    one = _strength_row(THREATS[0], "m 2 b", {"ok": ok, "success": success[:, 3:]}, 10, "m", 2)
+    assert (one["k_full"], one["k_half"]) == (200, 200)  # one restart: only the steps halve

@@ -45,8 +45,9 @@ Attack convergence is checked per attacked model (:func:`convergence`); each cla
 least converged (the worst case: one where it did not converge, also one where it fooled nothing, else the
 one whose attack gained the most from its second half of steps), so that an attack still improving
 against a defended model, or failing on it outright, is not hidden by pooling it with the models it had
-already broken. An attack that fools nothing on a defended model is no evidence of robustness (perfect
-robustness and masked gradients read the same), so it holds the claim at *inconclusive*; cells a claim
+already broken. An attack that fools nothing on a defended model, or no more than a random patch at the
+same places does (its null floor), is no evidence of robustness (perfect robustness and masked gradients
+read the same), so it holds the claim at *inconclusive*; cells a claim
 leaves out (collapsed ones) do not enter. Random search and EOT
 (supplementary attacks on what the gradient threats left, or on a randomised predictor) are shown in the
 chapters' convergence tables, but do not enter ``attack_strength``: on the images no gradient attack
@@ -186,16 +187,20 @@ def excluded_widths(bits: Sequence[int], who: Sequence[str], collapsed: Collecti
 
 def convergence(ev: Evaluation) -> pd.DataFrame:
     """Per crafting attack (threat x attacked model: a defense at one width, its ensemble or random
-    predictor, the surrogate): white-box ASR after all and after half its steps (random search: queries;
-    fractions), the gap and whether it converged."""
+    predictor, the surrogate): white-box ASR after all and after half its budget (half the steps or half the
+    restarts, whichever fools fewer; random search: queries; fractions), its null floor (``null_floor``: a
+    uniformly random patch per image at the places the attack chose, on the same images; 0 where not
+    measured: the surrogate, EOT, random search), the gap and whether it converged (the doubling rule, and its
+    ASR's Wilson lower bound above the floor: an attack no better than a random patch does nothing)."""
     st = ev.strength
     n = st.n_ok.clip(lower=1)
-    out = st.assign(n=st.n_ok, white_box_asr=st.k_full / n, white_box_asr_half_steps=st.k_half / n)
+    floor = (st.k_floor / n).fillna(0.0) if "k_floor" in st else pd.Series(0.0, index=st.index)
+    out = st.assign(n=st.n_ok, white_box_asr=st.k_full / n, white_box_asr_half_steps=st.k_half / n, null_floor=floor)
     out = out.assign(gap=out.white_box_asr - out.white_box_asr_half_steps)
-    out["converged"] = [is_converged(a, h, n=int(k)) for a, h, k in zip(out.white_box_asr, out.white_box_asr_half_steps,
-                                                                       out.n)]
+    out["converged"] = [is_converged(a, h, clean_floor=f, n=int(k)) for a, h, f, k in
+                        zip(out.white_box_asr, out.white_box_asr_half_steps, out.null_floor, out.n)]
     return out[["threat", "target", "defense", "bits", "steps", "n", "white_box_asr", "white_box_asr_half_steps",
-                "gap", "converged"]]
+                "null_floor", "gap", "converged"]]
 
 
 def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
@@ -221,7 +226,7 @@ def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
         r = g.loc[g.assign(open_=~g.converged.astype(bool)).sort_values(["open_", "gap"], ascending=False,
                                                                           kind="stable").index[0]]
         out.append({"name": f"{threat} on {r.target}", "white_box_asr": float(r.white_box_asr),
-                    "white_box_asr_half_steps": float(r.white_box_asr_half_steps), "clean_floor": 0.0,
+                    "white_box_asr_half_steps": float(r.white_box_asr_half_steps), "clean_floor": float(r.null_floor),
                     "steps": int(r.steps), "n": int(r.n)})
     return out
 
@@ -269,7 +274,7 @@ def defends_table(per_image: pd.DataFrame, seen: Mapping[str, str | None], start
             continue
         stack = np.stack(diffs)
         m = bootstrap(lambda idx, stack=stack: 100 * stack[:, idx].mean(-1).mean(0), stack.shape[1], n_boot)
-        any_c = any(r["collapsed"] for r in per)
+        any_c = any(dd == d for dd, _ in flagged)  # a collapse at any width it serves, evaluated here or not
         rows.extend(per)
         rows.append({"defense": d, "start": start, "threat": threat, "bits": "mean",
                      "robust": float(np.mean([r["robust"] for r in per])),

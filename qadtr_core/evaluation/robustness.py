@@ -52,6 +52,7 @@ from ..stats import bootstrap_mean, wilson
 from ..utils import Member, fingerprint, seeded_generator, stream_seed
 from ..zoo import TrainedModel
 from .threats import CENTRE, EOT_THREAT, THREATS, WORST, PatchDistribution, Threat, white_box_twin
+from .transfer import random_patch_floor, rate_of
 
 RP_SEED_OFFSET = 5151  # the random-precision draws of the evaluation never share a seed with an attack
 PGD_THREAT = "L-inf PGD 8/255, 20 steps"  # DWQ's own training threat, for the "does it defend" table
@@ -228,14 +229,33 @@ class Evaluation:
     random_precision: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+def _floor_hits(model: nn.Module, bits: int, x: torch.Tensor, y: torch.Tensor, threat: Threat,
+                rec: Mapping[str, torch.Tensor], seed: int) -> int:
+    """The null of a white-box cell: images of ``x`` (all clean-correct) that a uniformly random patch of the
+    threat's size and shape, one per image, at the places the attack chose (``rec``), already fools."""
+    place = Placement(rec["rows"], rec["cols"], torch.zeros(len(x)), torch.ones(len(x)))
+    k, _ = rate_of(random_patch_floor(model, bits, x, y, threat.size, place, shape=threat.shape,
+                                      seed=stream_seed(seed, 41), per_image=True))
+    return k
+
+
 def _strength_row(threat: Threat, target: str, rec: Mapping[str, torch.Tensor], steps: int, defense: str,
-                  bits: int | None) -> dict:
+                  bits: int | None, k_floor: int | None = None) -> dict:
     ok, success = rec["ok"].bool(), rec["success"].bool()
     # fooled by any restart within all / half the steps (as ImagePatches.fooled_within), with or without
-    # early stopping: under early stopping a restart's record is cumulative, without it each restart's own
-    full, half = success[:, :, steps].any(1), success[:, :, steps // 2].any(1)
-    return {"threat": threat.name, "target": target, "defense": defense, "bits": bits, "steps": steps,
-            "n_ok": int(ok.sum()), "k_full": int((full & ok).sum()), "k_half": int((half & ok).sum())}
+    # early stopping: under early stopping a restart's record is cumulative, without it each restart's own.
+    # The halved attack is half the steps or half the restarts, whichever fools fewer (as image_patch_strength),
+    # so a budget still short in either dimension shows.
+    n_r = success.shape[1]
+    full, half_steps = success[:, :, steps].any(1), success[:, :, steps // 2].any(1)
+    k_half = int((half_steps & ok).sum())
+    if n_r > 1:
+        k_half = min(k_half, int((success[:, :n_r // 2, steps].any(1) & ok).sum()))
+    row = {"threat": threat.name, "target": target, "defense": defense, "bits": bits, "steps": steps,
+           "n_ok": int(ok.sum()), "k_full": int((full & ok).sum()), "k_half": k_half}
+    if k_floor is not None:  # the cell's null (_floor_hits), among the same images
+        row["k_floor"] = int(k_floor)
+    return row
 
 
 def _rs_strength_row(threat: Threat, target: str, rec: Mapping[str, torch.Tensor], queries: int, defense: str,
@@ -327,8 +347,10 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
                 broken = torch.zeros(n, dtype=torch.bool)
                 if len(idx) and t.source == "white-box":  # scored where it was crafted: stop once fooled
                     cfg = attack_config(t, steps, restarts, seed, location_opt, early_stop=True, loss=loss)
-                    adv, rec = craft([(model, b)], [h], x[idx.to(x.device)], y[idx.to(y.device)], cfg, t.region)
-                    strength.append(_strength_row(t, f"{name} {b} b", rec, steps, name, b))
+                    xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
+                    adv, rec = craft([(model, b)], [h], xs, ys, cfg, t.region)
+                    floor = _floor_hits(model, b, xs, ys, t, rec, seed)
+                    strength.append(_strength_row(t, f"{name} {b} b", rec, steps, name, b, floor))
                     set_bits(model, b)
                     broken[idx] = _pred(model, adv) != y_cpu[idx]
                 elif len(idx):

@@ -109,6 +109,8 @@ def not_converged_reason(asr: float, asr_half_steps: float | None, tolerance: fl
     gain = asr - asr_half_steps
     if not gain < tolerance:
         return f"doubling its steps still added {100 * gain:.1f} points of white-box ASR"
+    if not gain > -tolerance:  # a universal patch can lose what it had: its last checkpoint is no plateau
+        return f"doubling its steps lowered its white-box ASR by {-100 * gain:.1f} points: unstable"
     floor = 0.0 if _unknown(clean_floor) else float(clean_floor)
     n = int(n or 0)
     low = wilson(min(n, max(0, round(asr * n))), n).low if n > 0 else asr
@@ -123,9 +125,10 @@ def not_converged_reason(asr: float, asr_half_steps: float | None, tolerance: fl
 
 def is_converged(asr: float, asr_half_steps: float | None, tolerance: float = TOLERANCE,
                  clean_floor: float | None = 0.0, n: int | None = 0, checkpoint_linf: float | None = None) -> bool:
-    """Whether an attack converged: going from half the steps to all of them added less than
-    ``tolerance``, *and* its white-box excess over ``clean_floor`` is positive (the Wilson lower bound of
-    its ASR on ``n`` images lies above the floor; the point value where ``n`` is unknown), *and*, where
+    """Whether an attack converged: going from half the steps to all of them changed its ASR by less than
+    ``tolerance`` (a gain as large is an attack still improving, a loss as large an unstable one), *and* its
+    white-box excess over ``clean_floor`` is positive (the Wilson lower bound of its ASR on ``n`` images lies
+    above the floor; the point value where ``n`` is unknown), *and*, where
     the L-inf distance between its last two checkpoint patches is known, the patch moved (a distance of
     0 is a stalled optimiser). An unknown half-steps ASR (None or NaN) never counts as converged, nor
     does an attack that fools nothing: ``is_converged(0, 0)`` is False."""
@@ -148,7 +151,7 @@ def converge_universal(attack: UniversalPatchAttack, white_box: Callable[[torch.
     the curve (one row per checkpoint and evaluation: steps, rate, k, n, Wilson interval, and
     ``checkpoint_linf``, the L-inf distance of the checkpoint's patch from the previous one, NaN at the
     first) and the patch at every checkpoint (so that any other model can be evaluated on the same curve later).
-    Stops after the first checkpoint where the gain over the previous one is below ``tolerance`` and
+    Stops after the first checkpoint whose ASR differs from the previous one's by less than ``tolerance`` and
     the attack has seen at least ``min_passes`` passes over its training images (so that an early
     plateau, before the patch has met most images, does not pass for convergence), or at the
     configured ``steps`` (then the last row's ``budget_exhausted`` is True unless the rule was met).
@@ -172,7 +175,7 @@ def converge_universal(attack: UniversalPatchAttack, white_box: Callable[[torch.
                          "ci_low": ci.low, "ci_high": ci.high, "checkpoint_linf": moved})
             if name == "white-box":
                 seen = end * cfg.batch_size / max(1, len(attack.images))
-                stop = previous is not None and r.value - previous < tolerance and seen >= min_passes
+                stop = previous is not None and abs(r.value - previous) < tolerance and seen >= min_passes
                 previous = r.value
         if stop:
             break
@@ -183,7 +186,7 @@ def converge_universal(attack: UniversalPatchAttack, white_box: Callable[[torch.
 
 def _met(curve: pd.DataFrame, tolerance: float) -> bool:
     wb = curve[curve["evaluated on"] == "white-box"].asr.tolist()
-    return len(wb) >= 2 and wb[-1] - wb[-2] < tolerance
+    return len(wb) >= 2 and abs(wb[-1] - wb[-2]) < tolerance
 
 
 def universal_strength(name: str, curve: pd.DataFrame, clean_floor: float,
