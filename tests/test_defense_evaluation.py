@@ -236,6 +236,21 @@ def test_claims_resting_on_a_defense_that_does_not_defend_are_inconclusive():
     strong4 = {**_iv(12.0), "at_low_bits": {"bits": 2, **_iv(20.0, 4)}, "pbat_gap": _iv(15.0), "attack_strength": CONV}
     assert verdict_c4(strong4)[1] == "reproduced"
     assert verdict_c4({**strong4, "defends": {"PBAT": False}})[1] == "inconclusive"
+    # PBAT's own gap surely negative refutes the claim, however large the gap relative to the undefended model
+    neg4 = {**_iv(8.0, 3), "at_low_bits": {"bits": 2, **_iv(12.0, 1.5)}, "pbat_gap": _iv(-5.0, 3), "attack_strength": CONV}
+    assert verdict_c4(neg4)[1] == "not reproduced"
+    assert verdict_c4({**neg4, "pbat_gap": _iv(-1.0, 3)})[1] == "inconclusive"  # straddles 0: no gap to credit
+    # C7: removing parts of a full model that does not beat its start (e.g. every model near chance: every rise
+    # 0 [0, 0]) shows nothing, so never "not reproduced" (nor "reproduced") there
+    from qadtr_core.claims import verdict_c7
+    flat7 = {"increase": {k: _iv(0.0, 0.0) for k in ("A-QAPA", "DBWT", "GIR")}, "attack_strength": CONV}
+    assert verdict_c7(flat7)[1] == "not reproduced"
+    assert verdict_c7({**flat7, "defends": {"QADT-R": True}})[1] == "not reproduced"
+    r = verdict_c7({**flat7, "defends": {"QADT-R": False}})
+    assert r[1] == "inconclusive" and "QADT-R does not beat its undefended start" in r.reason
+    strong7 = {"increase": {k: _iv(5.0) for k in ("A-QAPA", "DBWT", "GIR")}, "attack_strength": CONV}
+    assert verdict_c7(strong7)[1] == "reproduced"
+    assert verdict_c7({**strong7, "defends": {"QADT-R": False}})[1] == "inconclusive"
 
 
 def test_c4_credits_a_relative_gap_only_where_pbats_own_gap_is_positive():

@@ -339,6 +339,10 @@ def test_ablation_claim_by_hand_on_robust_accuracy():
     q = PatchDistribution(sizes=(8,), source_bits=(4, 2))
     dists = {"QADT-R": q, "without A-QAPA": NO_PATCHES, "without DBWT": q, "without GIR": q}
     c = ablation_claim(_outcomes(spec), dists, (4, 2), {"seeds": [0], "profile": "test"}, n_boot=200)
+    assert c["C7"]["defends"] == {}  # no defends table given, nothing collapsed: no gate
+    gated = ablation_claim(_outcomes(spec), dists, (4, 2), {"seeds": [0], "profile": "test"}, n_boot=50,
+                           defends={"QADT-R": False, "without GIR": False})
+    assert gated["C7"]["defends"] == {"QADT-R": False}  # the full model only: a weak variant is a finding
     inc = c["C7"]["increase"]
     assert {k: round(v["value"], 6) for k, v in inc.items()} == {"A-QAPA": 10.0, "DBWT": -1.0, "GIR": 5.0}
     assert all(v["ci_low"] <= v["value"] <= v["ci_high"] for v in inc.values()) and c["C7"]["metric"] == "robust accuracy"

@@ -101,11 +101,14 @@ def verdict_c4(c: Mapping[str, Any]) -> Ruling:
     bound). Then, in this order (disjoint regions): *reproduced* if credited and the relative gap at
     the lowest width is at least 10 points (lower bound; the paper's is about 20); *not reproduced* if the
     mean relative gap over widths is below 3 points and the lowest width's below 10 (whole intervals: a gap
-    that small is none, even if above 0); *partly* if credited and the mean is above 0 (lower bound); else
-    *inconclusive*."""
+    that small is none, even if above 0), or if PBAT's own gap is below 0 (upper bound: PBAT resists its seen
+    patch no better than the unseen ones, whatever the undefended model does); *partly* if credited and the
+    mean is above 0 (lower bound); else *inconclusive*."""
     low = c["at_low_bits"]
     bits = low.get("bits", "?")
     ours = f"relative gap, mean over widths {fmt(c, unit=' pts')}; at {bits} bits {fmt(low, unit=' pts')}"
+    if c.get("pbat_gap") is not None:  # the rule reads it too: a reader sees why a large relative gap may not count
+        ours += f"; PBAT's own seen-minus-unseen gap {fmt(c['pbat_gap'], unit=' pts')}"
     reading = c.get("reading") or "mean relative gap over widths"
 
     def ruling(verdict: str, reason: str | None = None) -> Ruling:
@@ -118,6 +121,8 @@ def verdict_c4(c: Mapping[str, Any]) -> Ruling:
     if credited and low["ci_low"] >= 10:
         return ruling("reproduced")
     if c["ci_high"] < 3 and low["ci_high"] < 10:
+        return ruling("not reproduced")
+    if own is not None and own["ci_high"] < 0:  # PBAT resists its seen patch no better than the unseen ones
         return ruling("not reproduced")
     if credited and c["ci_low"] > 0:
         return ruling("partly")

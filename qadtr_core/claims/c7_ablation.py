@@ -23,7 +23,8 @@ from ..evaluation.defense_metrics import (
 )
 from ..evaluation.robustness import Evaluation
 from ..evaluation.threats import THREATS, PatchDistribution, Threat
-from .common import Ruling, converged, fmt, unconverged_reason
+from .c3_defense_gain import defends_given
+from .common import Ruling, defense_claim_unreadable, fmt
 
 ID = "C7"
 STATEMENT = 'Each of A-QAPA, DBWT and GIR contributes'
@@ -38,10 +39,12 @@ METRIC = 'robust accuracy over all evaluation images (collapsed widths left out)
 def ablation_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution], bit_set: Sequence[int],
                    meta: Mapping, full: str = "QADT-R", removed: Mapping[str, str] | None = None,
                    n_boot: int = 2000, collapsed: Collection[tuple[str, int]] = (),
-                   threats: Sequence[Threat] = THREATS) -> dict[str, dict]:
+                   threats: Sequence[Threat] = THREATS, defends: Mapping[str, bool] | None = None) -> dict[str, dict]:
     """C7: drop of the mean unseen robust accuracy over widths when each component is removed (QADT-R's
     unseen threats), as ``increase`` (positive = the component helped); widths where the full model or
-    the variant collapsed are left out of that component's mean (NaN if all are)."""
+    the variant collapsed are left out of that component's mean (NaN if all are). ``defends``
+    (:func:`~qadtr_core.evaluation.defense_metrics.defends_of`): whether the full model beats its undefended
+    start; C7 carries it for the full model only (a variant that does not defend is a finding)."""
     removed = removed or {"A-QAPA": "without A-QAPA", "DBWT": "without DBWT", "GIR": "without GIR"}
     pi, bits = ev.per_image, list(bit_set)
     inc, excluded = {}, {}
@@ -58,6 +61,7 @@ def ablation_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution
         inc[comp] = ci(bootstrap(lambda idx, var=var, base=base: base(idx) - var(idx), ev.n, n_boot))
     return {"C7": {"increase": inc, "excluded_bits": excluded, "n": ev.n, "seeds": list(meta["seeds"]),
                    "profile": meta["profile"], "metric": ROBUST_ACCURACY,
+                   "defends": defends_given([full], collapsed, defends),
                    "attack_strength": attack_strength(ev, [full, *removed.values()], exclude=adaptive_names(threats),
                                                       collapsed=collapsed)}}
 
@@ -69,7 +73,9 @@ def smallest_rise(c: Mapping[str, Any]) -> tuple[str, Mapping[str, float]]:
 def verdict_c7(c: Mapping[str, Any]) -> Ruling:
     """**C7** (each of A-QAPA, DBWT and GIR contributes): the fall of the mean robust accuracy on QADT-R's
     unseen threats over widths when a component is removed (points, paired intervals; collapsed widths left
-    out); called its *rise* below, as for an attack's success. *Inconclusive* if an attack has not converged. A
+    out); called its *rise* below, as for an attack's success. *Inconclusive* if an attack has not converged, or
+    if the full model does not beat its undefended start on its own seen threat (``defends``: removing a part
+    of a defense that does not defend shows nothing, and a model near chance loses nothing by it). A
     component *contributes* if its rise is above 0 (lower bound) and not below 2 points (upper bound at
     least 2); it is *negligible* if its rise is below 2 points (upper bound: a rise under 2 points, or a
     fall, is none); else it is unresolved. *Reproduced* if every component contributes; *not reproduced*
@@ -81,8 +87,9 @@ def verdict_c7(c: Mapping[str, Any]) -> Ruling:
     def ruling(verdict: str, reason: str | None = None) -> Ruling:
         return Ruling(ours, verdict, reason, reading)
 
-    if not converged(c):
-        return ruling("inconclusive", unconverged_reason(c))
+    why = defense_claim_unreadable(c)
+    if why:
+        return ruling("inconclusive", why)
     negligible = {k: v["ci_high"] < 2 for k, v in inc.items()}
     contributes = {k: v["ci_low"] > 0 and not negligible[k] for k, v in inc.items()}
     if all(contributes.values()):
