@@ -54,7 +54,12 @@ def test_seen_is_defined_per_defense_from_its_training_distribution():
     no_aqapa = distribution_of(QADTRConfig(aqapa=False))
     by = {t.name: t for t in THREATS}
     assert pbat.sees(by["8x8 square"], 2) and not pbat.sees(by["10x10 square"], 2)
-    assert qadtr.sees(by["10x10 square"], 2) and not qadtr.sees(by["circle, 10 px"], 2)
+    assert qadtr.sees(by["10x10 square"], 2)
+    # the 10 px circle is inscribed in QADT-R's trained 10x10 square: seen by it, unseen by PBAT's 8x8; the 4x16
+    # bar fits no trained square; a square of an untrained size stays unseen (the protocol's sizes)
+    assert qadtr.sees(by["circle, 10 px"], 2) and not pbat.sees(by["circle, 10 px"], 2)
+    assert not qadtr.sees(by["4x16 bar, anywhere"], 2) and not qadtr.sees(by["4x4 square"], 2)
+    assert not PatchDistribution(sizes=(10,), anywhere=False).sees(Threat("c", size=10, shape="circle", region="anywhere"), 32)
     assert not any(d.sees(by[name], 32) for d in (pbat, qadtr, NO_PATCHES)
                    for name in ("transfer from FP surrogate", UNIVERSAL, "8x8 in the centre"))
     assert no_aqapa.sees(by["8x8 square"], 32) and not no_aqapa.sees(by["8x8 square"], 4)
@@ -185,9 +190,9 @@ def _clean(n=100):
 def test_claims_by_hand_on_robust_accuracy_with_intervals():
     asr = {"QAT (undefended)": (50, 70, 60), "PBAT": (20, 60, 50), "DWQ": (40, 50, 40), "QADT-R": (30, 30, 20)}
     spec = {(d, b, th): a + (10 if b == 2 else 0) for d, v in asr.items() for b in (4, 2)
-            for th, a in zip((SEEN, BIG, CIRCLE), v)}
+            for th, a in zip((SEEN, BIG, BAR), v)}
     c = defense_claims(_outcomes(spec), _clean(), DISTS, (4, 2), {"seeds": [0], "profile": "test"}, n_boot=200)
-    # every image clean-correct: robust = 100 - broken. C3 on the threats unseen by all three (the circle only):
+    # every image clean-correct: robust = 100 - broken. C3 on the threats unseen by all three (the bar only):
     # QADT-R 80 - max(PBAT 50, DWQ 60) = 20 at 4 bits, 70 - 50 = 20 at 2 bits
     assert c["C3"]["value"] == pytest.approx(20) and c["C3"]["by_bits"]["2"]["value"] == pytest.approx(20)
     assert c["C3"]["ci_low"] <= c["C3"]["value"] <= c["C3"]["ci_high"] and set(c["C3"]["by_bits"]) == {"4", "2"}
@@ -216,11 +221,11 @@ def test_a_collapsed_cell_never_counts_as_robust_in_a_claim():
     spec = {}
     for d, k4 in (("QAT (undefended)", 60), ("PBAT", 30), ("DWQ", 30), ("QADT-R", 50)):
         for b in (4, 2):
-            spec.update({(d, b, th): (0 if (d, b) == ("QADT-R", 2) else k4) for th in (SEEN, BIG, CIRCLE)})
+            spec.update({(d, b, th): (0 if (d, b) == ("QADT-R", 2) else k4) for th in (SEEN, BIG, BAR)})
     clean = {("QADT-R", 2): 10}
     ev = _outcomes(spec, clean=clean)
     table = asr_table(ev.per_image, DISTS, collapsed={("QADT-R", 2)})
-    cell = table[(table.defense == "QADT-R") & (table.bits == 2) & (table.threat == CIRCLE)].iloc[0]
+    cell = table[(table.defense == "QADT-R") & (table.bits == 2) & (table.threat == BAR)].iloc[0]
     assert cell.asr == 0 and cell.robust == pytest.approx(10) and cell.collapsed  # ASR rewards it; robust does not
     c3 = defense_claims(ev, _clean(), DISTS, (4, 2), {"seeds": [0], "profile": "t"}, n_boot=100,
                         collapsed={("QADT-R", 2)}, defends={"PBAT": True, "DWQ": True, "QADT-R": False})["C3"]
@@ -257,7 +262,7 @@ def test_c3_is_zero_when_every_defense_has_the_same_per_image_outcomes():
     # DWQ's own "unseen" holds the strong squares, QADT-R's does not: only the shared set makes this 0
     assert c3["value"] == pytest.approx(0) and c3["ci_low"] <= 0 <= c3["ci_high"]
     assert all(v["value"] == pytest.approx(0) and v["ci_low"] <= 0 <= v["ci_high"] for v in c3["by_bits"].values())
-    assert common_unseen(pi, dists, ["PBAT", "DWQ", "QADT-R"], 4) == [BAR, CIRCLE, "transfer from FP surrogate"]
+    assert common_unseen(pi, dists, ["PBAT", "DWQ", "QADT-R"], 4) == [BAR, "transfer from FP surrogate"]
 
 
 def test_attack_convergence_is_per_model_and_claims_keep_the_worst_defended_one():

@@ -99,6 +99,10 @@ class Threat:
         return self.source in ADAPTIVE_SOURCES
 
 
+# Shapes of side ``size`` whose mask lies inside the ``size`` x ``size`` square (a bar of length ``size`` does
+# too, but it is only 4 px wide: a 4x16 bar fits no square smaller than 16, which no defense trains on).
+INSCRIBED_IN_SQUARE = ("circle", "bar")
+
 THREATS: tuple[Threat, ...] = (
     Threat("8x8 square"),
     Threat("10x10 square", size=10),
@@ -163,8 +167,18 @@ class PatchDistribution:
     cross_width: bool = False
 
     def sees(self, threat: Threat, bits: int) -> bool:
-        """True if ``threat`` at evaluated width ``bits`` lies inside this training distribution."""
-        if threat.source != "white-box" or threat.size not in self.sizes or threat.shape not in self.shapes:
+        """True if ``threat`` at evaluated width ``bits`` lies inside this training distribution: a patch of a
+        trained size and shape, or a shape other than a square that fits inside a trained square (a circle of
+        diameter d is inscribed in the d x d square: a defense trained on 10x10 squares has seen every 10 px
+        circle, which is a 10x10 patch that leaves its corners as they were), in a region it trained in.
+        A *square* of an untrained size stays unseen, as the protocol defines its sizes, although a 4x4
+        square also lies inside the 8x8 threat set in the same way."""
+        if threat.source != "white-box":
+            return False
+        trained = threat.size in self.sizes and threat.shape in self.shapes
+        inscribed = (threat.shape != "square" and "square" in self.shapes
+                     and any(threat.size <= s for s in self.sizes) and threat.shape in INSCRIBED_IN_SQUARE)
+        if not (trained or inscribed):
             return False
         if threat.anywhere and not self.anywhere:
             return False
