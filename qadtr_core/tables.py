@@ -132,11 +132,19 @@ def aqapa_display(aqapa: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fidelity_display(fidelity: pd.DataFrame, bar: float = 0.8) -> pd.DataFrame:
-    """The fidelity table with its numbers at three digits and whether each epoch clears ``bar``."""
+def fidelity_display(fidelity: pd.DataFrame, bar: float | None = None) -> pd.DataFrame:
+    """The fidelity table for reading: losses (nats) and the ratio at three digits, the two attacks' ASR in
+    percent, and whether each epoch clears ``bar`` (default: :data:`~qadtr_core.defenses.inner.MIN_FIDELITY`)."""
+    from .defenses.inner import MIN_FIDELITY
+
+    bar = MIN_FIDELITY if bar is None else bar
     t = fidelity.copy()
     for c in ("clean loss", "training attack loss", "fresh attack loss", "fidelity"):
         t[c] = [("-" if _nan(v) else f"{v:.3f}") for v in t[c]]
+    t = t.rename(columns={c: f"{c} (nats)" for c in ("clean loss", "training attack loss", "fresh attack loss")})
+    for c in ("training attack ASR", "fresh attack ASR"):
+        if c in t:
+            t[f"{c} (%)"] = [pct(None if _nan(v) else 100 * v) for v in t.pop(c)]
     t[f"fidelity >= {bar}"] = ["-" if _nan(v) else ("yes" if v >= bar else "no") for v in fidelity.fidelity]
     return t
 

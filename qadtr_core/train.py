@@ -332,6 +332,9 @@ def train(
     x, y = data.x_train[:n], data.y_train[:n]
     steps_per_epoch = max(1, n // cfg.batch_size)
     opt, sched = _optimizer(model, cfg, cfg.epochs * steps_per_epoch)
+    check = getattr(loss_fn, "check_steps", None)
+    if callable(check):  # a strategy whose schedule needs enough steps (QADT-R's width blocks without DBWT)
+        check(cfg.epochs * steps_per_epoch)
     history: list[dict[str, float]] = []
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():

@@ -461,3 +461,17 @@ def test_attack_strength_reads_in_percent_and_points():
                                  {"name": "x", "white_box_asr": 0.5, "white_box_asr_half_steps": None, "steps": 10}])
     assert list(t.iloc[0]) == ["8x8 square on PBAT 2 b", 1600, 413, "97.6", "96.6", "1.0", "5.0"]
     assert list(t.iloc[1])[3:] == ["50.0", "-", "-", "0.0"] and t.columns[3] == "white-box ASR (%)"
+
+
+def test_the_fidelity_table_reads_losses_ratio_and_both_attacks_asr():
+    from qadtr_core.tables import fidelity_display
+
+    t = pd.DataFrame([{"defense": "PBAT", "model": "2 b", "epoch": 1, "clean loss": 0.4, "training attack loss": 2.0,
+                       "fresh attack loss": 2.1, "fidelity": 0.94, "training attack ASR": 0.612, "fresh attack ASR": 0.65},
+                      {"defense": "PBAT", "model": "2 b", "epoch": 2, "clean loss": 0.4, "training attack loss": 0.9,
+                       "fresh attack loss": 2.1, "fidelity": 0.29, "training attack ASR": float("nan"),
+                       "fresh attack ASR": float("nan")}])
+    d = fidelity_display(t)
+    assert list(d.iloc[0])[3:] == ["0.400", "2.000", "2.100", "0.940", "61.2", "65.0", "yes"]
+    assert list(d.iloc[1])[-3:] == ["-", "-", "no"] and "fidelity >= 0.8" in d.columns
+    assert "training attack ASR (%)" in d.columns and "clean loss (nats)" in d.columns

@@ -107,6 +107,10 @@ def test_dbwt_and_aqapa_switches():
     # without DBWT: the same widths and the same steps per width, in contiguous blocks (no per-batch change)
     no_dbwt = QADTR(dataclasses.replace(FAST_QADTR, dbwt=False, block_steps=4))
     assert [no_dbwt.train_bits(s) for s in range(20)] == [b for b in (32, 8, 5, 4, 2) for _ in range(4)]
+    no_dbwt.check_steps(20)  # every width gets its block
+    with pytest.raises(ValueError, match="need 20 steps .4 each., the run has 14: only 32, 8, 5, 4 bits would train"):
+        no_dbwt.check_steps(14)
+    QADTR(FAST_QADTR).check_steps(3)  # DBWT draws every width within each run of len(bit_set): no blocks
     assert {QADTR(FAST_QADTR).train_bits(s) for s in range(5)} == {32, 8, 5, 4, 2}
     no_aqapa = QADTR(dataclasses.replace(FAST_QADTR, aqapa=False))
     assert no_aqapa.patch_cell(0) == (-1, 32, 6)
@@ -312,30 +316,34 @@ def test_the_training_attack_reaches_80_percent_of_a_fresh_20_step_attack(name):
     assert _fidelity(INNER[name](k), model, x, y) >= 0.8
 
 
-def test_a_one_step_or_carried_patch_falls_short_of_the_fidelity_bar():
-    """What the old carried inner attack did (one step from a patch crafted for other images, at a new
-    location) fails the bar the defenses chapter applies; so does one step from noise."""
+@pytest.mark.parametrize("name", list(INNER))
+def test_the_fidelity_bar_fails_each_strategy_with_a_one_step_inner_attack(name):
+    """Each strategy's own inner attack cut to one step (what the old carried form took per batch) falls short
+    of the bar the defenses chapter applies, where the quick profile's steps clear it (test above)."""
+    model, (x, y) = _trained_tiny(), _batch(32)
+    assert _fidelity(INNER[name](1), model, x, y) < 0.8
+
+
+def test_the_fidelity_bar_fails_a_patch_carried_from_other_images():
+    """What carry.py did: patches crafted (4 steps, location optimisation) for other images, moved onto this
+    batch at new random locations: far below the bar against a fresh attack on this batch's own images."""
+    from qadtr_core.attacks.image_patch import ImagePatchConfig, image_patch_attack
     from qadtr_core.defenses.inner import FRESH_STEP_SIZE, FRESH_STEPS, fidelity_ratio, mean_ce, patch_inner
     from qadtr_core.patches import apply_patch, make_mask, random_placement
+    from qadtr_core.profiles import get_profile
 
     model, (x, y) = _trained_tiny(), _batch(64)
     set_bits(model, 4)
     xa, ya, xb, yb = x[:32], y[:32], x[32:], y[32:]
-    one_step = patch_inner(model, xb, yb, 8, 1, 0.1, PBATConfig().avoid, seed=3)
-    crafted_for_a = _inner(INNER["PBAT"](4), model, torch.cat([xa, xa]), torch.cat([ya, ya]))  # PBAT patches half
-    # the carried form: A's content moved onto B at new random locations, then one more step (what carry.py did)
-    found = patch_inner(model, xa, ya, 8, 4, 0.1, PBATConfig().avoid, seed=3)
-    del crafted_for_a
-    from qadtr_core.attacks.image_patch import ImagePatchConfig, image_patch_attack
     a_patches = image_patch_attack(model, xa, ya, ImagePatchConfig(size=8, steps=4, step_size=0.1, seed=3,
                                                                    location_opt=True)).patches
     place = random_placement(32, 8, torch.Generator().manual_seed(5), 32, PBATConfig().avoid)
     carried = apply_patch(xb, a_patches, make_mask(8), place)
+    k = get_profile("quick").defense_inner_steps  # the training attack on B's own images, as the defenses run it
+    own = patch_inner(model, xb, yb, 8, k, 1.0 / k, PBATConfig().avoid, seed=3)
     fresh = patch_inner(model, xb, yb, 8, FRESH_STEPS, FRESH_STEP_SIZE, PBATConfig().avoid, seed=99)
     clean, top = mean_ce(model, xb, yb), mean_ce(model, fresh, yb)
-    assert fidelity_ratio(clean, mean_ce(model, one_step, yb), top) < 0.8
-    assert fidelity_ratio(clean, mean_ce(model, carried, yb), top) < 0.8
-    assert found.shape == xa.shape
+    assert fidelity_ratio(clean, mean_ce(model, carried, yb), top) < 0.8 <= fidelity_ratio(clean, mean_ce(model, own, yb), top)
 
 
 @pytest.mark.parametrize("name", list(INNER))
@@ -440,6 +448,15 @@ def test_a_checkpoint_with_a_broken_strategy_state_starts_over(tmp_path, caplog)
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_the_trainer_refuses_a_run_too_short_for_every_width_block():
+    model, data = _trained_tiny(), synthetic_cifar(64, 4)
+    params = dataclasses.replace(FAST_QADTR, dbwt=False, block_steps=2)  # 5 widths x 2 steps; 64 images / 16 = 4
+    cfg = TrainConfig(arch="smallcnn", epochs=1, lr=0.01, bits=32, batch_size=16, n_train=64, strategy="qadtr",
+                      strategy_params=params)
+    with pytest.raises(ValueError, match="without DBWT the 5 widths need 10 steps"):
+        train(copy.deepcopy(model), data, cfg, loss_fn=QADTR(params), progress=False)
+
+
 @pytest.mark.parametrize("name", list(INNER))
 def test_the_training_history_records_the_fidelity_of_the_inner_attack(name):
     model, data = _trained_tiny(), synthetic_cifar(64, 4)
@@ -450,6 +467,7 @@ def test_the_training_history_records_the_fidelity_of_the_inner_attack(name):
     for h in hist:  # every epoch: probes on every step, the training attack raises the loss, a fresh one more
         assert h["probes"] == 4 and h["inner_loss_train"] > h["inner_loss_clean"] + 0.01
         assert h["inner_loss_fresh"] >= h["inner_loss_clean"] and h["fidelity"] > 0
+        assert h["inner_n_ok"] > 0 and 0 <= h["inner_asr_train"] <= 1 and 0 <= h["inner_asr_fresh"] <= 1
 
 
 def test_pbat_keeps_the_quantizer_steps_and_batchnorm_its_qat_start_learned(tmp_path, monkeypatch):

@@ -141,7 +141,9 @@ def gir_penalty(g1: torch.Tensor, g2: torch.Tensor, norm_floor: float = 0.5) -> 
     as perfect alignment and can never satisfy the penalty."""
     g1, g2 = g1.flatten(1), g2.detach().flatten(1)
     n1, n2 = g1.norm(dim=1), g2.norm(dim=1).clamp_min(1e-12)
-    cos = (g1 * g2).sum(1) / (n1.clamp_min(1e-12) * n2)
+    # the cosine's own gradient grows as 1 / |g1|: below a thousandth of |g2| its denominator stops shrinking, so
+    # the double backpropagation stays bounded where the norm floor is already pushing |g1| back up
+    cos = (g1 * g2).sum(1) / (torch.maximum(n1, 1e-3 * n2) * n2)
     shortfall = F.relu(norm_floor - n1 / n2) / norm_floor
     return (cos.pow(2) + shortfall.pow(2)).mean()
 
@@ -183,6 +185,19 @@ class QADTR(InnerStrategy):
 
     def train_bits(self, step: int) -> int:
         return self.config.train_bits(step)
+
+    def check_steps(self, total: int) -> None:
+        """Without DBWT, every width of the bit set must get its block of ``block_steps`` (the trainer calls this
+        with the run's optimiser steps): else ``ValueError``, rather than widths that silently train 0 steps
+        (``block_steps`` comes from the profile's ``defense_n_train``; a data set with fewer images runs fewer
+        steps)."""
+        cfg = self.config
+        need = cfg.block_steps * len(cfg.bit_set)
+        if not cfg.dbwt and total < need:
+            served = sorted({cfg.train_bits(s) for s in range(total)}, key=cfg.bit_set.index)
+            raise ValueError(f"without DBWT the {len(cfg.bit_set)} widths need {need} steps ({cfg.block_steps} each), "
+                             f"the run has {total}: only {', '.join(map(str, served))} bits would train; give the "
+                             f"run more images or steps, or set block_steps to {max(1, total // len(cfg.bit_set))}")
 
     def cell_probabilities(self) -> torch.Tensor:
         """A-QAPA's draw distribution over :attr:`cells` (see the module doc)."""

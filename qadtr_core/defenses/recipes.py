@@ -184,8 +184,9 @@ def fidelity_table(models: Mapping[str, Mapping[int, TrainedModel]]) -> pd.DataF
     cross-entropy of the probed training images clean, under the training attack and under a fresh
     20-step attack of the same kind on the same images at the same width, and ``fidelity``, the share of
     the fresh attack's loss gain the training attack reaches (the chapter requires at least
-    :data:`~qadtr_core.defenses.inner.MIN_FIDELITY`). Models without an inner attack are left out; a
-    model trained before fidelity was recorded shows NaN."""
+    :data:`~qadtr_core.defenses.inner.MIN_FIDELITY`), and each attack's ASR over the clean-correct probed
+    images (fractions). Models without an inner attack are left out; a model trained before a field was
+    recorded shows NaN there (the ASRs: the bundled models trained before they were recorded)."""
     rows = []
     for name, per_bits in models.items():
         seen: dict[str, list[int]] = {}
@@ -200,9 +201,11 @@ def fidelity_table(models: Mapping[str, Mapping[int, TrainedModel]]) -> pd.DataF
                              "clean loss": e.get("inner_loss_clean", float("nan")),
                              "training attack loss": e.get("inner_loss_train", float("nan")),
                              "fresh attack loss": e.get("inner_loss_fresh", float("nan")),
-                             "fidelity": e.get("fidelity", float("nan"))})
+                             "fidelity": e.get("fidelity", float("nan")),
+                             "training attack ASR": e.get("inner_asr_train", float("nan")),
+                             "fresh attack ASR": e.get("inner_asr_fresh", float("nan"))})
     return pd.DataFrame(rows, columns=["defense", "model", "epoch", "clean loss", "training attack loss",
-                                       "fresh attack loss", "fidelity"])
+                                       "fresh attack loss", "fidelity", "training attack ASR", "fresh attack ASR"])
 
 
 def surrogate_config(profile: Profile, seed: int = 0) -> TrainConfig:
