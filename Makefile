@@ -72,7 +72,7 @@ notebooks: $(STAMP)
 # The book from the executed notebooks in book/results (committed ones in a fresh clone): nothing is executed.
 html: $(BOOK_DEPS)
 	$(BOOK_PY) -m qadtr_core.build.bookconfig $(EXECUTED) _build/_config.yml
-	$(JUPYTER_BOOK) build . --config _build/_config.yml --builder html -W -n --keep-going
+	$(JUPYTER_BOOK) build . --config _build/_config.yml --toc _build/_toc.yml --builder html -W -n --keep-going
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
 book: notebooks html
@@ -86,7 +86,6 @@ nbval: $(STAMP)
 # The CI-sized book: every notebook at the smoke profile, built in a copy so that book/results keeps its profile.
 book-smoke: $(STAMP)
 	rm -rf $(SMOKE_BOOK) && mkdir -p $(SMOKE_BOOK)/book/results
-	cp _config.yml _toc.yml $(SMOKE_BOOK)/ && cp book/*.md book/*.bib book/*.png $(SMOKE_BOOK)/book/
 	$(MAKE) --no-print-directory notebooks PROFILE=smoke EXECUTED=$(SMOKE_BOOK)/book/results STATIC=$(abspath $(SMOKE_BOOK))/book/_static
 	$(MAKE) --no-print-directory render-copy DEST=$(SMOKE_BOOK)
 
@@ -96,7 +95,7 @@ render-copy: $(STAMP)
 	@[ -n "$(DEST)" ] && [ -d "$(DEST)/book/results" ] || { echo "render-copy: DEST=$(DEST) has no book/results"; exit 2; }
 	cp _config.yml _toc.yml $(DEST)/ && cp book/*.md book/*.bib book/*.png $(DEST)/book/ && cp -r book/css $(DEST)/book/
 	cd $(DEST) && $(abspath $(PY)) -m qadtr_core.build.bookconfig book/results _build/_config.yml && \
-	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --builder html -W -n --keep-going
+	  $(abspath $(VENV))/bin/jupyter-book build . --config _build/_config.yml --toc _build/_toc.yml --builder html -W -n --keep-going
 
 # The committed results (book/results, book/_static) rendered in a copy, as the publish workflow renders
 # them (the files of HEAD, not the working tree): one profile and one commit throughout (bookconfig check),

@@ -96,10 +96,20 @@ def test_the_banner_names_profile_and_commit(tmp_path, monkeypatch):
     results.mkdir(parents=True)
     _stamped(results / "a.ipynb", "quick", "0123456789abcdef0123")
     (tmp_path / "_config.yml").write_text("title: t\n")
+    (tmp_path / "_toc.yml").write_text(yaml.safe_dump({"format": "jb-book", "root": "book/intro", "parts": [
+        {"caption": "Results", "chapters": [{"file": "book/results/a"}, {"file": "book/results/z_new"}]},
+        {"caption": "Beyond", "chapters": [{"file": "book/results/y_new"}]},
+        {"caption": "About", "chapters": [{"file": "book/glossary"}]}]}))
     monkeypatch.chdir(tmp_path)
-    bookconfig.main([str(results), "_build/_config.yml"])
+    bookconfig.main(["book/results", "_build/_config.yml"])
     banner = yaml.safe_load((tmp_path / "_build" / "_config.yml").read_text())["html"]["announcement"]
     assert "<b>quick</b>" in banner and "<code>0123456789ab</code>" in banner
+    # the table of contents keeps every executed chapter and every written page, and leaves out the
+    # chapters not executed yet (and a part they leave empty)
+    toc = yaml.safe_load((tmp_path / "_build" / "_toc.yml").read_text())
+    assert toc["root"] == "book/intro" and [p["caption"] for p in toc["parts"]] == ["Results", "About"]
+    assert toc["parts"][0]["chapters"] == [{"file": "book/results/a"}]
+    assert toc["parts"][1]["chapters"] == [{"file": "book/glossary"}]  # not a result: Jupyter Book checks it
 
 
 def test_the_book_helper_does_not_import_torch():

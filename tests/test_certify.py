@@ -319,6 +319,25 @@ def test_no_certified_image_is_ever_broken():
     assert broken_any[~cert].any()  # the attacks do break the defense where it certifies nothing
 
 
+def test_no_patch_of_an_extreme_colour_anywhere_breaks_a_certified_image():
+    """Exhaustive: a 3x3 patch of each of the RGB cube's 8 corners at every one of the 100 places of a 12 px
+    image, on the double-masking predictor itself (the strongest constant patches for a mean-colour model):
+    no certified image changes its label, and some uncertified one does."""
+    model = ChannelMeanModel()
+    x, y = colour_images()
+    ms = mask_set(12, 3, 3)
+    cert = certify(model, x, y, ms, CertifyConfig(patch_size=3)).certified
+    corners = torch.tensor([[r, g, b] for r in (0.0, 1.0) for g in (0.0, 1.0) for b in (0.0, 1.0)])
+    broken = torch.zeros(len(x), dtype=torch.bool)
+    for i in range(len(x)):
+        adv = x[i].expand(8 * 100, -1, -1, -1).clone()
+        for j, (r, c) in enumerate((r, c) for r in range(10) for c in range(10)):
+            adv[j * 8:(j + 1) * 8, :, r:r + 3, c:c + 3] = corners[:, :, None, None]
+        pred = double_masking_predict(model, adv, ms)
+        broken[i] = bool((pred != y[i]).any())
+    assert not (broken & cert).any() and (broken & ~cert).any()
+
+
 def test_random_mask_augment_applies_one_or_two_masks_of_the_set():
     ms = mask_set(12, 3, 3)
     x = torch.rand(64, 3, 12, 12, generator=torch.Generator().manual_seed(4)) * 0.4

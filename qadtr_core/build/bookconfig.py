@@ -7,7 +7,8 @@ version and the profile it ran at.
 
 ``python -m qadtr_core.build.bookconfig book/results _build/_config.yml`` reads those stamps, refuses a mix of
 profiles or of commits (a page would then mislabel its numbers) and an unstamped notebook, and writes
-``_config.yml`` plus an announcement banner, shown on every page, naming the profile and the commit.
+``_config.yml`` plus an announcement banner, shown on every page, naming the profile and the commit, and
+beside it ``_toc.yml`` without the result chapters that have no executed notebook yet (:func:`write_toc`).
 
 The module is also a small Sphinx extension (``sphinx: extra_extensions`` in ``_config.yml``): it
 drops scripts that a page would load twice (sphinx-thebe registers its configuration script once per
@@ -210,7 +211,33 @@ def main(argv: list[str] | None = None) -> None:
     config.setdefault("html", {})["announcement"] = banner(prov)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
-    log.info("book config for profile %s, commit %s: %s", prov["profile"], prov["commit"], out)
+    toc = Path(out).parent / "_toc.yml"
+    dropped = write_toc(Path("_toc.yml"), toc, Path(results_dir))
+    log.info("book config for profile %s, commit %s: %s (table of contents %s%s)", prov["profile"], prov["commit"],
+             out, toc, f"; not executed yet, left out: {', '.join(dropped)}" if dropped else "")
+
+
+def write_toc(source: Path, out: Path, results_dir: Path) -> list[str]:
+    """``source`` (the book's ``_toc.yml``) written to ``out`` without the result pages whose executed notebook is
+    not in ``results_dir`` (a chapter the committed build predates, such as a new one), and without a part
+    left empty; returns the pages left out. Every other page stays, so a missing hand-written page is still
+    Jupyter Book's error."""
+    toc = yaml.safe_load(Path(source).read_text())
+    prefix = "book/results/"
+    dropped: list[str] = []
+
+    def keep(entry: dict) -> bool:
+        f = str(entry.get("file", ""))
+        if f.startswith(prefix) and not (Path(results_dir) / (f[len(prefix):] + ".ipynb")).exists():
+            dropped.append(f)
+            return False
+        return True
+
+    for part in toc.get("parts", []):
+        part["chapters"] = [c for c in part.get("chapters", []) if keep(c)]
+    toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
+    Path(out).write_text(yaml.safe_dump(toc, sort_keys=False))
+    return dropped
 
 
 def _dedupe_scripts(app: object, pagename: str, templatename: str, context: dict, doctree: object) -> None:
