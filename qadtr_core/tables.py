@@ -46,7 +46,8 @@ def _width(b: object) -> str:
 def headline(table: pd.DataFrame, metric: str = "robust") -> pd.DataFrame:
     """The chapter's headline (TriQDef's Table 5 layout) from an :func:`~qadtr_core.evaluation.robustness.asr_table`: one
     row per defense and kind (seen / unseen mean of its own threats, worst case), one column per width and
-    the mean over widths, ``metric`` ("robust" accuracy or "asr") in percent; a collapsed cell reads
+    the mean over widths, ``metric`` ("robust" accuracy or "asr") in percent (the unit in every column's name); a
+    collapsed cell reads
     "12.3 (collapsed)" and the mean is over the widths that did not collapse."""
     t = table[table.kind != "adaptive"]
     widths = list(dict.fromkeys(t.bits))
@@ -59,10 +60,10 @@ def headline(table: pd.DataFrame, metric: str = "robust") -> pd.DataFrame:
             values = []
             for b in widths:
                 v = g[g.bits == b][metric].mean() if (g.bits == b).any() else float("nan")
-                row[bit_label(b)] = pct(v) + (COLLAPSED if (d, b) in flagged and not _nan(v) else "")
+                row[f"{bit_label(b)} (%)"] = pct(v) + (COLLAPSED if (d, b) in flagged and not _nan(v) else "")
                 if (d, b) not in flagged and not _nan(v):
                     values.append(v)
-            row["mean"] = pct(sum(values) / len(values)) if values else "-"
+            row["mean over widths (%)"] = pct(sum(values) / len(values)) if values else "-"
             rows.append(row)
     return pd.DataFrame(rows)
 

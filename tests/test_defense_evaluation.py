@@ -376,8 +376,8 @@ def test_the_headline_flags_collapsed_cells_and_leaves_them_out_of_the_mean():
     spec = {(d, b, "8x8 square"): k for d, b, k in (("m", 32, 50), ("m", 2, 50), ("q", 32, 20), ("q", 2, 90))}
     table = asr_table(_pi(spec), {"m": NO_PATCHES, "q": NO_PATCHES}, collapsed={("q", 2)})
     h = headline(table).set_index(["defense", "threats"])
-    assert h.loc[("q", "unseen"), "2b"] == "10.0 (collapsed)" and h.loc[("q", "unseen"), "mean"] == "80.0"
-    assert h.loc[("m", "unseen"), "mean"] == "50.0" and h.loc[("m", "seen"), "FP"] == "-"
+    assert h.loc[("q", "unseen"), "2b (%)"] == "10.0 (collapsed)" and h.loc[("q", "unseen"), "mean over widths (%)"] == "80.0"
+    assert h.loc[("m", "unseen"), "mean over widths (%)"] == "50.0" and h.loc[("m", "seen"), "FP (%)"] == "-"
     html = show(headline(table)).to_html()
     assert "10.0 (collapsed)" in html and "row_heading" not in html  # no pandas index for the reader
 

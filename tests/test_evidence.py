@@ -367,7 +367,8 @@ def test_scorecard_reads_every_seed_and_writes_the_committed_layout(tmp_path):
     assert {"value", "ci_low", "ci_high", "n", "seeds", "profile", "verdict", "rule", "attack_strength"} <= set(c1)
     assert c1["verdict"] in ("reproduced", "partly", "not reproduced", "inconclusive")
     assert set(c1["attack_strength"][0]) == {"name", "white_box_asr", "white_box_asr_half_steps", "clean_floor", "steps",
-                                             "converged", "image_steps_run", "image_steps_full_budget"}
+                                             "converged", "n", "checkpoint_linf", "image_steps_run",
+                                             "image_steps_full_budget"}
     assert "lower bound" in rule_text("C1")
     assert reading.entry()["converged"]
 

@@ -239,7 +239,8 @@ def scorecard_record(claims: Mapping[str, dict[str, Any]], profile: str, commit:
     """The committed ``scorecard.json``: one entry per measured claim with value, interval, n (images per
     seed), seeds, profile, verdict, rule, ``reading`` (which reading or attack the headline value is; C1: its
     strongest reading, marked as a lower bound while its attack has not converged), ``metric`` (what the
-    rule reads), ``reason`` (why *inconclusive*; None otherwise) and the strength of every attack behind it."""
+    rule reads), ``reason`` (why *inconclusive*; None otherwise) and the strength of every attack behind it (with its
+    ``n``, the L-inf distance between its last two checkpoint patches where it has checkpoints, and its image-steps)."""
     out = {}
     for cid in CLAIMS:
         c = claims.get(cid)
@@ -261,7 +262,8 @@ def scorecard_record(claims: Mapping[str, dict[str, Any]], profile: str, commit:
                     "attack_strength": [{**{k: a[k] for k in ("name", "white_box_asr", "white_box_asr_half_steps",
                                                               "clean_floor", "steps")},
                                          "converged": attack_problem(a) is None,
-                                         **{k: a.get(k) for k in ("image_steps_run", "image_steps_full_budget")}}
+                                         **{k: a.get(k) for k in ("n", "checkpoint_linf", "image_steps_run",
+                                                                  "image_steps_full_budget")}}
                                         for a in c.get("attack_strength", [])]}
     return {"profile": profile, "commit": commit, "claims": out}
 
