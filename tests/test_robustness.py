@@ -156,10 +156,41 @@ def test_the_start_transfer_applies_the_starts_patches_to_the_defense(tmp_path, 
         ok = set_bits(other.model, 32)(x).argmax(1) == y
         want = (other.model(adv).argmax(1) != y) & ok
     assert (wide["defense"][START].to_numpy(bool) == want.numpy()).all()
+    # the start's attack has its strength row (on the start, over every image it gets right)
+    row = ev.strength[ev.strength.target == "start 32 b (start)"].iloc[0]
+    assert row.threat == START and row.defense == "start" and row.n_ok == int((start.model(x).argmax(1) == y).sum())
     seen = seen_table({"defense": PatchDistribution(sizes=(8,))}, (32,)).set_index("threat")
     assert seen.loc[START, "defense"] == "adaptive"
     with pytest.raises(ValueError, match="not among the evaluated models"):
         evaluate_threats(defenses, x, y, threats=threats, steps=1, progress=False, starts={"defense": "missing"})
+
+
+def test_the_universal_patch_records_its_convergence_on_the_surrogate(tmp_path, monkeypatch):
+    """With the half-steps patch of the same run (surrogate_universal_patch(with_half=True)), the universal threat
+    gets a strength row on the surrogate: full and half its steps at the places the defenses meet it, and its
+    null (one random patch there), which the claims read like every other attack's."""
+    from qadtr_core.evaluation.robustness import UniversalPatch, surrogate_universal_patch
+    from qadtr_core.evaluation.transfer import attack_outcomes, rate_of
+
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
+    d = synthetic_cifar(16, 24)
+    x, y = d.x_test.float() / 255, d.y_test
+    sur = _tm(9, (32,))
+    uni = next(t for t in THREATS if t.family == "universal")
+    u = surrogate_universal_patch(sur, d.x_train.float() / 255, d.y_train, uni, steps=6, batch_size=8, with_half=True)
+    assert isinstance(u, UniversalPatch) and u.steps == 6 and not torch.equal(u.patch, u.half)
+    assert torch.equal(surrogate_universal_patch(sur, d.x_train.float() / 255, d.y_train, uni, 6, 8), u.patch)
+    ev = evaluate_threats({"m": {32: _tm(2, (32,))}}, x, y, sur, threats=(THREATS[0], uni), steps=2, progress=False,
+                          universal={uni.name: u})
+    row = ev.strength[ev.strength.threat == uni.name].iloc[0]
+    assert (row.target, row.steps) == ("FP surrogate", 6)
+    from qadtr_core.evaluation.robustness import _universal_applied
+    k, n = rate_of(attack_outcomes(sur.model, 32, _universal_applied(x, u.patch, uni, 0), x, y))
+    kh, _ = rate_of(attack_outcomes(sur.model, 32, _universal_applied(x, u.half, uni, 0), x, y))
+    assert (row.n_ok, row.k_full, row.k_half) == (n, k, kh) and 0 <= row.k_floor <= n
+    plain = evaluate_threats({"m": {32: _tm(2, (32,))}}, x, y, sur, threats=(THREATS[0], uni), steps=2,
+                             progress=False, universal={uni.name: u.patch})
+    assert uni.name not in set(plain.strength.threat)  # a bare patch has no half to read convergence from
 
 
 def _outcomes(spec, n=100, clean=None):

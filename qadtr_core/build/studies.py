@@ -161,7 +161,8 @@ def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed
         n_train = min(profile.n_patch_train, len(data.x_train))
         xt, yt = to_float(data.x_train[:n_train]).to(device), data.y_train[:n_train].to(device)
         universal = {t.name: surrogate_universal_patch(surrogate, xt, yt, t, profile.patch_steps, profile.patch_batch,
-                                                       attack_seed) for t in threats if t.family == "universal"}
+                                                       attack_seed, with_half=True)
+                     for t in threats if t.family == "universal"}
         del xt, yt
     randomised = {name: tuple(next(iter(per.values())).strategy_params.bit_set) for name, per in configs.items()
                   if _strategy(per) == "dwq"}

@@ -206,7 +206,8 @@ def convergence(ev: Evaluation) -> pd.DataFrame:
 def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
                     exclude: Sequence[str] = (), collapsed: Collection[tuple[str, int]] = ()) -> list[dict]:
     """One entry per evaluation attack (threat, except ``exclude``): the attacked model of ``defenses``
-    (default: all; the transfer threat's only target, the FP surrogate, always counts) on which the attack
+    (default: all; the transfer threats' only target, the FP surrogate, always counts: its per-image patches and
+    its universal patch, read at half and all of its steps) on which the attack
     is least converged, named "<threat> on <target>" (see :func:`convergence`): a model on which it did not
     converge first (also one it fooled nothing on: a no-op attack on one defense would credit that defense
     with robustness), then the one whose attack gained most from its second half of steps. The

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ from ..stats import bootstrap_mean, wilson
 from ..utils import Member, fingerprint, seeded_generator, stream_seed
 from ..zoo import TrainedModel
 from .threats import CENTRE, EOT_THREAT, THREATS, WORST, PatchDistribution, Threat, white_box_twin
-from .transfer import random_patch_floor, rate_of
+from .transfer import attack_outcomes, random_patch_floor, rate_of
 
 RP_SEED_OFFSET = 5151  # the random-precision draws of the evaluation never share a seed with an attack
 PGD_THREAT = "L-inf PGD 8/255, 20 steps"  # DWQ's own training threat, for the "does it defend" table
@@ -164,28 +165,61 @@ def craft(members: Sequence[Member], hashes: Sequence[str], x: torch.Tensor, y: 
     return apply_patch(x, p["patches"].to(x), make_mask(cfg.size, cfg.shape).to(x), place), p
 
 
+class UniversalPatch(NamedTuple):
+    """A universal patch with the same run's patch after half its ``steps`` (its convergence is read off the two)."""
+
+    patch: torch.Tensor
+    half: torch.Tensor
+    steps: int
+
+
 def surrogate_universal_patch(surrogate: TrainedModel, x_train: torch.Tensor, y_train: torch.Tensor,
-                              threat: Threat, steps: int, batch_size: int, seed: int = 0) -> torch.Tensor:
+                              threat: Threat, steps: int, batch_size: int, seed: int = 0,
+                              with_half: bool = False) -> torch.Tensor | UniversalPatch:
     """The untargeted universal patch of ``threat`` crafted on the FP surrogate (Adam, EOT over locations
-    outside the centre, one cosine decay over ``steps``; the transferability chapter's attack), cached."""
+    outside the centre, one cosine decay over ``steps``; the transferability chapter's attack), cached;
+    ``with_half``: a :class:`UniversalPatch` with the same run's patch after half its steps, from which
+    :func:`evaluate_threats` reads the attack's convergence."""
     avoid = central_box(CENTRE) if threat.region == "outside centre" else None
     cfg = UniversalPatchConfig(size=threat.size, shape=threat.shape, target=None, steps=steps, batch_size=batch_size,
                                schedule="cosine", avoid=avoid, seed=seed)
 
     def compute() -> dict[str, torch.Tensor]:
         attack = UniversalPatchAttack([(surrogate.model, surrogate.config.bits)], x_train, y_train, cfg)
-        return {"patch": attack.run().cpu()}
+        half = attack.run(steps // 2).detach().cpu().clone()  # the schedule is by step index: the same run
+        return {"patch": attack.run(steps - steps // 2).cpu(), "half": half}
 
     key = {"attack": cfg, "model": surrogate.record["config_hash"], "bits": surrogate.config.bits, "n": len(x_train),
-           "images": fingerprint(x_train)}
-    return cached_tensors("defense_universal_patches", key, compute)["patch"]
+           "images": fingerprint(x_train), "record": "patch+half"}
+    found = cached_tensors("defense_universal_patches", key, compute)
+    return UniversalPatch(found["patch"], found["half"], steps) if with_half else found["patch"]
+
+
+def _universal_placement(n: int, threat: Threat, seed: int, image_size: int = 32) -> Placement:
+    """One seeded random place per image for a universal patch of ``threat`` (outside the centre)."""
+    avoid = central_box(CENTRE) if threat.region == "outside centre" else None
+    return random_placement(n, threat.size, seeded_generator(seed, 77), image_size, avoid)
 
 
 def _universal_applied(x: torch.Tensor, patch: torch.Tensor, threat: Threat, seed: int) -> torch.Tensor:
     """``x`` with the universal patch at one seeded random place per image (outside the centre)."""
-    avoid = central_box(CENTRE) if threat.region == "outside centre" else None
-    place = random_placement(len(x), threat.size, seeded_generator(seed, 77), x.shape[-1], avoid)
+    place = _universal_placement(len(x), threat, seed, x.shape[-1])
     return apply_patch(x, patch.to(x), make_mask(threat.size, threat.shape).to(x), place)
+
+
+def _universal_strength_row(threat: Threat, surrogate: TrainedModel, x: torch.Tensor, y: torch.Tensor,
+                            patch: torch.Tensor, half: torch.Tensor, steps: int, seed: int) -> dict:
+    """The universal patch's white-box strength on the surrogate it was crafted on, over the evaluation images the
+    surrogate gets right, at the places the defenses meet it: after all and half its steps, and its null (one
+    uniformly random patch at the same places)."""
+    model, b = surrogate.model, surrogate.config.bits
+    place = _universal_placement(len(x), threat, seed, x.shape[-1])
+    k_full, n_ok = rate_of(attack_outcomes(model, b, _universal_applied(x, patch, threat, seed), x, y))
+    k_half, _ = rate_of(attack_outcomes(model, b, _universal_applied(x, half, threat, seed), x, y))
+    k_floor, _ = rate_of(random_patch_floor(model, b, x, y, threat.size, place, shape=threat.shape,
+                                            seed=stream_seed(seed, 43)))
+    return {"threat": threat.name, "target": "FP surrogate", "defense": "FP surrogate", "bits": b, "steps": steps,
+            "n_ok": n_ok, "k_full": k_full, "k_half": k_half, "k_floor": k_floor}
 
 
 def _random_search(target: nn.Module, key_models: Sequence[str], x: torch.Tensor, y: torch.Tensor, threat: Threat,
@@ -302,7 +336,10 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
         if t.family == "universal":
             if t.name not in universal:
                 raise ValueError(f"threat {t.name!r} is a universal patch: pass universal={{{t.name!r}: patch}}")
-            transfer[t.name] = _universal_applied(x, universal[t.name], t, seed)
+            u = universal[t.name]
+            transfer[t.name] = _universal_applied(x, u.patch if isinstance(u, UniversalPatch) else u, t, seed)
+            if isinstance(u, UniversalPatch):  # its convergence, on the surrogate it was crafted on
+                strength.append(_universal_strength_row(t, surrogate, x, y, u.patch, u.half, u.steps, seed))
             continue
         cfg = attack_config(t, steps, restarts, seed, location_opt, loss=loss)
         transfer[t.name], rec = craft([(surrogate.model, surrogate.config.bits)], [surrogate.record["config_hash"]],
@@ -322,7 +359,9 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
         if (s, b, t.name) not in from_start:
             stm = defenses[s][b]
             cfg = attack_config(t, steps, restarts, seed, location_opt, loss=loss)
-            from_start[(s, b, t.name)], _ = craft([(stm.model, b)], [stm.record["config_hash"]], x, y, cfg, t.region)
+            from_start[(s, b, t.name)], rec = craft([(stm.model, b)], [stm.record["config_hash"]], x, y, cfg, t.region)
+            # its convergence on the start it was crafted on (shown; an adaptive threat enters no claim's strength)
+            strength.append(_strength_row(t, f"{s} {b} b (start)", rec, steps, s, b))
             set_bits(stm.model, stm.config.bits)
         return from_start[(s, b, t.name)]
 
