@@ -421,3 +421,14 @@ def test_an_attack_that_loses_its_asr_on_doubling_is_unstable_not_converged():
     assert not is_converged(0.40, 0.60, n=500)
     assert "lowered its white-box ASR by 20.0 points: unstable" in not_converged_reason(0.40, 0.60, n=500)
     assert is_converged(0.595, 0.60, n=500)  # a loss within the tolerance is a plateau
+
+
+def test_c6_structure_must_clear_every_baseline_and_an_interval_picks_the_headline():
+    iv = lambda v, h=0.02: {"value": v, "ci_low": v - h, "ci_high": v + h}  # noqa: E731
+    base = {"cosine": iv(0.1), "cosine_null": iv(0.0), "hog": iv(0.8), "hog_null": iv(0.3), "baseline": "chance"}
+    clear = {**base, **iv(0.5), "hog_excess": iv(0.5), "hog_excess_seed": iv(0.3)}
+    assert VERDICTS["C6"](clear)[1] == "reproduced"
+    # the headline clears 0.1, but the excess over the seeded models surely does not: structure fails
+    assert VERDICTS["C6"]({**clear, "hog_excess_seed": iv(0.05)})[1] == "not reproduced"
+    open_ = VERDICTS["C6"]({**clear, "hog_excess_seed": iv(0.1, 0.05)})
+    assert open_[1] == "inconclusive" and "0.10 [0.05, 0.15] straddles 0.1" in open_.reason

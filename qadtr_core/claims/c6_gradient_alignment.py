@@ -1,8 +1,8 @@
 """**C6**: input gradients across bit-widths have a low cosine but a high structural similarity (the paper:
 cosine 0.05-0.25, HOG cosine about 0.8).
 
-Measurement (:func:`c6_claim`): per-image metrics averaged over bit pairs, each against its baseline: the
-stronger of chance (the same metric between mismatched images) and two independently seeded FP models.
+Measurement (:func:`c6_claim`): per-image metrics averaged over bit pairs, each against its baselines:
+chance (the same metric between mismatched images) and two independently seeded FP models.
 Rule: :func:`verdict_c6`.
 """
 from __future__ import annotations
@@ -37,8 +37,9 @@ def c6_claim(aligned: pd.DataFrame, null: pd.DataFrame, profile: str, seeds: Seq
     """The C6 entry from per-image alignment tables of the bit pairs and of their baselines.
 
     ``value`` is the HOG cosine's excess (mean over pairs, per image, bootstrap interval) over the
-    stronger baseline: chance (``null``: mismatched images) or, when given, ``seed_baseline`` (two
-    independently seeded FP models on the same images), whichever scores higher.
+    binding baseline: chance (``null``: mismatched images) or, when given, ``seed_baseline`` (two
+    independently seeded FP models on the same images), whichever excess has the lower bound lower (an
+    interval, not a point value, chooses; the rule reads both).
     """
     out: dict[str, Any] = {}
     metrics = (("cosine", "cosine"), ("HOG cosine", "hog"), ("edge IoU", "edge_iou"))
@@ -53,7 +54,7 @@ def c6_claim(aligned: pd.DataFrame, null: pd.DataFrame, profile: str, seeds: Seq
                                 for metric, key in metrics}
         hog_seed = per_image_mean(seed_baseline, "HOG cosine")
         out["hog_excess_seed"] = interval(bootstrap_mean(per_image_mean(aligned, "HOG cosine") - hog_seed))
-        if out["seed_baseline"]["hog"]["value"] > out["hog_null"]["value"]:
+        if out["hog_excess_seed"]["ci_low"] < out["hog_excess"]["ci_low"]:
             headline, baseline = out["hog_excess_seed"], "two independently seeded FP models"
     cos = aligned[aligned.metric == "cosine"].groupby("pair", sort=False)["value"].mean()
     return {**headline, **out, "baseline": baseline, "cosine_by_pair": {k: float(v) for k, v in cos.items()},
@@ -63,17 +64,19 @@ def c6_claim(aligned: pd.DataFrame, null: pd.DataFrame, profile: str, seeds: Seq
 
 
 def verdict_c6(c: Mapping[str, Any]) -> Ruling:
-    """**C6** (low gradient cosine, high structural similarity), each metric against its baseline: the
-    stronger of chance (the same metric between mismatched images) and two independently seeded FP models
-    on the same images, where measured. Structure holds if the HOG cosine exceeds that baseline by at least
-    0.1 (lower bound), fails if by less (upper bound); low cosine holds if the mean cosine is at most 0.25
-    (upper bound), fails if above (lower bound). *Reproduced* if both hold; *not reproduced* if structure
+    """**C6** (low gradient cosine, high structural similarity), each metric against its baselines: chance
+    (the same metric between mismatched images) and two independently seeded FP models on the same images,
+    where measured. Structure holds if the HOG cosine exceeds every baseline by at least 0.1 (lower bounds),
+    fails if it exceeds some baseline by less (upper bound); low cosine holds if the mean cosine is at most
+    0.25 (upper bound), fails if above (lower bound). *Reproduced* if both hold; *not reproduced* if structure
     fails; *partly* if structure holds and low cosine fails; else *inconclusive*."""
     baseline = c.get("baseline", "chance")
     ours = (f"cosine {fmt(c['cosine'], digits=2)} (chance {c['cosine_null']['value']:.2f}); HOG cosine "
             f"{fmt(c['hog'], digits=2)}, over {baseline} by {fmt(c, digits=2)}")
     reading = c.get("reading") or f"HOG cosine over {baseline}"
-    structure = above(c, 0.1)
+    excesses = [c] + [c[k] for k in ("hog_excess", "hog_excess_seed") if isinstance(c.get(k), Mapping)]
+    readings = [above(e, 0.1) for e in excesses]
+    structure = False if False in readings else (True if all(readings) else None)
     low_cos = above({"ci_low": -c["cosine"]["ci_high"], "ci_high": -c["cosine"]["ci_low"]}, -0.25)
     if structure is True and low_cos is True:
         return Ruling(ours, "reproduced", reading=reading)
@@ -82,5 +85,6 @@ def verdict_c6(c: Mapping[str, Any]) -> Ruling:
     if structure is True and low_cos is False:
         return Ruling(ours, "partly", reading=reading)
     if structure is None:
-        return Ruling(ours, "inconclusive", f"the HOG excess {fmt(c, digits=2)} straddles 0.1", reading)
+        open_ = next(e for e, r in zip(excesses, readings) if r is None)
+        return Ruling(ours, "inconclusive", f"the HOG excess {fmt(open_, digits=2)} straddles 0.1", reading)
     return Ruling(ours, "inconclusive", f"the cosine {fmt(c['cosine'], digits=2)} straddles 0.25", reading)
