@@ -95,7 +95,8 @@ def test_early_stop_keeps_the_whole_success_curve_and_runs_fewer_image_steps(mod
         assert early.image_steps_full_budget == full.image_steps_full_budget
         assert early.image_steps_run == _expected_image_steps(full.success)
         assert early.image_steps_run < 0.8 * early.image_steps_full_budget
-        # side by side costs at most one image-step more per image and later restart than one after another
+        # side by side costs at most one image-step more per image and later restart than a schedule that stops
+        # restart k at step t once an earlier restart fooled the image within t steps (not strictly serial)
         serial = _serial_image_steps(full.success)
         assert serial <= early.image_steps_run <= serial + len(x) * (cfg.restarts - 1)
         assert (b.image_steps_run, b.image_steps_full_budget) == (early.image_steps_run, early.image_steps_full_budget)
