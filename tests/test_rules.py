@@ -379,3 +379,21 @@ def test_a_transfer_resample_without_a_valid_image_is_dropped_not_scored_zero():
     empty = {("a", "a"): (hits, np.zeros(n, bool))}
     iv = white_box_excess_interval(empty, ["a"], None, n_boot=20)
     assert math.isnan(iv.value) and math.isnan(iv.low) and math.isnan(iv.high)
+
+
+def test_c5_reads_some_width_s_drop_on_its_bonferroni_corrected_interval():
+    # one of five widths drops 6 [5.5, 6.5] at 95 %: corrected for taking the worst of five it is 6 [4.9, 7.1]
+    by = {b: _iv(1, 0, 2) for b in ("32", "8", "5", "4")} | {"2": _iv(6, 5.5, 6.5)}
+    c = {**_iv(6, 5.5, 6.5), "bits": 2, "by_bits": by, "mean_drop": _iv(2, 1, 3)}
+    assert verdict_c5(c)[1] == "not reproduced"  # an older entry: widened from 95 % (z 2.58 / 1.96): still above 5
+    corrected = {**by, "2": _iv(6, 4.9, 7.1)}
+    assert verdict_c5({**c, "by_bits_corrected": corrected})[1] == "partly"  # not surely above 5 among five widths
+
+
+def test_c7_partly_reads_the_best_component_on_its_bonferroni_corrected_interval():
+    # one of three components rises 3 [0.5, 5.5] at 95 %; corrected for taking the best of three: 3 [-0.2, 6.2]
+    inc = {"A-QAPA": _iv(3, 0.5, 5.5), "DBWT": _iv(0, -2, 2.5), "GIR": _iv(0, -2, 2.5)}
+    c = {"increase": inc, "attack_strength": CONV}
+    assert verdict_c7(c)[1] == "inconclusive"  # an older entry: widened from 95 % (z 2.39 / 1.96): not above 0
+    assert verdict_c7({**c, "increase_corrected": {**inc, "A-QAPA": _iv(3, 1.0, 5.0)}})[1] == "partly"
+    assert verdict_c7({**c, "increase_corrected": {**inc, "A-QAPA": _iv(3, -0.2, 6.2)}})[1] == "inconclusive"

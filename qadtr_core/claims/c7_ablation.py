@@ -24,7 +24,7 @@ from ..evaluation.defense_metrics import (
 from ..evaluation.robustness import Evaluation
 from ..evaluation.threats import THREATS, PatchDistribution, Threat
 from .c3_defense_gain import defends_given
-from .common import Ruling, defense_claim_unreadable, fmt
+from .common import Ruling, defense_claim_unreadable, fmt, widened
 
 ID = "C7"
 STATEMENT = 'Each of A-QAPA, DBWT and GIR contributes'
@@ -47,20 +47,23 @@ def ablation_claim(ev: Evaluation, distributions: Mapping[str, PatchDistribution
     start; C7 carries it for the full model only (a variant that does not defend is a finding)."""
     removed = removed or {"A-QAPA": "without A-QAPA", "DBWT": "without DBWT", "GIR": "without GIR"}
     pi, bits = ev.per_image, list(bit_set)
-    inc, excluded = {}, {}
+    inc, inc_c, excluded = {}, {}, {}
+    corrected = 1 - 0.05 / max(1, len(removed))  # "at least one component contributes": Bonferroni over them
     for comp, name in removed.items():
         out = excluded_widths(bits, [full, name], collapsed)
         kept = [b for b in bits if str(b) not in out]
         if out:
             excluded[comp] = out
         if not kept:
-            inc[comp] = dict(NAN_CI)
+            inc[comp], inc_c[comp] = dict(NAN_CI), dict(NAN_CI)
             continue
         base = mean_of([robust(pi, distributions, full, b, "unseen", threats=threats) for b in kept])
         var = mean_of([robust(pi, distributions, name, b, "unseen", as_defense=full, threats=threats) for b in kept])
-        inc[comp] = ci(bootstrap(lambda idx, var=var, base=base: base(idx) - var(idx), ev.n, n_boot))
-    return {"C7": {"increase": inc, "excluded_bits": excluded, "n": ev.n, "seeds": list(meta["seeds"]),
-                   "profile": meta["profile"], "metric": ROBUST_ACCURACY,
+        rise = lambda idx, var=var, base=base: base(idx) - var(idx)  # noqa: E731
+        inc[comp] = ci(bootstrap(rise, ev.n, n_boot))
+        inc_c[comp] = ci(bootstrap(rise, ev.n, n_boot, level=corrected))
+    return {"C7": {"increase": inc, "increase_corrected": inc_c, "excluded_bits": excluded, "n": ev.n,
+                   "seeds": list(meta["seeds"]), "profile": meta["profile"], "metric": ROBUST_ACCURACY,
                    "defends": defends_given([full], collapsed, defends),
                    "attack_strength": attack_strength(ev, [full, *removed.values()], exclude=adaptive_names(threats),
                                                       collapsed=collapsed)}}
@@ -79,7 +82,8 @@ def verdict_c7(c: Mapping[str, Any]) -> Ruling:
     component *contributes* if its rise is above 0 (lower bound) and not below 2 points (upper bound at
     least 2); it is *negligible* if its rise is below 2 points (upper bound: a rise under 2 points, or a
     fall, is none); else it is unresolved. *Reproduced* if every component contributes; *not reproduced*
-    if every one is negligible; *partly* if at least one contributes; else *inconclusive*."""
+    if every one is negligible; *partly* if at least one contributes on its interval Bonferroni-corrected for
+    the number of components (``increase_corrected``; the rule takes the best of them); else *inconclusive*."""
     inc = c["increase"]
     ours = "removing " + ", ".join(f"{k} {fmt(v, unit=' pts')}" for k, v in inc.items())
     reading = c.get("reading") or f"removing {smallest_rise(c)[0]} (the smallest rise)"
@@ -96,7 +100,8 @@ def verdict_c7(c: Mapping[str, Any]) -> Ruling:
         return ruling("reproduced")
     if all(negligible.values()):
         return ruling("not reproduced")
-    if any(contributes.values()):
+    corrected = c.get("increase_corrected") or {k: widened(v, 1 - 0.05 / max(1, len(inc))) for k, v in inc.items()}
+    if any(v["ci_low"] > 0 and not negligible[k] for k, v in corrected.items()):
         return ruling("partly")
     unresolved = [f"{k} {fmt(v, unit=' pts')}" for k, v in inc.items() if not negligible[k] and not contributes[k]]
     return ruling("inconclusive", "no component surely contributes; the rise straddles 0 and reaches 2 points for "
