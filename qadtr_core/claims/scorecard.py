@@ -15,7 +15,8 @@ bare point values, and they can abstain:
 
 The regions of each rule are disjoint: a rule lists them in the order it tests them, a failure or
 equivalence region (an effect too small to count) before *partly*. Where a rule takes the best of
-several intervals (C1's readings, C3's widths), each is Bonferroni-corrected for how many were tried.
+several intervals (C1's readings, C3's and C5's widths, C7's components), each is Bonferroni-corrected for how
+many were tried.
 
 An ASR that already exceeds a claim's threshold is a lower bound on what a converged attack reaches,
 so C1 can be *reproduced* by an unconverged attack, never refuted by one.
