@@ -1,4 +1,6 @@
 """Threats per defense, per-image evaluation, the seen table, and claim values with intervals on hand-made outcomes."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -180,6 +182,15 @@ def test_the_universal_patch_records_its_convergence_on_the_surrogate(tmp_path, 
     u = surrogate_universal_patch(sur, d.x_train.float() / 255, d.y_train, uni, steps=6, batch_size=8, with_half=True)
     assert isinstance(u, UniversalPatch) and u.steps == 6 and not torch.equal(u.patch, u.half)
     assert torch.equal(surrogate_universal_patch(sur, d.x_train.float() / 255, d.y_train, uni, 6, 8), u.patch)
+    # the half is the same attack finished at 3 steps (its own cosine decay), not the 6-step run's iterate
+    from qadtr_core.attacks.universal_patch import UniversalPatchAttack, UniversalPatchConfig
+    from qadtr_core.patches import central_box
+
+    cfg = UniversalPatchConfig(size=8, target=None, steps=6, batch_size=8, schedule="cosine", avoid=central_box(10))
+    run = lambda c: UniversalPatchAttack([(sur.model, 32)], d.x_train.float() / 255, d.y_train, c)  # noqa: E731
+    assert torch.equal(u.patch, run(cfg).run()) and torch.equal(u.half, run(dataclasses.replace(cfg, steps=3)).run())
+    iterate = run(cfg)
+    assert not torch.equal(u.half, iterate.run(3))
     ev = evaluate_threats({"m": {32: _tm(2, (32,))}}, x, y, sur, threats=(THREATS[0], uni), steps=2, progress=False,
                           universal={uni.name: u})
     row = ev.strength[ev.strength.threat == uni.name].iloc[0]

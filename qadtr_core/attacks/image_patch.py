@@ -33,9 +33,10 @@ past the random start on images fooled there). Later steps run on the remaining 
 the saving. Every step and restart is drawn from the same seeds as without early stopping, so the
 pairs that stay are attacked exactly as in a full run, and :meth:`ImagePatches.fooled_within` gives
 the same answer for every number of steps and restarts (the white-box ASR and its whole curve are
-unchanged; only which fooling patch is kept may differ). Since the restarts run side by side, every
-restart attacks an image from step 0 until the step after any restart first fooled it: at each step,
-only the images no restart has fooled yet are attacked. That is at most one image-step more per image and
+unchanged; only which fooling patch is kept may differ). Since the restarts run side by side, restart ``r``
+attacks an image from step 0 until the step after it, or an earlier restart, first fooled it (a later
+restart's success never stops an earlier one, so that every restart's record, and with it the ASR of
+fewer restarts, stays exact). That is at most one image-step more per image and
 later restart than a schedule in which restart ``r`` stops at step ``t`` as soon as an earlier restart had
 fooled the image within ``t`` steps (the tests bound it exactly); it is more than running the restarts
 strictly one after another, where restart ``r`` would attack only the images every earlier restart left

@@ -189,8 +189,9 @@ def convergence(ev: Evaluation) -> pd.DataFrame:
     """Per crafting attack (threat x attacked model: a defense at one width, its ensemble or random
     predictor, the surrogate): white-box ASR after all and after half its budget (half the steps or half the
     restarts, whichever fools fewer; random search: queries; fractions), its null floor (``null_floor``: a
-    uniformly random patch per image at the places the attack chose, on the same images; 0 where not
-    measured: the surrogate, EOT, random search), the gap and whether it converged (the doubling rule, and its
+    uniformly random patch per image at the places the attack chose, on the same images, or for the universal
+    patch one random patch at its places; 0 where not measured: the surrogate's per-image patches, the start
+    transfer, EOT, random search), the gap and whether it converged (the doubling rule, and its
     ASR's Wilson lower bound above the floor: an attack no better than a random patch does nothing)."""
     st = ev.strength
     n = st.n_ok.clip(lower=1)

@@ -29,6 +29,7 @@ config, the attacked models' hashes, the widths and the images.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -166,7 +167,9 @@ def craft(members: Sequence[Member], hashes: Sequence[str], x: torch.Tensor, y: 
 
 
 class UniversalPatch(NamedTuple):
-    """A universal patch with the same run's patch after half its ``steps`` (its convergence is read off the two)."""
+    """A universal patch of ``steps`` steps with the same attack at half the budget (``half``: its own run of
+    ``steps // 2`` steps, with its own cosine decay, so a finished attack is compared with a finished attack);
+    its convergence is read off the two."""
 
     patch: torch.Tensor
     half: torch.Tensor
@@ -178,19 +181,22 @@ def surrogate_universal_patch(surrogate: TrainedModel, x_train: torch.Tensor, y_
                               with_half: bool = False) -> torch.Tensor | UniversalPatch:
     """The untargeted universal patch of ``threat`` crafted on the FP surrogate (Adam, EOT over locations
     outside the centre, one cosine decay over ``steps``; the transferability chapter's attack), cached;
-    ``with_half``: a :class:`UniversalPatch` with the same run's patch after half its steps, from which
-    :func:`evaluate_threats` reads the attack's convergence."""
+    ``with_half``: a :class:`UniversalPatch` with the same attack run at half the steps (its own schedule; a
+    mid-run iterate would be taken before the decay anneals it, and would overstate the gain from doubling),
+    from which :func:`evaluate_threats` reads the attack's convergence; it costs half a run more."""
     avoid = central_box(CENTRE) if threat.region == "outside centre" else None
     cfg = UniversalPatchConfig(size=threat.size, shape=threat.shape, target=None, steps=steps, batch_size=batch_size,
                                schedule="cosine", avoid=avoid, seed=seed)
 
+    members = [(surrogate.model, surrogate.config.bits)]
+
     def compute() -> dict[str, torch.Tensor]:
-        attack = UniversalPatchAttack([(surrogate.model, surrogate.config.bits)], x_train, y_train, cfg)
-        half = attack.run(steps // 2).detach().cpu().clone()  # the schedule is by step index: the same run
-        return {"patch": attack.run(steps - steps // 2).cpu(), "half": half}
+        patch = UniversalPatchAttack(members, x_train, y_train, cfg).run().cpu()
+        half_cfg = dataclasses.replace(cfg, steps=max(1, steps // 2))
+        return {"patch": patch, "half": UniversalPatchAttack(members, x_train, y_train, half_cfg).run().cpu()}
 
     key = {"attack": cfg, "model": surrogate.record["config_hash"], "bits": surrogate.config.bits, "n": len(x_train),
-           "images": fingerprint(x_train), "record": "patch+half"}
+           "images": fingerprint(x_train), "record": "patch+half-budget run"}
     found = cached_tensors("defense_universal_patches", key, compute)
     return UniversalPatch(found["patch"], found["half"], steps) if with_half else found["patch"]
 
@@ -250,7 +256,9 @@ class Evaluation:
         strength: one row per crafting attack: the attacked ``target`` (its ``defense`` and ``bits``; bits
             None for an ensemble or a random predictor), ``threat``, ``steps`` (queries for random search),
             ``n_ok`` (images attacked that the target gets right), ``k_full`` / ``k_half`` (of those, fooled
-            after all / half the steps).
+            after all / half the budget: half the steps or half the restarts, whichever fools fewer; the
+            universal patch: its half-budget run) and, where measured, ``k_floor`` (of those, fooled by the
+            cell's null: a random patch at the attack's places; the white-box cells and the universal patch).
         n: evaluation images.
         random_precision: one row per (defense, draw, threat, image) of the randomised deployments:
             ``clean_ok`` and ``broken`` in that draw, with the widths the predictor drew (``clean_bits``,

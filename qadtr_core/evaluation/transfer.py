@@ -89,7 +89,7 @@ def converged_universal_patch(source: Member, source_id: str, x_train: torch.Ten
 
     key = {"attack": config, "source": source_id, "bits": source[1], "n_train": len(x_train),
            "eval": fingerprint(x_eval), "placement": [placement.rows.tolist(), placement.cols.tolist()],
-           "stopping_rule": {"tolerance": TOLERANCE, "min_passes": MIN_PASSES}}
+           "stopping_rule": {"tolerance": TOLERANCE, "min_passes": MIN_PASSES, "on": "|gain|"}}
     out = cached_tensors("converged_universal_patches", key, compute)
     return out["patch"], pd.DataFrame(out["curve"]), {int(k): v for k, v in out["checkpoints"].items()}
 
