@@ -54,10 +54,12 @@ _UNREADABLE = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 def _reason(e: BaseException) -> str:
-    """Why an archive was refused, on one line (tarfile lists every compression it tried, one per line)."""
+    """Why an archive was refused: tarfile's "could not be opened" lists every compression it tried, one per
+    line, and becomes one sentence; anything else is the exception's own text (the command line folds it onto
+    one line, :func:`qadtr_core.build.cli.one_line`)."""
     if isinstance(e, tarfile.ReadError) and str(e).startswith("file could not be opened successfully"):
         return "not a tar archive (plain, gzip, bzip2 or xz)"
-    return " ".join(str(e).split())
+    return str(e)
 
 
 class BundleError(RuntimeError):
