@@ -172,19 +172,25 @@ def convergence_display(conv: pd.DataFrame) -> pd.DataFrame:
 
 
 def attack_strength_display(strength: Sequence[Mapping]) -> pd.DataFrame:
-    """A claim's ``attack_strength`` entries for reading: percent, the gain from doubling in points."""
+    """A claim's ``attack_strength`` entries for reading: percent, the gain from doubling in points, and
+    ``converged`` where the entries carry it (``scorecard.json``'s)."""
     s = list(strength)
-    return pd.DataFrame({"attack": [a["name"] for a in s], "steps": [a["steps"] for a in s],
-                         "n": [a.get("n", "-") for a in s],
-                         "white-box ASR (%)": [pct(100 * a["white_box_asr"]) for a in s],
-                         "at half the budget (%)": [pct(None if a["white_box_asr_half_steps"] is None
-                                                        else 100 * a["white_box_asr_half_steps"]) for a in s],
-                         "gain from doubling (points)": [pct(None if a["white_box_asr_half_steps"] is None else
-                                                             100 * (a["white_box_asr"] - a["white_box_asr_half_steps"]))
-                                                         for a in s],
-                         "null floor (%)": [pct(100 * (a.get("clean_floor") or 0.0)) for a in s]},
-                        columns=["attack", "steps", "n", "white-box ASR (%)", "at half the budget (%)",
-                                 "gain from doubling (points)", "null floor (%)"])
+
+    def half(a: Mapping) -> float | None:
+        return a["white_box_asr_half_steps"]
+
+    t = pd.DataFrame({"attack": [a["name"] for a in s], "steps": [a["steps"] for a in s],
+                      "n": ["-" if a.get("n") is None else a["n"] for a in s],
+                      "white-box ASR (%)": [pct(100 * a["white_box_asr"]) for a in s],
+                      "at half the budget (%)": [pct(None if half(a) is None else 100 * half(a)) for a in s],
+                      "gain from doubling (points)": [pct(None if half(a) is None else 100 * (a["white_box_asr"] - half(a)))
+                                                      for a in s],
+                      "null floor (%)": [pct(100 * (a.get("clean_floor") or 0.0)) for a in s]},
+                     columns=["attack", "steps", "n", "white-box ASR (%)", "at half the budget (%)",
+                              "gain from doubling (points)", "null floor (%)"])
+    if any("converged" in a for a in s):
+        t["converged"] = ["-" if "converged" not in a else ("yes" if a["converged"] else "no") for a in s]
+    return t
 
 
 def claim_by_bits(claims: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pd.DataFrame:
