@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--restarts", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--location-search", type=int, default=1,
+                    help="candidate start locations per restart (1: one random location, as before)")
     args = ap.parse_args(argv)
     if args.threat not in WHITE_BOX:
         ap.error(f"--threat {args.threat!r} is not a white-box patch threat; allowed: {', '.join(WHITE_BOX)}")
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     x, y = load_cifar10().test_subset(args.n)
     idx = (predict(model, x) == y).nonzero()[:, 0]
     threat = WHITE_BOX[args.threat]
-    cfg = attack_config(threat, args.steps, args.restarts, seed=0, location_opt=True, early_stop=True, loss="margin")
+    cfg = attack_config(threat, args.steps, args.restarts, seed=0, location_opt=True, early_stop=True, loss="margin",
+                        location_search=args.location_search)
     load = os.getloadavg()[0]
     n = len(idx)
     s, r = args.steps, args.restarts

@@ -69,7 +69,9 @@ class Profile:
             (equal optimiser steps per width, :mod:`qadtr_core.defenses.recipes`).
         n_defense_eval: evaluation images of the defense chapters' threat tables (clean accuracy uses
             ``n_eval``); defense_attack_steps, defense_attack_restarts, defense_location_opt and
-            defense_attack_loss ("ce" or "margin", CW-style): the per-image patch attack that evaluates them.
+            defense_attack_loss ("ce" or "margin", CW-style): the per-image patch attack that evaluates them;
+            defense_location_search: candidate start locations each of its restarts scores (forward passes
+            only) before it starts at the worst one for the model (1: one random location).
         defense_rs_queries: query budget per image of the gradient-free random search (Sparse-RS) that every
             defense meets on the images no gradient threat broke (Sparse-RS's own budget: 10,000).
         defense_rp_draws: seeded draws of DWQ's random-precision predictor each threat is scored over.
@@ -131,6 +133,7 @@ class Profile:
     defense_attack_steps: int = 100
     defense_attack_restarts: int = 3
     defense_location_opt: bool = False
+    defense_location_search: int = 1
     defense_attack_loss: str = "ce"
     defense_rs_queries: int = 10000
     defense_rp_draws: int = 10

@@ -338,3 +338,67 @@ def test_defaults_are_the_full_budget_constant_step_cross_entropy():
     cfg = ImagePatchConfig()
     assert (cfg.early_stop, cfg.step_schedule, cfg.loss) == (False, "constant", "ce")
     assert cfg.step_sizes() == [cfg.step_size] * cfg.steps
+
+
+# ------------------------------------------------------------------------------------------ cost off the record
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+@pytest.mark.parametrize("location_search", [1, 4])
+def test_image_steps_read_off_the_record_equal_what_the_run_counted(early_stop, location_search):
+    # The defense chapters cache success records, not costs: image_steps_of must give back the count.
+    from qadtr_core.attacks.image_patch import image_steps_of
+    model = _tiny(1)
+    x, y = _data(model, 30)
+    cfg = ImagePatchConfig(size=6, steps=12, restarts=3, location_opt=True, seed=7, early_stop=early_stop,
+                           location_search=location_search)
+    found = image_patch_attack(model, x, y, cfg, batch_size=30)
+    assert image_steps_of(found.success, early_stop) == found.image_steps_run
+    if early_stop:  # the easy model is fooled early: a real saving, which the formula must see
+        assert found.image_steps_run < found.image_steps_full_budget
+
+
+# ------------------------------------------------------------------------------------------ location search
+
+
+class _Corner(nn.Module):
+    """Class 1's logit is 10 x the sum of the pixels in the image's top-left 2x2 corner (all channels), class
+    0's is 0. On black images labelled 0, a patch fools the model exactly when it covers a corner pixel with
+    any non-zero content: for a 4 px patch on an 8 px image, at 4 of the 25 locations (row <= 1 and col <= 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x[:, :, :2, :2].sum((1, 2, 3))
+        return torch.stack([torch.zeros_like(s), 10 * s], 1)
+
+
+def test_location_search_starts_each_restart_where_its_content_scores_highest():
+    model, n = _Corner(), 60
+    x, y = torch.zeros(n, 3, 8, 8), torch.zeros(n, dtype=torch.long)
+    base = dict(size=4, steps=0, restarts=1, avoid=None, seed=3, num_classes=2)
+    plain = image_patch_attack(model, x, y, ImagePatchConfig(**base))
+    found = image_patch_attack(model, x, y, ImagePatchConfig(**base, location_search=64))
+    covers = lambda f: (f.placement.rows <= 1) & (f.placement.cols <= 1)  # noqa: E731
+    # by hand: fooled iff the patch covers a corner pixel; one random location does so with p = 4/25, the best
+    # of 64 misses with p = (21/25)^64 < 2e-5 per image
+    assert torch.equal(plain.fooled_within(0), covers(plain)) and torch.equal(found.fooled_within(0), covers(found))
+    assert found.fooled_within(0).all()
+    assert plain.fooled_within(0).sum() < n // 2
+    # the search's first candidate is the plain start, so no image starts worse than without the search
+    assert (found.fooled_within(0) >= plain.fooled_within(0)).all()
+    assert found.location_queries == n * 63 and plain.location_queries == 0
+
+
+def test_location_search_restarts_search_on_their_own_so_fewer_restarts_stay_exact(monkeypatch):
+    # restart r of a searched 3-restart run is the searched 1-restart run drawn from restart r's seed
+    model = _tiny(0)
+    x, y = _data(model, 30)
+    cfg = ImagePatchConfig(size=6, steps=8, step_size=0.05, restarts=3, location_opt=True, seed=2, location_search=5)
+    together = image_patch_attack(model, x, y, cfg, batch_size=30)
+    for r, one in enumerate(_each_restart_alone(monkeypatch, model, x, y, cfg)):
+        assert torch.equal(together.success[:, r], one.success[:, 0])
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+def test_location_search_must_be_a_positive_whole_number(bad):
+    with pytest.raises(ValueError, match="location_search"):
+        ImagePatchConfig(location_search=bad)

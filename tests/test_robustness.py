@@ -444,3 +444,32 @@ def test_the_halved_defense_attack_is_half_the_steps_or_half_the_restarts_whiche
     assert (row["k_full"], row["k_half"]) == (200, 0)
     one = _strength_row(THREATS[0], "m 2 b", {"ok": ok, "success": success[:, 3:]}, 10, "m", 2)
     assert (one["k_full"], one["k_half"]) == (200, 200)  # one restart: only the steps halve
+
+
+def test_the_strength_record_carries_what_the_attack_cost(tmp_path, monkeypatch):
+    """The defense chapters cache success records, not costs: the strength row reads the image-steps an
+    early-stopped white-box attack ran back off its record (what the run itself counted), and
+    attack_strength passes them on to the scorecard beside the full budget."""
+    from qadtr_core.attacks.image_patch import ImagePatchConfig
+    from qadtr_core.evaluation.robustness import _strength_row
+
+    monkeypatch.setenv("QADTR_ARTIFACTS", str(tmp_path))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 64, 10)).eval()
+    x = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    cfg = ImagePatchConfig(size=6, steps=8, restarts=2, location_opt=True, early_stop=True, seed=3, location_search=3)
+    found = image_patch_attack(model, x, y, cfg, batch_size=24)
+    rec = {"ok": torch.ones(24, dtype=torch.bool), "success": found.success}
+    row = _strength_row(THREATS[0], "m 32 b", rec, 8, "m", 32, early_stop=True)
+    assert row["image_steps_run"] == found.image_steps_run < row["image_steps_full_budget"] == 24 * 2 * 8
+    assert _strength_row(THREATS[0], "m 32 b", rec, 8, "m", 32)["image_steps_run"] == 24 * 2 * 8  # full runs
+    d = synthetic_cifar(8, 12)
+    ev = evaluate_threats({"m": {32: _tm(2, (32,))}}, d.x_test.float() / 255, d.y_test, threats=(THREATS[0],),
+                          steps=4, restarts=2, progress=False, location_opt=True, location_search=2)
+    (entry,) = attack_strength(ev)
+    white = ev.strength[ev.strength.threat == THREATS[0].name].iloc[0]
+    assert entry["image_steps_run"] == int(white.image_steps_run) <= entry["image_steps_full_budget"]
+    assert entry["image_steps_full_budget"] == int(white.n_ok) * 2 * 4

@@ -6,7 +6,10 @@ loss of the true label (untargeted) or lower it for a target: the cross-entropy 
 CW-style logit margin (Carlini and Wagner 2017), with a constant or a decaying step size. With
 location optimisation (Rao et al.'s "RandLO"), each step also tries moving every patch by
 ``location_stride`` pixels in a random direction and keeps the move where it raises the loss. With
-restarts, each restart draws a new location and start. Each image keeps its **best iterate** over
+restarts, each restart draws a new location and start; with a location search (``location_search``), a
+restart scores its start content at several random locations (forward passes only) and starts at the
+worst one for the model: on a patch-trained model each restart otherwise stalls near where it started (a
+new location fooled more images than sixteen times the steps, ``benchmarks/README.md``). Each image keeps its **best iterate** over
 all steps and restarts: if any patch fooled the model, the fooling one with the highest loss (with
 early stopping: the earliest restart's first fooling patch), else the one with the highest loss.
 
@@ -101,6 +104,11 @@ class ImagePatchConfig:
         loss: the per-image loss the patch raises: "ce" (cross-entropy of the true label; targeted: minus
             that of the target) or "margin" (CW-style: the largest other logit minus the true label's;
             targeted: the target's logit minus the largest other). (Default: "ce")
+        location_search: candidate start locations per restart: each restart scores its random start
+            content at its own random location and ``location_search - 1`` more (forward passes only, no
+            gradient) and starts at the one with the highest loss; 1 starts at the one random location.
+            Each restart searches on its own, so fewer restarts read off one run stay exact.
+            (Default: 1)
     """
 
     size: int = 8
@@ -118,9 +126,12 @@ class ImagePatchConfig:
     step_schedule: StepSchedule = "constant"
     final_step_fraction: float = 0.1
     loss: Loss = "ce"
+    location_search: int = 1
 
     def __post_init__(self) -> None:
         check_target(self.target, self.num_classes)
+        if isinstance(self.location_search, bool) or not isinstance(self.location_search, int) or self.location_search < 1:
+            raise ValueError(f"location_search must be a whole number of candidate locations >= 1, got {self.location_search!r}")
         if self.steps < 0 or self.restarts < 1:
             raise ValueError(f"steps must be >= 0 and restarts >= 1, got {self.steps}, {self.restarts}")
         if self.location_stride < 1:
@@ -170,7 +181,9 @@ class ImagePatches:
     runs image ``i`` at step ``t`` unless restart ``r`` or an earlier one had fooled it before step ``t``,
     so a pair first fooled at step ``t`` ran ``t + 1`` of them, the one that found it fooled included).
     ``image_steps_full_budget``: images x restarts x steps, what it runs without early stopping.
-    Both None where unknown (patches from before these were recorded).
+    Both None where unknown (patches from before these were recorded). ``location_queries``: forward-only
+    evaluations of the start location search (images x restarts x (location_search - 1); about a third of
+    an image-step each), None where unknown.
     """
 
     patches: torch.Tensor
@@ -179,6 +192,7 @@ class ImagePatches:
     success: torch.Tensor | None = None
     image_steps_run: int | None = None
     image_steps_full_budget: int | None = None
+    location_queries: int | None = None
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """The patched images (the same images the patches were crafted for)."""
@@ -235,7 +249,8 @@ def image_patch_attack(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     patches = torch.cat([p.patches for p in parts])
     place = Placement(*(torch.cat([getattr(p.placement, f) for p in parts]) for f in ("rows", "cols", "angles", "scales")))
     return ImagePatches(patches, place, parts[0].mask, torch.cat([p.success for p in parts]),
-                        sum(p.image_steps_run for p in parts), sum(p.image_steps_full_budget for p in parts))
+                        sum(p.image_steps_run for p in parts), sum(p.image_steps_full_budget for p in parts),
+                        sum(p.location_queries for p in parts))
 
 
 def _allowed(rows: torch.Tensor, cols: torch.Tensor, size: int, image_size: int, avoid: Box | None) -> torch.Tensor:
@@ -265,6 +280,24 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
     xr, yr = (x, y) if n_r == 1 else (x.repeat(n_r, 1, 1, 1), y.repeat(n_r))
     rows_n = n * n_r
     ones, zeros = torch.ones(rows_n), torch.zeros(rows_n)
+    location_queries = 0
+    if cfg.location_search > 1:
+        # Each restart starts where its random start content scores the highest loss among its own
+        # ``location_search`` random locations (its first draw and ``location_search - 1`` more).
+        extra = [[random_placement(n, cfg.size, g, x.shape[-1], cfg.avoid) for _ in range(cfg.location_search - 1)]
+                 for g in gens]
+        with torch.no_grad(), eval_mode(model):
+            best = _per_image_loss(model(apply_patch(xr, p, mask, Placement(rows, cols, zeros, ones))), yr,
+                                   cfg.target, cfg.loss)
+            for m in range(cfg.location_search - 1):
+                cr = torch.cat([extra[r][m].rows for r in range(n_r)])
+                cc = torch.cat([extra[r][m].cols for r in range(n_r)])
+                lm = _per_image_loss(model(apply_patch(xr, p, mask, Placement(cr, cc, zeros, ones))), yr,
+                                     cfg.target, cfg.loss)
+                up = (lm > best).cpu()
+                rows[up], cols[up] = cr[up], cc[up]
+                best = torch.maximum(best, lm)
+        location_queries = rows_n * (cfg.location_search - 1)
     best_p = torch.zeros(rows_n, c, cfg.size, cfg.size, dtype=x.dtype, device=dev)
     best_r = torch.zeros(rows_n, dtype=torch.long)
     best_c = torch.zeros(rows_n, dtype=torch.long)
@@ -361,7 +394,21 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
     pick = _pick_restart(best_fooled.cpu().view(n_r, n), best_loss.cpu().view(n_r, n), cfg.early_stop)
     row = pick * n + torch.arange(n)
     return ImagePatches(best_p[row.to(dev)], Placement(best_r[row], best_c[row], torch.zeros(n), torch.ones(n)), mask,
-                        success, image_steps, n * cfg.restarts * cfg.steps)
+                        success, image_steps, n * cfg.restarts * cfg.steps, location_queries)
+
+
+def image_steps_of(success: torch.Tensor, early_stop: bool) -> int:
+    """The image-steps a run with the success record ``success`` (images x restarts x steps + 1, as
+    :attr:`ImagePatches.success`) ran: the full budget without early stopping; with it, restart ``r`` runs
+    image ``i`` at step 0 and at every later step ``t < steps`` whose record ``success[i, r, t - 1]`` was
+    still open (the cumulative record closes a row; see the module doc). Equal to
+    :attr:`ImagePatches.image_steps_run` of the run that wrote the record, so cached records need not store it."""
+    n, n_r, steps = success.shape[0], success.shape[1], success.shape[2] - 1
+    if steps == 0:
+        return 0
+    if not early_stop:
+        return n * n_r * steps
+    return n * n_r + int((~success[:, :, :steps - 1].bool()).sum())
 
 
 def _restart_seed(seed: int, offset: int, restart: int) -> int:

@@ -170,7 +170,7 @@ def run_study(configs: dict[str, dict[int, TrainConfig]], profile: Profile, seed
     ev = evaluate_threats(evaluated, x, y, surrogate, threats, steps=profile.defense_attack_steps,
                           restarts=profile.defense_attack_restarts, seed=attack_seed,
                           location_opt=profile.defense_location_opt, loss=profile.defense_attack_loss,
-                          progress=progress, universal=universal,
+                          location_search=profile.defense_location_search, progress=progress, universal=universal,
                           rs_queries=profile.defense_rs_queries, randomised=randomised, rp_draws=profile.defense_rp_draws,
                           starts=starts)
     seen = {name: (PGD_THREAT if _strategy(configs[name]) == "dwq" else own_seen_threat(dists[name], widths, threats))

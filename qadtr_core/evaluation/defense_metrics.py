@@ -200,8 +200,9 @@ def convergence(ev: Evaluation) -> pd.DataFrame:
     out = out.assign(gap=out.white_box_asr - out.white_box_asr_half_steps)
     out["converged"] = [is_converged(a, h, clean_floor=f, n=int(k)) for a, h, f, k in
                         zip(out.white_box_asr, out.white_box_asr_half_steps, out.null_floor, out.n)]
+    cost = [c for c in ("image_steps_run", "image_steps_full_budget") if c in out]
     return out[["threat", "target", "defense", "bits", "steps", "n", "white_box_asr", "white_box_asr_half_steps",
-                "null_floor", "gap", "converged"]]
+                "null_floor", "gap", "converged", *cost]]
 
 
 def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
@@ -229,7 +230,11 @@ def attack_strength(ev: Evaluation, defenses: Sequence[str] | None = None,
                                                                           kind="stable").index[0]]
         out.append({"name": f"{threat} on {r.target}", "white_box_asr": float(r.white_box_asr),
                     "white_box_asr_half_steps": float(r.white_box_asr_half_steps), "clean_floor": float(r.null_floor),
-                    "steps": int(r.steps), "n": int(r.n)})
+                    "steps": int(r.steps), "n": int(r.n),
+                    # what the attack cost on that model (image-steps run against its full budget; None where
+                    # unknown: random search, the universal patch, results from before it was recorded)
+                    **{k: (None if k not in r or r[k] != r[k] else int(r[k]))
+                       for k in ("image_steps_run", "image_steps_full_budget")}})
     return out
 
 

@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..artifacts import cached_tensors
-from ..attacks.image_patch import ImagePatchConfig, image_patch_attack
+from ..attacks.image_patch import ImagePatchConfig, image_patch_attack, image_steps_of
 from ..attacks.pgd import PGDConfig, pgd_attack
 from ..attacks.random_search import RandomSearchConfig, random_search_patch
 from ..attacks.universal_patch import UniversalPatchAttack, UniversalPatchConfig
@@ -88,15 +88,17 @@ def BitEnsemble(model: nn.Module, bit_set: Sequence[int]) -> Ensemble:  # noqa: 
 
 
 def attack_config(threat: Threat, steps: int, restarts: int, seed: int, location_opt: bool = False,
-                  early_stop: bool = False, loss: str = "ce") -> ImagePatchConfig:
+                  early_stop: bool = False, loss: str = "ce", location_search: int = 1) -> ImagePatchConfig:
     """The per-image patch attack of ``threat`` (step 0.05, as in Rao et al.'s evaluation). For the centre
     region it runs inside the central box (:func:`craft`), so it avoids nothing there. ``early_stop``: stop
     on an image once it is fooled (:class:`~qadtr_core.attacks.ImagePatchConfig`): for white-box threats,
     whose patches are scored on the model they were crafted on; never for patches crafted to transfer.
-    ``loss``: "ce" or "margin" (CW-style, :class:`~qadtr_core.attacks.ImagePatchConfig`)."""
+    ``loss``: "ce" or "margin" (CW-style, :class:`~qadtr_core.attacks.ImagePatchConfig`); ``location_search``:
+    candidate start locations per restart (:class:`~qadtr_core.attacks.ImagePatchConfig`)."""
     avoid = central_box(CENTRE) if threat.region == "outside centre" else None
     return ImagePatchConfig(size=threat.size, shape=threat.shape, steps=steps, restarts=restarts, step_size=0.05,
-                            avoid=avoid, seed=seed, location_opt=location_opt, early_stop=early_stop, loss=loss)
+                            avoid=avoid, seed=seed, location_opt=location_opt, early_stop=early_stop, loss=loss,
+                            location_search=location_search)
 
 
 class _InBox(nn.Module):
@@ -282,7 +284,7 @@ def _floor_hits(model: nn.Module, bits: int, x: torch.Tensor, y: torch.Tensor, t
 
 
 def _strength_row(threat: Threat, target: str, rec: Mapping[str, torch.Tensor], steps: int, defense: str,
-                  bits: int | None, k_floor: int | None = None) -> dict:
+                  bits: int | None, k_floor: int | None = None, early_stop: bool = False) -> dict:
     ok, success = rec["ok"].bool(), rec["success"].bool()
     # fooled by any restart within all / half the steps (as ImagePatches.fooled_within), with or without
     # early stopping: under early stopping a restart's record is cumulative, without it each restart's own.
@@ -294,7 +296,10 @@ def _strength_row(threat: Threat, target: str, rec: Mapping[str, torch.Tensor], 
     if n_r > 1:
         k_half = min(k_half, int((success[:, :n_r // 2, steps].any(1) & ok).sum()))
     row = {"threat": threat.name, "target": target, "defense": defense, "bits": bits, "steps": steps,
-           "n_ok": int(ok.sum()), "k_full": int((full & ok).sum()), "k_half": k_half}
+           "n_ok": int(ok.sum()), "k_full": int((full & ok).sum()), "k_half": k_half,
+           # what the run cost, over every image attacked (image_steps_of: read off the record)
+           "image_steps_run": image_steps_of(success, early_stop),
+           "image_steps_full_budget": len(success) * n_r * (success.shape[2] - 1)}
     if k_floor is not None:  # the cell's null (_floor_hits), among the same images
         row["k_floor"] = int(k_floor)
     return row
@@ -317,7 +322,8 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
                      restarts: int = 1, seed: int = 0, location_opt: bool = False, progress: bool = True,
                      universal: Mapping[str, torch.Tensor] | None = None, rs_queries: int = 1000,
                      randomised: Mapping[str, Sequence[int]] | None = None, rp_draws: int = 5,
-                     starts: Mapping[str, str | None] | None = None, loss: str = "ce") -> Evaluation:
+                     starts: Mapping[str, str | None] | None = None, loss: str = "ce",
+                     location_search: int = 1) -> Evaluation:
     """Every threat against every defense at every bit-width, per image (see the module doc).
 
     ``defenses`` maps a name to ``{bits: TrainedModel}``. The transfers are crafted once on ``surrogate``
@@ -330,6 +336,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
     to its undefended start in ``defenses`` (:func:`starts_of`), whose patches a "start transfer" threat
     applies to it (crafted on the start at the same width, on every image); a defense without a start, or
     whose start was not evaluated at that width, meets its own white-box attack of the same patch there.
+    ``location_search``: candidate start locations per restart of every per-image attack (:func:`attack_config`).
     """
     rows, strength, rp_rows = [], [], []
     n = len(x)
@@ -349,7 +356,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
             if isinstance(u, UniversalPatch):  # its convergence, on the surrogate it was crafted on
                 strength.append(_universal_strength_row(t, surrogate, x, y, u.patch, u.half, u.steps, seed))
             continue
-        cfg = attack_config(t, steps, restarts, seed, location_opt, loss=loss)
+        cfg = attack_config(t, steps, restarts, seed, location_opt, loss=loss, location_search=location_search)
         transfer[t.name], rec = craft([(surrogate.model, surrogate.config.bits)], [surrogate.record["config_hash"]],
                                       x, y, cfg, t.region)
         strength.append(_strength_row(t, "FP surrogate", rec, steps, "FP surrogate", surrogate.config.bits))
@@ -366,7 +373,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
             return None
         if (s, b, t.name) not in from_start:
             stm = defenses[s][b]
-            cfg = attack_config(t, steps, restarts, seed, location_opt, loss=loss)
+            cfg = attack_config(t, steps, restarts, seed, location_opt, loss=loss, location_search=location_search)
             from_start[(s, b, t.name)], rec = craft([(stm.model, b)], [stm.record["config_hash"]], x, y, cfg, t.region)
             # its convergence on the start it was crafted on (shown; an adaptive threat enters no claim's strength)
             strength.append(_strength_row(t, f"{s} {b} b (start)", rec, steps, s, b))
@@ -393,11 +400,12 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
                 bar.update()
                 broken = torch.zeros(n, dtype=torch.bool)
                 if len(idx) and t.source == "white-box":  # scored where it was crafted: stop once fooled
-                    cfg = attack_config(t, steps, restarts, seed, location_opt, early_stop=True, loss=loss)
+                    cfg = attack_config(t, steps, restarts, seed, location_opt, early_stop=True, loss=loss,
+                                        location_search=location_search)
                     xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
                     adv, rec = craft([(model, b)], [h], xs, ys, cfg, t.region)
                     floor = _floor_hits(model, b, xs, ys, t, rec, seed)
-                    strength.append(_strength_row(t, f"{name} {b} b", rec, steps, name, b, floor))
+                    strength.append(_strength_row(t, f"{name} {b} b", rec, steps, name, b, floor, early_stop=True))
                     set_bits(model, b)
                     broken[idx] = _pred(model, adv) != y_cpu[idx]
                 elif len(idx):
@@ -440,7 +448,7 @@ def evaluate_threats(defenses: Mapping[str, Mapping[int, TrainedModel]], x: torc
             raise ValueError(f"random-precision inference needs one shared model; {name!r} has {len(models)}")
         tm = next(iter(per_bits.values()))
         rp_rows.append(_random_precision(name, tm, list(bit_set), x, y, threats, transfer, steps, restarts, seed,
-                                         location_opt, rs_queries, rp_draws, strength, loss))
+                                         location_opt, rs_queries, rp_draws, strength, loss, location_search))
         set_bits(tm.model, tm.config.bits)
     rp = pd.concat(rp_rows, ignore_index=True) if rp_rows else pd.DataFrame(
         columns=["defense", "draw", "threat", "image", "clean_ok", "broken", "clean_bits", "attack_bits"])
@@ -457,7 +465,7 @@ def _rp_predict(model: nn.Module, bit_set: Sequence[int], x: torch.Tensor, seed:
 def _random_precision(name: str, tm: TrainedModel, bit_set: list[int], x: torch.Tensor, y: torch.Tensor,
                       threats: Sequence[Threat], transfer: Mapping[str, torch.Tensor], steps: int, restarts: int,
                       seed: int, location_opt: bool, rs_queries: int, draws: int, strength: list,
-                      loss: str = "ce") -> pd.DataFrame:
+                      loss: str = "ce", location_search: int = 1) -> pd.DataFrame:
     """The random-precision deployment of one shared model: EOT, the transfers and random search, per draw.
 
     Draw ``d`` scores the clean images and each threat's images with its own seeded random-precision
@@ -467,7 +475,7 @@ def _random_precision(name: str, tm: TrainedModel, bit_set: list[int], x: torch.
     """
     n, model, h = len(x), tm.model, tm.record["config_hash"]
     y_cpu = y.cpu()
-    cfg = attack_config(EOT_THREAT, steps, restarts, seed, location_opt, loss=loss)
+    cfg = attack_config(EOT_THREAT, steps, restarts, seed, location_opt, loss=loss, location_search=location_search)
     eot, rec = craft([(model, b) for b in bit_set], [h] * len(bit_set), x, y, cfg)
     strength.append(_strength_row(EOT_THREAT, f"{name} random precision", rec, steps, name, None))
     advs = {EOT_THREAT.name: eot, **{t.name: transfer[t.name] for t in threats if t.source == "transfer"}}
