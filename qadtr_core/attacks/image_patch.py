@@ -9,9 +9,10 @@ location optimisation (Rao et al.'s "RandLO"), each step also tries moving every
 restarts, each restart draws a new location and start; with a location search (``location_search``), a
 restart scores its start content at several random locations (forward passes only) and starts at the
 worst one for the model: on a patch-trained model each restart otherwise stalls near where it started (a
-new location fooled more images than sixteen times the steps, ``benchmarks/README.md``). Each image keeps its **best iterate** over
-all steps and restarts: if any patch fooled the model, the fooling one with the highest loss (with
-early stopping: the earliest restart's first fooling patch), else the one with the highest loss.
+new location fooled more images than sixteen times the steps, ``benchmarks/README.md``). Each image
+keeps its **best iterate** over all steps and restarts: if any patch fooled the model, the fooling one
+with the highest loss (with early stopping: the earliest restart's first fooling patch), else the one
+with the highest loss.
 
 The attack records, per image, restart and step, whether the best iterate so far fools the model
 (:attr:`ImagePatches.success`), so one run shows its own strength curve: the ASR it would have had
@@ -131,7 +132,8 @@ class ImagePatchConfig:
     def __post_init__(self) -> None:
         check_target(self.target, self.num_classes)
         if isinstance(self.location_search, bool) or not isinstance(self.location_search, int) or self.location_search < 1:
-            raise ValueError(f"location_search must be a whole number of candidate locations >= 1, got {self.location_search!r}")
+            raise ValueError(f"location_search must be a whole number of candidate locations >= 1, "
+                             f"got {self.location_search!r}")
         if self.steps < 0 or self.restarts < 1:
             raise ValueError(f"steps must be >= 0 and restarts >= 1, got {self.steps}, {self.restarts}")
         if self.location_stride < 1:
