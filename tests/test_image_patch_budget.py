@@ -402,3 +402,28 @@ def test_location_search_restarts_search_on_their_own_so_fewer_restarts_stay_exa
 def test_location_search_must_be_a_positive_whole_number(bad):
     with pytest.raises(ValueError, match="location_search"):
         ImagePatchConfig(location_search=bad)
+
+
+# ------------------------------------------------------------------------------------------ bounded passes
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_max_rows_bounds_every_pass_and_changes_nothing_else(early_stop):
+    model = _tiny(0)
+    x, y = _data(model, 20)
+    cfg = ImagePatchConfig(size=6, steps=8, restarts=3, location_opt=True, early_stop=early_stop, seed=4,
+                           location_search=3, loss="margin")
+    whole = image_patch_attack(model, x, y, cfg, batch_size=20)
+    seen = _Sizes(model)
+    cut = image_patch_attack(seen, x, y, cfg, batch_size=20, max_rows=7)
+    assert max(seen.sizes) == 7 and sum(seen.sizes) > 60  # 60 rows, never more than 7 in one pass
+    assert torch.equal(whole.success, cut.success) and torch.equal(whole.patches, cut.patches)
+    assert torch.equal(whole.placement.rows, cut.placement.rows) and whole.image_steps_run == cut.image_steps_run
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_max_rows_must_be_a_positive_whole_number(bad):
+    model = _tiny(0)
+    x, y = _data(model, 4)
+    with pytest.raises(ValueError, match="max_rows"):
+        image_patch_attack(model, x, y, ImagePatchConfig(size=6, steps=1), max_rows=bad)

@@ -234,18 +234,24 @@ def _fooled(logits: torch.Tensor, y: torch.Tensor, target: int | None) -> torch.
 
 def image_patch_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                        config: ImagePatchConfig = ImagePatchConfig(), batch_size: int = 250,
-                       on_batch: Callable[[int, ImagePatches], None] | None = None) -> ImagePatches:
+                       on_batch: Callable[[int, ImagePatches], None] | None = None,
+                       max_rows: int | None = None) -> ImagePatches:
     """Craft one patch per image against ``model`` at its current bit-width (see module doc); ``batch_size``
     images at a time, each pass holding their ``config.restarts`` restarts side by side. ``on_batch(offset,
     found)``, if given, is called after each batch with its first image's index and its result (progress
-    for long runs; it changes nothing)."""
+    for long runs; it changes nothing). ``max_rows`` bounds the rows of one forward (and backward) pass:
+    a step over more (restart, image) rows runs in chunks of at most that many, which bounds memory
+    (``batch_size x restarts`` rows of a quantized ResNet at once can exceed a CPU machine's) and changes
+    nothing else, since every row's loss and gradient are its own (None: one pass for all rows)."""
     if not torch.isfinite(images).all():
         raise ValueError("images must be finite")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise ValueError(f"max_rows must be a whole number >= 1 or None, got {max_rows!r}")
     parts = []
     for i in range(0, len(images), batch_size):
-        parts.append(_attack_batch(model, images[i:i + batch_size], labels[i:i + batch_size], config, i))
+        parts.append(_attack_batch(model, images[i:i + batch_size], labels[i:i + batch_size], config, i, max_rows))
         if on_batch is not None:
             on_batch(i, parts[-1])
     patches = torch.cat([p.patches for p in parts])
@@ -264,7 +270,8 @@ def _allowed(rows: torch.Tensor, cols: torch.Tensor, size: int, image_size: int,
     return ok
 
 
-def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ImagePatchConfig, offset: int) -> ImagePatches:
+def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ImagePatchConfig, offset: int,
+                  max_rows: int | None = None) -> ImagePatches:
     # The restarts run side by side, one batch row per restart and image (row r * n + i: restart r of image i),
     # so a step costs one forward and backward pass for all restarts. Each restart draws from its own
     # generator, and each row follows exactly the trajectory it would follow run alone, so the records and
@@ -282,24 +289,6 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
     xr, yr = (x, y) if n_r == 1 else (x.repeat(n_r, 1, 1, 1), y.repeat(n_r))
     rows_n = n * n_r
     ones, zeros = torch.ones(rows_n), torch.zeros(rows_n)
-    location_queries = 0
-    if cfg.location_search > 1:
-        # Each restart starts where its random start content scores the highest loss among its own
-        # ``location_search`` random locations (its first draw and ``location_search - 1`` more).
-        extra = [[random_placement(n, cfg.size, g, x.shape[-1], cfg.avoid) for _ in range(cfg.location_search - 1)]
-                 for g in gens]
-        with torch.no_grad(), eval_mode(model):
-            best = _per_image_loss(model(apply_patch(xr, p, mask, Placement(rows, cols, zeros, ones))), yr,
-                                   cfg.target, cfg.loss)
-            for m in range(cfg.location_search - 1):
-                cr = torch.cat([extra[r][m].rows for r in range(n_r)])
-                cc = torch.cat([extra[r][m].cols for r in range(n_r)])
-                lm = _per_image_loss(model(apply_patch(xr, p, mask, Placement(cr, cc, zeros, ones))), yr,
-                                     cfg.target, cfg.loss)
-                up = (lm > best).cpu()
-                rows[up], cols[up] = cr[up], cc[up]
-                best = torch.maximum(best, lm)
-        location_queries = rows_n * (cfg.location_search - 1)
     best_p = torch.zeros(rows_n, c, cfg.size, cfg.size, dtype=x.dtype, device=dev)
     best_r = torch.zeros(rows_n, dtype=torch.long)
     best_c = torch.zeros(rows_n, dtype=torch.long)
@@ -315,14 +304,29 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
         rec = own.view(n_r, n)
         return (rec.cummax(0).values if cfg.early_stop else rec).t()
 
-    def loss_of(p: torch.Tensor, idx: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The loss and "fooled" of the rows ``idx`` (None: all) with patches ``p`` at (rows, cols).
-        xs, ys = (xr, yr) if idx is None else (xr[idx.to(dev)], yr[idx.to(dev)])
-        m = len(xs)
-        logits = model(apply_patch(xs, p, mask, Placement(rows, cols, zeros[:m], ones[:m])))
-        loss = _per_image_loss(logits, ys, cfg.target, cfg.loss)
-        return loss, _fooled(logits.detach(), ys, cfg.target)
+    def loss_of(p: torch.Tensor, idx: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor,
+                grad: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        # The loss and "fooled" of the rows ``idx`` (None: all) with patches ``p`` at (rows, cols), and with
+        # ``grad`` the loss's gradient in ``p``; at most ``max_rows`` rows per pass (each row's loss is its own).
+        m = len(p)
+        step = m if max_rows is None else max_rows
+        losses, fooled, grads = [], [], []
+        for a in range(0, m, max(step, 1)):
+            e = min(a + step, m)
+            if idx is None and e - a == len(xr):  # every row in one pass: no copy
+                xs, ys = xr, yr
+            else:
+                at = torch.arange(a, e) if idx is None else idx[a:e]
+                xs, ys = xr[at.to(dev)], yr[at.to(dev)]
+            pc = p[a:e].detach().requires_grad_(True) if grad else p[a:e]
+            logits = model(apply_patch(xs, pc, mask, Placement(rows[a:e], cols[a:e], zeros[:e - a], ones[:e - a])))
+            loss = _per_image_loss(logits, ys, cfg.target, cfg.loss)
+            if grad:
+                g, = torch.autograd.grad(loss.sum(), pc)
+                grads.append(g)
+            losses.append(loss.detach())
+            fooled.append(_fooled(logits.detach(), ys, cfg.target))
+        return torch.cat(losses), torch.cat(fooled), torch.cat(grads) if grad else None
 
     def keep_best(idx: torch.Tensor | None, p: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                   loss: torch.Tensor, fooled: torch.Tensor) -> None:
@@ -344,6 +348,22 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
         best_r[sel], best_c[sel] = rows[cpu], cols[cpu]
         best_loss[sel_dev], best_fooled[sel_dev] = loss[better], fooled[better]
 
+    location_queries = 0
+    if cfg.location_search > 1:
+        # Each restart starts where its random start content scores the highest loss among its own
+        # ``location_search`` random locations (its first draw and ``location_search - 1`` more).
+        extra = [[random_placement(n, cfg.size, g, x.shape[-1], cfg.avoid) for _ in range(cfg.location_search - 1)]
+                 for g in gens]
+        with torch.no_grad(), eval_mode(model):
+            best = loss_of(p, None, rows, cols)[0]
+            for m in range(cfg.location_search - 1):
+                cr = torch.cat([extra[r][m].rows for r in range(n_r)])
+                cc = torch.cat([extra[r][m].cols for r in range(n_r)])
+                lm = loss_of(p, None, cr, cc)[0]
+                up = (lm > best).cpu()
+                rows[up], cols[up] = cr[up], cc[up]
+                best = torch.maximum(best, lm)
+        location_queries = rows_n * (cfg.location_search - 1)
     with eval_mode(model), input_gradients_only(model):
         for t in range(cfg.steps + 1):
             idx: torch.Tensor | None = None  # the rows attacked at this step (None: all)
@@ -355,11 +375,12 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
                     break
                 idx = (~settled).nonzero()[:, 0]
             at = slice(None) if idx is None else idx
-            pa = (p if idx is None else p[idx.to(dev)]).requires_grad_(True)
+            pa = p if idx is None else p[idx.to(dev)]
             ra, ca = rows[at], cols[at]
-            loss, fooled = loss_of(pa, idx, ra, ca)
+            # the gradient of the patch at its current location (taken before the location step moves it)
+            loss, fooled, grad = loss_of(pa, idx, ra, ca, grad=t < cfg.steps)
             with torch.no_grad():
-                keep_best(idx, pa, ra, ca, loss.detach(), fooled)
+                keep_best(idx, pa, ra, ca, loss, fooled)
                 fooled_cpu = fooled.cpu()
                 own[at] |= fooled_cpu
             # Location step (RandLO): the patch content then takes the gradient of its old location.
@@ -376,7 +397,7 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
                         ok = _allowed(new_r, new_c, cfg.size, x.shape[-1], cfg.avoid)
                         new_r, new_c = torch.where(ok, new_r, old_r), torch.where(ok, new_c, old_c)
                         pm = pa.detach() if sub is None else pa.detach()[try_.to(dev)]
-                        loss_m, fooled_m = loss_of(pm, sub, new_r, new_c)
+                        loss_m, fooled_m, _ = loss_of(pm, sub, new_r, new_c)
                         keep_best(sub, pm, new_r, new_c, loss_m, fooled_m)
                         to = slice(None) if sub is None else sub
                         own[to] |= fooled_m.cpu()
@@ -385,7 +406,6 @@ def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Image
             success[:, :, t] = record()
             if t == cfg.steps:
                 break
-            grad, = torch.autograd.grad(loss.sum(), pa)
             image_steps += len(ra)
             with torch.no_grad():
                 step = (pa.detach() + sizes[t] * grad.sign()).clamp_(0, 1)

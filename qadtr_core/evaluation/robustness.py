@@ -125,18 +125,24 @@ class _InBox(nn.Module):
         return self.model(full)
 
 
+# Rows (restart, image) of one forward and backward pass of the per-image attack: 250 images x 32 restarts at
+# once ran a 2-bit ResNet-20 out of 24 GiB on the CPU (2026-12-04); chunking changes no result.
+MAX_ROWS = 2048
+
+
 def _image_patches(target: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ImagePatchConfig,
                    region: str, on_batch=None) -> dict[str, torch.Tensor]:
     """Rao et al.'s per-image attack; for ``region="centre"`` run on the central box's crop (see :class:`_InBox`)."""
     if region != "centre":
-        found = image_patch_attack(target, x, y, cfg, on_batch=on_batch)
+        found = image_patch_attack(target, x, y, cfg, on_batch=on_batch, max_rows=MAX_ROWS)
         return {"patches": found.patches, "rows": found.placement.rows, "cols": found.placement.cols,
                 "success": found.success}
     r, col, h, w = central_box(CENTRE, x.shape[-1])
     n = len(x)
     code = ((torch.arange(n, dtype=x.dtype, device=x.device) + 0.5) / n)[:, None, None, None].expand(n, 1, h, w)
     z = torch.cat([x[:, :, r:r + h, col:col + w], code], 1)
-    found = image_patch_attack(_InBox(target, x, (r, col, h, w)), z, y, cfg, batch_size=max(1, n), on_batch=on_batch)
+    found = image_patch_attack(_InBox(target, x, (r, col, h, w)), z, y, cfg, batch_size=max(1, n), on_batch=on_batch,
+                               max_rows=MAX_ROWS)
     return {"patches": found.patches[:, :x.shape[1]], "rows": found.placement.rows + r,
             "cols": found.placement.cols + col, "success": found.success}
 
