@@ -168,7 +168,17 @@ def convergence_display(conv: pd.DataFrame) -> pd.DataFrame:
                          "at half the budget (%)": [pct(100 * v) for v in t.white_box_asr_half_steps],
                          "gain (points)": [pct(100 * v) for v in t.gap],
                          "null floor (%)": [pct(100 * v) for v in floor],
-                         "converged": ["yes" if c else "no" for c in t.converged]})
+                         "converged": ["yes" if c else "no" for c in t.converged],
+                         "image-steps run of the full budget": [
+                             _cost(r, b) for r, b in zip(t.get("image_steps_run", [None] * len(t)),
+                                                         t.get("image_steps_full_budget", [None] * len(t)))]})
+
+
+def _cost(run: float | None, budget: float | None) -> str:
+    """"238,540 of 2,643,200 (9.0 %)": what an early-stopped attack ran against its full budget; "-" if unknown."""
+    if run is None or budget is None or run != run or budget != budget or not budget:
+        return "-"
+    return f"{int(run):,} of {int(budget):,} ({100 * run / budget:.1f} %)"
 
 
 def attack_strength_display(strength: Sequence[Mapping]) -> pd.DataFrame:
@@ -190,6 +200,9 @@ def attack_strength_display(strength: Sequence[Mapping]) -> pd.DataFrame:
                               "gain from doubling (points)", "null floor (%)"])
     if any("converged" in a for a in s):
         t["converged"] = ["-" if "converged" not in a else ("yes" if a["converged"] else "no") for a in s]
+    if any(a.get("image_steps_run") is not None for a in s):
+        t["image-steps run of the full budget"] = [_cost(a.get("image_steps_run"), a.get("image_steps_full_budget"))
+                                                   for a in s]
     return t
 
 

@@ -475,3 +475,21 @@ def test_the_fidelity_table_reads_losses_ratio_and_both_attacks_asr():
     assert list(d.iloc[0])[3:] == ["0.400", "2.000", "2.100", "0.940", "61.2", "65.0", "yes"]
     assert list(d.iloc[1])[-3:] == ["-", "-", "no"] and "fidelity >= 0.8" in d.columns
     assert "training attack ASR (%)" in d.columns and "clean loss (nats)" in d.columns
+
+
+def test_the_convergence_tables_say_what_each_attack_cost():
+    from qadtr_core.tables import attack_strength_display, convergence_display
+
+    e = [{"name": "8x8 square on PBAT 2 b", "white_box_asr": 0.976, "white_box_asr_half_steps": 0.966, "steps": 1600,
+          "n": 413, "image_steps_run": 238540, "image_steps_full_budget": 2643200},
+         {"name": "universal", "white_box_asr": 0.5, "white_box_asr_half_steps": 0.49, "steps": 10}]
+    t = attack_strength_display(e)
+    assert list(t["image-steps run of the full budget"]) == ["238,540 of 2,643,200 (9.0 %)", "-"]
+    assert "image-steps run of the full budget" not in attack_strength_display(e[1:])  # nothing to say: no column
+    conv = pd.DataFrame([{"threat": "8x8 square", "target": "PBAT 2 b", "steps": 1600, "n": 413, "white_box_asr": 0.976,
+                          "white_box_asr_half_steps": 0.966, "null_floor": 0.05, "gap": 0.01, "converged": True,
+                          "image_steps_run": 238540.0, "image_steps_full_budget": 2643200.0},
+                         {"threat": "random search, 8x8", "target": "PBAT 2 b", "steps": 500, "n": 10, "white_box_asr": 0.1,
+                          "white_box_asr_half_steps": 0.1, "null_floor": 0.0, "gap": 0.0, "converged": False,
+                          "image_steps_run": float("nan"), "image_steps_full_budget": float("nan")}])
+    assert list(convergence_display(conv)["image-steps run of the full budget"]) == ["238,540 of 2,643,200 (9.0 %)", "-"]
